@@ -1,0 +1,1 @@
+//! STOMP 1.2 frames and codec (pure: never touches a socket).

@@ -1,2 +1,19 @@
 //! chat-server: STOMP 1.2 over WebSocket chat, alone in memory or clustered on Redis.
+//!
+//! `main.rs` only parses configuration and starts `server::Server`; everything else is here so
+//! tests can run the real server in-process on port 0.
+
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod model;
+pub mod server;
+pub mod session;
+pub mod shutdown;
 pub mod stomp;
+
+pub use config::Config;
+pub use server::{AppState, Server, ServerError};

@@ -1,0 +1,147 @@
+//! The seams between sessions and where messages live: `Broker` (publish and fan-out),
+//! `History` (per-room offsets, epochs and stored events), `Presence` (who is in a room, on
+//! which instance) and `Registry` (which instances are alive).
+//!
+//! Each is a trait with an in-memory implementation (`memory`) for a single process; the
+//! clustered ones back the same traits with Redis. Sessions only ever see the traits.
+
+pub mod memory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::hub::Hub;
+use crate::model::{DirectRecord, Draft, RoomEvent};
+
+/// A backend could not do what was asked.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum BackendError {
+    /// The store is unreachable (Redis down, failing over); worth retrying later.
+    #[error("message store unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered something this server cannot use.
+    #[error("message store error: {0}")]
+    Protocol(String),
+}
+
+/// A room's position: its epoch, the newest offset, and the oldest offset history still holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomInfo {
+    pub id: String,
+    pub epoch: String,
+    /// Offset of the newest event; 0 when the room has none.
+    pub last_offset: u64,
+    /// Offset of the oldest event kept; `last_offset + 1` when history is empty.
+    pub first_offset: u64,
+}
+
+/// A slice of a room's history, oldest first.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    pub info: RoomInfo,
+    pub events: Vec<Arc<RoomEvent>>,
+}
+
+/// One session's presence in a room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Member {
+    pub user_id: String,
+    pub name: String,
+    pub session_id: String,
+    pub server_id: String,
+}
+
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Gives `draft` the room's next offset, stores it in history and delivers it to every
+    /// instance with listeners; returns once the store has accepted it.
+    async fn publish(&self, room: &str, draft: Draft) -> Result<Arc<RoomEvent>, BackendError>;
+
+    /// Delivers a direct message to every session of `record.to`, on any instance.
+    async fn publish_direct(&self, record: DirectRecord) -> Result<(), BackendError>;
+
+    /// Whether the broker can publish and receive right now (readiness).
+    fn is_ready(&self) -> bool;
+}
+
+#[async_trait]
+pub trait History: Send + Sync + 'static {
+    /// The room's position, or `None` if it has never existed (or its history is gone).
+    async fn info(&self, room: &str) -> Result<Option<RoomInfo>, BackendError>;
+
+    /// Events with offsets above `after`, at most `limit`, oldest first.
+    async fn read_after(
+        &self,
+        room: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<HistoryPage, BackendError>;
+
+    /// The newest `count` events, oldest first.
+    async fn read_last(&self, room: &str, count: usize) -> Result<HistoryPage, BackendError>;
+
+    /// Creates an empty room; `false` when it existed already.
+    async fn create_room(&self, room: &str) -> Result<bool, BackendError>;
+
+    /// Every room known, by id.
+    async fn rooms(&self) -> Result<Vec<RoomInfo>, BackendError>;
+}
+
+#[async_trait]
+pub trait Presence: Send + Sync + 'static {
+    /// Records `member` in `room`; `true` when the session was not there yet.
+    async fn join(&self, room: &str, member: &Member) -> Result<bool, BackendError>;
+
+    /// Removes a session from a room; `true` when it was there.
+    async fn leave(&self, room: &str, session_id: &str) -> Result<bool, BackendError>;
+
+    /// Everyone in a room, across the cluster.
+    async fn members(&self, room: &str) -> Result<Vec<Member>, BackendError>;
+}
+
+#[async_trait]
+pub trait Registry: Send + Sync + 'static {
+    /// Announces this instance (and renews it); `false` when it had been reaped meanwhile.
+    async fn heartbeat(&self) -> Result<bool, BackendError>;
+
+    /// Removes this instance on a clean shutdown.
+    async fn deregister(&self) -> Result<(), BackendError>;
+
+    /// Whether this instance is registered and alive, as far as it knows (readiness).
+    fn is_registered(&self) -> bool;
+}
+
+/// Everything a session and the HTTP API use, behind the traits.
+#[derive(Clone)]
+pub struct Services {
+    pub hub: Arc<Hub>,
+    pub broker: Arc<dyn Broker>,
+    pub history: Arc<dyn History>,
+    pub presence: Arc<dyn Presence>,
+    pub registry: Arc<dyn Registry>,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services").finish_non_exhaustive()
+    }
+}
+
+impl Services {
+    /// The single-process backend.
+    pub fn memory(history_max_len: usize) -> Services {
+        let hub = Hub::new();
+        let store = memory::MemoryStore::new(hub.clone(), history_max_len);
+        Services {
+            hub,
+            broker: store.clone(),
+            history: store,
+            presence: Arc::new(memory::MemoryPresence::default()),
+            registry: Arc::new(memory::MemoryRegistry),
+        }
+    }
+}

@@ -1,0 +1,612 @@
+//! Configuration: every setting is an environment variable and a `--FLAG` of the same name.
+//!
+//! Parsing is a pure function of a lookup (`Config::from_lookup`), so tests and the operator
+//! pass a map instead of the real environment. A bad value stops start-up with an error that
+//! names the variable; nothing is bound before the whole configuration is valid.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// One configuration variable: its name, what it means, and its default as text.
+#[derive(Debug, Clone, Copy)]
+pub struct Var {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub default: Option<&'static str>,
+}
+
+/// Every variable the server reads; the README table and `--help` come from this list.
+pub const VARS: &[Var] = &[
+    var(
+        "CHAT_LISTEN_ADDR",
+        "address to listen on",
+        Some("0.0.0.0:8080"),
+    ),
+    var(
+        "CHAT_REDIS_URL",
+        "Redis URL (redis://host:port/db); unset: in-memory",
+        None,
+    ),
+    var(
+        "CHAT_REDIS_SENTINELS",
+        "sentinel addresses host:port,host:port,...",
+        None,
+    ),
+    var(
+        "CHAT_REDIS_SENTINEL_MASTER",
+        "sentinel master name",
+        Some("mymaster"),
+    ),
+    var(
+        "CHAT_REDIS_PASSWORD",
+        "password of the Redis data nodes",
+        None,
+    ),
+    var(
+        "CHAT_REDIS_PASSWORD_FILE",
+        "file holding the Redis password",
+        None,
+    ),
+    var(
+        "CHAT_REDIS_MIN_REPLICAS",
+        "replicas that must hold a message before it is receipted (Sentinel: 1, else 0)",
+        None,
+    ),
+    var(
+        "CHAT_REDIS_WAIT_MS",
+        "how long a SEND waits for Redis to come back",
+        Some("10000"),
+    ),
+    var("CHAT_KEY_PREFIX", "prefix of every Redis key", Some("chat")),
+    var(
+        "CHAT_SERVER_ID",
+        "this instance's id (default: POD_NAME, else hostname-random)",
+        None,
+    ),
+    var("CHAT_JWT_SECRET", "HS256 secret for JWT", None),
+    var(
+        "CHAT_JWT_PUBLIC_KEY_FILE",
+        "PEM public key for RS256/ES256 JWT",
+        None,
+    ),
+    var("CHAT_JWT_AUDIENCE", "required `aud` claim, if set", None),
+    var("CHAT_JWT_ISSUER", "required `iss` claim, if set", None),
+    var(
+        "CHAT_ALLOW_ANONYMOUS",
+        "allow clients without a token (default: on when no JWT key)",
+        None,
+    ),
+    var(
+        "CHAT_ALLOWED_ORIGINS",
+        "comma-separated Origins allowed to open /ws (empty: any)",
+        None,
+    ),
+    var(
+        "CHAT_HEARTBEAT_INTERVAL_MS",
+        "server registry heartbeat interval",
+        Some("2000"),
+    ),
+    var(
+        "CHAT_SERVER_TTL_MS",
+        "a server is dead after this long without heartbeat",
+        Some("6000"),
+    ),
+    var(
+        "CHAT_HISTORY_MAX_LEN",
+        "messages kept per room",
+        Some("1000"),
+    ),
+    var(
+        "CHAT_HISTORY_TTL_SECS",
+        "idle room history expires after this (0: never)",
+        Some("604800"),
+    ),
+    var(
+        "CHAT_MAX_FRAME_BYTES",
+        "largest STOMP frame accepted",
+        Some("65536"),
+    ),
+    var(
+        "CHAT_MAX_CONNECTIONS",
+        "WebSocket connections accepted at once",
+        Some("100000"),
+    ),
+    var(
+        "CHAT_MAX_SUBSCRIPTIONS",
+        "subscriptions per connection",
+        Some("100"),
+    ),
+    var(
+        "CHAT_OUTBOUND_QUEUE",
+        "frames queued per connection before it counts as slow",
+        Some("1024"),
+    ),
+    var(
+        "CHAT_SEND_RATE",
+        "SEND frames per second per connection (0: unlimited)",
+        Some("200"),
+    ),
+    var(
+        "CHAT_STOMP_HEARTBEAT_MS",
+        "STOMP heart-beat the server offers: send,receive",
+        Some("10000,10000"),
+    ),
+    var(
+        "CHAT_SHUTDOWN_GRACE_SECS",
+        "drain time after SIGTERM",
+        Some("20"),
+    ),
+    var("CHAT_LOG_FORMAT", "text or json", Some("text")),
+];
+
+const fn var(name: &'static str, help: &'static str, default: Option<&'static str>) -> Var {
+    Var {
+        name,
+        help,
+        default,
+    }
+}
+
+/// A configuration value was missing or malformed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{var}: {message}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+fn bad(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        message: message.into(),
+    }
+}
+
+/// Where messages, history and presence live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// One process, nothing shared.
+    Memory,
+    /// One Redis node.
+    Redis { url: String },
+    /// Redis behind sentinels.
+    Sentinel {
+        sentinels: Vec<(String, u16)>,
+        master: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Keys a JWT may be checked with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwtKey {
+    Hs256Secret(String),
+    PublicKeyPem(Vec<u8>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen_addr: SocketAddr,
+    pub backend: Backend,
+    pub redis_password: Option<String>,
+    pub redis_min_replicas: u32,
+    pub redis_wait: Duration,
+    pub key_prefix: String,
+    pub server_id: String,
+    pub jwt_key: Option<JwtKey>,
+    pub jwt_audience: Option<String>,
+    pub jwt_issuer: Option<String>,
+    pub allow_anonymous: bool,
+    pub allowed_origins: Vec<String>,
+    pub heartbeat_interval: Duration,
+    pub server_ttl: Duration,
+    pub history_max_len: usize,
+    pub history_ttl: Option<Duration>,
+    pub max_frame_bytes: usize,
+    pub max_connections: usize,
+    pub max_subscriptions: usize,
+    pub outbound_queue: usize,
+    pub send_rate: u32,
+    /// (what the server can send, what it wants to receive), in ms; 0 is "none".
+    pub stomp_heartbeat: (u64, u64),
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Reads every variable through `lookup` (an empty value counts as unset).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let get = |name: &'static str| -> Option<String> {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+                .or_else(|| {
+                    VARS.iter()
+                        .find(|v| v.name == name)
+                        .and_then(|v| v.default)
+                        .map(str::to_owned)
+                })
+        };
+        let listen_addr = parse_with(&get, "CHAT_LISTEN_ADDR", |s| {
+            s.parse::<SocketAddr>()
+                .map_err(|e| format!("not a socket address ({e})"))
+        })?
+        .ok_or_else(|| bad("CHAT_LISTEN_ADDR", "required"))?;
+
+        let url = get("CHAT_REDIS_URL");
+        let sentinels = get("CHAT_REDIS_SENTINELS");
+        let backend = match (url, sentinels) {
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "CHAT_REDIS_SENTINELS",
+                    "set either CHAT_REDIS_URL or CHAT_REDIS_SENTINELS, not both",
+                ));
+            }
+            (Some(url), None) => {
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    return Err(bad(
+                        "CHAT_REDIS_URL",
+                        "must start with redis:// or rediss://",
+                    ));
+                }
+                Backend::Redis { url }
+            }
+            (None, Some(list)) => Backend::Sentinel {
+                sentinels: parse_host_ports(&list).map_err(|m| bad("CHAT_REDIS_SENTINELS", m))?,
+                master: get("CHAT_REDIS_SENTINEL_MASTER").unwrap_or_else(|| "mymaster".into()),
+            },
+            (None, None) => Backend::Memory,
+        };
+
+        let redis_password = match (get("CHAT_REDIS_PASSWORD"), get("CHAT_REDIS_PASSWORD_FILE")) {
+            (Some(p), _) => Some(p),
+            (None, Some(file)) => Some(
+                std::fs::read_to_string(&file)
+                    .map_err(|e| {
+                        bad(
+                            "CHAT_REDIS_PASSWORD_FILE",
+                            format!("cannot read {file}: {e}"),
+                        )
+                    })?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        let default_replicas = u32::from(matches!(backend, Backend::Sentinel { .. }));
+        let redis_min_replicas =
+            parse_num(&get, "CHAT_REDIS_MIN_REPLICAS")?.unwrap_or(default_replicas);
+
+        let server_id = get("CHAT_SERVER_ID")
+            .or_else(|| lookup("POD_NAME").filter(|s| !s.is_empty()))
+            .unwrap_or_else(default_server_id);
+        if !crate::model::is_valid_id(&server_id) {
+            return Err(bad("CHAT_SERVER_ID", "1-128 characters of [A-Za-z0-9_.-]"));
+        }
+
+        let jwt_key = match (get("CHAT_JWT_SECRET"), get("CHAT_JWT_PUBLIC_KEY_FILE")) {
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "CHAT_JWT_PUBLIC_KEY_FILE",
+                    "set either CHAT_JWT_SECRET or CHAT_JWT_PUBLIC_KEY_FILE, not both",
+                ));
+            }
+            (Some(secret), None) => {
+                if secret.len() < 16 {
+                    return Err(bad("CHAT_JWT_SECRET", "must be at least 16 bytes"));
+                }
+                Some(JwtKey::Hs256Secret(secret))
+            }
+            (None, Some(file)) => {
+                Some(JwtKey::PublicKeyPem(std::fs::read(&file).map_err(|e| {
+                    bad(
+                        "CHAT_JWT_PUBLIC_KEY_FILE",
+                        format!("cannot read {file}: {e}"),
+                    )
+                })?))
+            }
+            (None, None) => None,
+        };
+        let allow_anonymous =
+            parse_bool(&get, "CHAT_ALLOW_ANONYMOUS")?.unwrap_or(jwt_key.is_none());
+        if !allow_anonymous && jwt_key.is_none() {
+            return Err(bad(
+                "CHAT_ALLOW_ANONYMOUS",
+                "false needs CHAT_JWT_SECRET or CHAT_JWT_PUBLIC_KEY_FILE, or no one could connect",
+            ));
+        }
+
+        let allowed_origins = get("CHAT_ALLOWED_ORIGINS")
+            .map(|s| {
+                s.split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_owned())
+                    .filter(|o| !o.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+
+        let heartbeat_interval = millis(&get, "CHAT_HEARTBEAT_INTERVAL_MS", 1)?;
+        let server_ttl = millis(&get, "CHAT_SERVER_TTL_MS", 1)?;
+        if server_ttl <= heartbeat_interval {
+            return Err(bad(
+                "CHAT_SERVER_TTL_MS",
+                "must be longer than CHAT_HEARTBEAT_INTERVAL_MS",
+            ));
+        }
+        let history_max_len = positive(&get, "CHAT_HISTORY_MAX_LEN")?;
+        let history_ttl = parse_num::<u64>(&get, "CHAT_HISTORY_TTL_SECS")?
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs);
+        let max_frame_bytes = positive(&get, "CHAT_MAX_FRAME_BYTES")?;
+        if max_frame_bytes < 1024 {
+            return Err(bad("CHAT_MAX_FRAME_BYTES", "must be at least 1024"));
+        }
+        let stomp_heartbeat = get("CHAT_STOMP_HEARTBEAT_MS")
+            .map(|s| {
+                let mut it = s.split(',').map(|p| p.trim().parse::<u64>());
+                match (it.next(), it.next(), it.next()) {
+                    (Some(Ok(a)), Some(Ok(b)), None) => Ok((a, b)),
+                    _ => Err(bad(
+                        "CHAT_STOMP_HEARTBEAT_MS",
+                        "expected two numbers: send,receive",
+                    )),
+                }
+            })
+            .transpose()?
+            .unwrap_or((10_000, 10_000));
+        let log_format = match get("CHAT_LOG_FORMAT").as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(bad(
+                    "CHAT_LOG_FORMAT",
+                    format!("expected text or json, got {other:?}"),
+                ));
+            }
+        };
+
+        Ok(Config {
+            listen_addr,
+            backend,
+            redis_password,
+            redis_min_replicas,
+            redis_wait: millis(&get, "CHAT_REDIS_WAIT_MS", 0)?,
+            key_prefix: get("CHAT_KEY_PREFIX").unwrap_or_else(|| "chat".into()),
+            server_id,
+            jwt_key,
+            jwt_audience: get("CHAT_JWT_AUDIENCE"),
+            jwt_issuer: get("CHAT_JWT_ISSUER"),
+            allow_anonymous,
+            allowed_origins,
+            heartbeat_interval,
+            server_ttl,
+            history_max_len,
+            history_ttl,
+            max_frame_bytes,
+            max_connections: positive(&get, "CHAT_MAX_CONNECTIONS")?,
+            max_subscriptions: positive(&get, "CHAT_MAX_SUBSCRIPTIONS")?,
+            outbound_queue: positive(&get, "CHAT_OUTBOUND_QUEUE")?,
+            send_rate: parse_num(&get, "CHAT_SEND_RATE")?.unwrap_or(200),
+            stomp_heartbeat,
+            shutdown_grace: Duration::from_secs(
+                parse_num(&get, "CHAT_SHUTDOWN_GRACE_SECS")?.unwrap_or(20),
+            ),
+            log_format,
+        })
+    }
+
+    /// A configuration for tests and embedding: in-memory, anonymous, port 0 on loopback.
+    pub fn for_tests() -> Config {
+        let mut c = Config::from_lookup(|name| match name {
+            "CHAT_LISTEN_ADDR" => Some("127.0.0.1:0".into()),
+            "CHAT_SERVER_ID" => Some("test-server".into()),
+            _ => None,
+        })
+        .unwrap_or_else(|e| unreachable!("defaults are valid: {e}"));
+        c.shutdown_grace = Duration::from_secs(5);
+        c
+    }
+}
+
+fn parse_with<T>(
+    get: &impl Fn(&'static str) -> Option<String>,
+    name: &'static str,
+    f: impl Fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, ConfigError> {
+    get(name)
+        .map(|s| f(&s).map_err(|m| bad(name, m)))
+        .transpose()
+}
+
+fn parse_num<T: std::str::FromStr>(
+    get: &impl Fn(&'static str) -> Option<String>,
+    name: &'static str,
+) -> Result<Option<T>, ConfigError> {
+    parse_with(get, name, |s| {
+        s.parse::<T>()
+            .map_err(|_| format!("not a whole number: {s:?}"))
+    })
+}
+
+fn positive(
+    get: &impl Fn(&'static str) -> Option<String>,
+    name: &'static str,
+) -> Result<usize, ConfigError> {
+    match parse_num::<usize>(get, name)? {
+        Some(n) if n > 0 => Ok(n),
+        Some(_) => Err(bad(name, "must be greater than 0")),
+        None => Err(bad(name, "required")),
+    }
+}
+
+fn millis(
+    get: &impl Fn(&'static str) -> Option<String>,
+    name: &'static str,
+    min: u64,
+) -> Result<Duration, ConfigError> {
+    match parse_num::<u64>(get, name)? {
+        Some(n) if n >= min => Ok(Duration::from_millis(n)),
+        Some(_) => Err(bad(name, format!("must be at least {min}"))),
+        None => Err(bad(name, "required")),
+    }
+}
+
+fn parse_bool(
+    get: &impl Fn(&'static str) -> Option<String>,
+    name: &'static str,
+) -> Result<Option<bool>, ConfigError> {
+    parse_with(get, name, |s| match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("expected true or false, got {s:?}")),
+    })
+}
+
+fn parse_host_ports(list: &str) -> Result<Vec<(String, u16)>, String> {
+    let mut out = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (host, port) = item
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{item:?} is not host:port"))?;
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| format!("{item:?} has a bad port"))?;
+        if host.is_empty() {
+            return Err(format!("{item:?} has no host"));
+        }
+        out.push((host.trim_matches(['[', ']']).to_owned(), port));
+    }
+    if out.is_empty() {
+        return Err("no sentinel address given".into());
+    }
+    Ok(out)
+}
+
+fn default_server_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty() && crate::model::is_valid_id(h))
+        .unwrap_or_else(|| "chat".into());
+    let suffix: u32 = rand::random();
+    format!("{host}-{suffix:08x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_serve_one_anonymous_in_memory_instance_on_8080() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.listen_addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.backend, Backend::Memory);
+        assert!(c.allow_anonymous);
+        assert_eq!(c.history_max_len, 1000);
+        assert_eq!(c.max_frame_bytes, 65536);
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(c.server_ttl, Duration::from_secs(6));
+        assert_eq!(c.redis_min_replicas, 0);
+        assert_eq!(c.key_prefix, "chat");
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        let e = parse(&[("CHAT_HISTORY_MAX_LEN", "lots")]).unwrap_err();
+        assert_eq!(e.var, "CHAT_HISTORY_MAX_LEN");
+        assert!(e.to_string().starts_with("CHAT_HISTORY_MAX_LEN: "));
+        for (var, value) in [
+            ("CHAT_LISTEN_ADDR", "nowhere"),
+            ("CHAT_REDIS_URL", "http://x"),
+            ("CHAT_REDIS_SENTINELS", "a:b"),
+            ("CHAT_ALLOW_ANONYMOUS", "maybe"),
+            ("CHAT_LOG_FORMAT", "xml"),
+            ("CHAT_MAX_FRAME_BYTES", "0"),
+            ("CHAT_STOMP_HEARTBEAT_MS", "1"),
+            ("CHAT_SERVER_ID", "bad id!"),
+            ("CHAT_JWT_SECRET", "short"),
+            ("CHAT_REDIS_PASSWORD_FILE", "/nonexistent/password"),
+        ] {
+            assert_eq!(
+                parse(&[(var, value)]).unwrap_err().var,
+                var,
+                "{var}={value}"
+            );
+        }
+    }
+
+    #[test]
+    fn sentinel_mode_needs_one_replica_by_default() {
+        let c = parse(&[("CHAT_REDIS_SENTINELS", "10.0.0.1:26379, s2:26380")]).unwrap();
+        assert_eq!(
+            c.backend,
+            Backend::Sentinel {
+                sentinels: vec![("10.0.0.1".into(), 26379), ("s2".into(), 26380)],
+                master: "mymaster".into()
+            }
+        );
+        assert_eq!(c.redis_min_replicas, 1);
+    }
+
+    #[test]
+    fn a_jwt_key_turns_anonymous_off_unless_asked() {
+        let c = parse(&[("CHAT_JWT_SECRET", "0123456789abcdef0123")]).unwrap();
+        assert!(!c.allow_anonymous);
+        let c = parse(&[
+            ("CHAT_JWT_SECRET", "0123456789abcdef0123"),
+            ("CHAT_ALLOW_ANONYMOUS", "true"),
+        ])
+        .unwrap();
+        assert!(c.allow_anonymous);
+        assert_eq!(
+            parse(&[("CHAT_ALLOW_ANONYMOUS", "false")]).unwrap_err().var,
+            "CHAT_ALLOW_ANONYMOUS"
+        );
+    }
+
+    #[test]
+    fn server_id_falls_back_to_pod_name() {
+        assert_eq!(
+            parse(&[("POD_NAME", "chat-7f9c-abcde")]).unwrap().server_id,
+            "chat-7f9c-abcde"
+        );
+        assert_eq!(
+            parse(&[("POD_NAME", "p"), ("CHAT_SERVER_ID", "explicit")])
+                .unwrap()
+                .server_id,
+            "explicit"
+        );
+    }
+
+    #[test]
+    fn ttl_must_outlast_the_heartbeat() {
+        let e = parse(&[
+            ("CHAT_HEARTBEAT_INTERVAL_MS", "5000"),
+            ("CHAT_SERVER_TTL_MS", "4000"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, "CHAT_SERVER_TTL_MS");
+    }
+
+    #[test]
+    fn every_variable_is_documented_once() {
+        let mut names: Vec<_> = VARS.iter().map(|v| v.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), VARS.len());
+    }
+}

@@ -1,0 +1,135 @@
+//! HTTP: the chat page, health, readiness, metrics, the WebSocket endpoint and the REST API.
+
+mod api;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+
+pub use api::ApiError;
+
+use crate::server::AppState;
+
+/// The chat page, built into the binary: it needs nothing from the network.
+const INDEX_HTML: &str = include_str!("../../static/index.html");
+
+pub fn router(app: Arc<AppState>) -> Router {
+    let body_limit = app.config.max_frame_bytes;
+    Router::new()
+        .route("/", get(|| async { Html(INDEX_HTML) }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/ws", get(websocket))
+        .merge(api::routes())
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(app)
+}
+
+async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+    let checks = [
+        ("draining", !app.drain.is_cancelled()),
+        ("broker", app.services.broker.is_ready()),
+        ("registry", app.services.registry.is_registered()),
+    ];
+    let failing: Vec<&str> = checks
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(n, _)| *n)
+        .collect();
+    if failing.is_empty() {
+        (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({"status": "ready"})),
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "not ready", "failing": failing})),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(app): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// Decrements the connection count however the session ends.
+struct ConnectionGuard(Arc<AppState>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.connections.dec();
+    }
+}
+
+async fn websocket(
+    State(app): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if app.drain.is_cancelled() {
+        app.metrics.connections_refused.inc();
+        return ApiError::Unavailable("server is shutting down".into()).into_response();
+    }
+    if !app.config.allowed_origins.is_empty() {
+        let origin = headers
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+            .map(|o| o.trim_end_matches('/'));
+        let allowed = origin.is_some_and(|o| {
+            app.config
+                .allowed_origins
+                .iter()
+                .any(|a| a == o || a == "*")
+        });
+        if !allowed {
+            app.metrics.connections_refused.inc();
+            return ApiError::Forbidden("origin not allowed".into()).into_response();
+        }
+    }
+    let open = app.connections.fetch_add(1, Ordering::AcqRel);
+    if open >= app.config.max_connections {
+        app.connections.fetch_sub(1, Ordering::AcqRel);
+        app.metrics.connections_refused.inc();
+        return ApiError::Unavailable("too many connections".into()).into_response();
+    }
+    app.metrics.connections.inc();
+    app.metrics.connections_total.inc();
+    let guard = ConnectionGuard(app.clone());
+    let token = query.get("access_token").cloned();
+    let max = app.config.max_frame_bytes;
+    let tracker = app.tracker.clone();
+    ws.protocols(["v12.stomp", "v11.stomp", "v10.stomp"])
+        // Room for a frame at the limit, so the codec (not the transport) answers an oversize frame.
+        .max_message_size(max + 4096)
+        .max_frame_size(max + 4096)
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                let _guard = guard;
+                crate::session::run(socket, app, token).await;
+            })
+        })
+}

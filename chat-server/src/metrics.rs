@@ -1,0 +1,165 @@
+//! Prometheus metrics of one instance, served at `/metrics` in the OpenMetrics text format.
+//!
+//! Hot paths touch only atomics; labelled families are used only for rare events (errors).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Gauge,
+    pub connections_total: Counter,
+    pub connections_refused: Counter,
+    pub frames_received: Counter,
+    pub frames_sent: Counter,
+    pub messages_published: Counter,
+    pub direct_messages: Counter,
+    pub deliveries: Counter,
+    pub slow_consumers: Counter,
+    pub heartbeat_timeouts: Counter,
+    pub replayed: Counter,
+    pub gaps_filled: Counter,
+    pub not_recovered: Counter,
+    pub errors: Family<ReasonLabel, Counter>,
+    pub publish_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("chat");
+        let m = Metrics {
+            connections: Gauge::default(),
+            connections_total: Counter::default(),
+            connections_refused: Counter::default(),
+            frames_received: Counter::default(),
+            frames_sent: Counter::default(),
+            messages_published: Counter::default(),
+            direct_messages: Counter::default(),
+            deliveries: Counter::default(),
+            slow_consumers: Counter::default(),
+            heartbeat_timeouts: Counter::default(),
+            replayed: Counter::default(),
+            gaps_filled: Counter::default(),
+            not_recovered: Counter::default(),
+            errors: Family::default(),
+            publish_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "Open WebSocket connections",
+            m.connections.clone(),
+        );
+        registry.register(
+            "connections_opened",
+            "WebSocket connections accepted",
+            m.connections_total.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections refused (limit, draining, origin)",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "frames_received",
+            "STOMP frames received",
+            m.frames_received.clone(),
+        );
+        registry.register("frames_sent", "STOMP frames sent", m.frames_sent.clone());
+        registry.register(
+            "messages_published",
+            "Room messages accepted by the broker",
+            m.messages_published.clone(),
+        );
+        registry.register(
+            "direct_messages",
+            "Direct messages accepted by the broker",
+            m.direct_messages.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "MESSAGE frames written to subscribers",
+            m.deliveries.clone(),
+        );
+        registry.register(
+            "slow_consumers",
+            "Connections dropped because their queue was full",
+            m.slow_consumers.clone(),
+        );
+        registry.register(
+            "heartbeat_timeouts",
+            "Connections dropped for silence past their heart-beat",
+            m.heartbeat_timeouts.clone(),
+        );
+        registry.register(
+            "replayed",
+            "Events replayed from history on recovery",
+            m.replayed.clone(),
+        );
+        registry.register(
+            "gaps_filled",
+            "Live gaps filled from history",
+            m.gaps_filled.clone(),
+        );
+        registry.register(
+            "not_recovered",
+            "Recoveries refused (epoch changed or history too short)",
+            m.not_recovered.clone(),
+        );
+        registry.register("errors", "ERROR frames sent, by reason", m.errors.clone());
+        registry.register(
+            "publish_seconds",
+            "Time for the broker to accept a message",
+            m.publish_seconds.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn error(&self, reason: &'static str) {
+        self.errors.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_render_with_the_chat_prefix() {
+        let m = Metrics::new();
+        m.deliveries.inc_by(3);
+        m.error("bad-frame");
+        let text = m.encode();
+        assert!(text.contains("chat_deliveries_total 3"), "{text}");
+        assert!(
+            text.contains("chat_errors_total{reason=\"bad-frame\"} 1"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

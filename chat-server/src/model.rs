@@ -1,0 +1,433 @@
+//! The chat's data: identities, room events and direct messages, and their JSON and wire forms.
+//!
+//! An event is serialized once, when it is made: `RoomEvent::wire` holds the whole MESSAGE frame
+//! except the `subscription` header, which is the only part that differs per subscriber.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::stomp::{self, Command, Frame};
+
+/// Room, user and server ids: 1–128 characters of `[A-Za-z0-9_.-]`.
+pub fn is_valid_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Who a connection or an API call acts as; always from the token (or `login` when anonymous).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user_id: String,
+    pub name: String,
+    /// Rooms this identity may join or post to; `None` is every room. An entry ending in `*` is a prefix.
+    pub rooms: Option<Vec<String>>,
+}
+
+impl Identity {
+    pub fn may_use_room(&self, room: &str) -> bool {
+        match &self.rooms {
+            None => true,
+            Some(allowed) => allowed
+                .iter()
+                .any(|pattern| match pattern.strip_suffix('*') {
+                    Some(prefix) => room.starts_with(prefix),
+                    None => pattern == room,
+                }),
+        }
+    }
+
+    pub fn sender(&self) -> Sender {
+        Sender {
+            id: self.user_id.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum EventKind {
+    Chat,
+    Join,
+    Leave,
+    System,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sender {
+    pub id: String,
+    pub name: String,
+}
+
+/// What a publisher hands the broker; the broker gives it an offset and an epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Draft {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    pub sender: Sender,
+    pub content: String,
+    pub sent_at: String,
+    pub server_id: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+}
+
+impl Draft {
+    pub fn new(kind: EventKind, sender: Sender, content: String, server_id: &str) -> Draft {
+        Draft {
+            id: uuid::Uuid::new_v4().to_string(),
+            kind,
+            sender,
+            content,
+            sent_at: now_rfc3339(),
+            server_id: server_id.to_owned(),
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// A stored room event, as history and the REST API show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventRecord {
+    pub id: String,
+    pub room_id: String,
+    pub offset: u64,
+    pub epoch: String,
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    pub sender: Sender,
+    pub content: String,
+    pub sent_at: String,
+    pub server_id: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+}
+
+impl EventRecord {
+    pub fn from_draft(draft: Draft, room_id: &str, offset: u64, epoch: &str) -> EventRecord {
+        EventRecord {
+            id: draft.id,
+            room_id: room_id.to_owned(),
+            offset,
+            epoch: epoch.to_owned(),
+            kind: draft.kind,
+            sender: draft.sender,
+            content: draft.content,
+            sent_at: draft.sent_at,
+            server_id: draft.server_id,
+            headers: draft.headers,
+        }
+    }
+}
+
+/// The body of a room MESSAGE frame (DESIGN.md); user headers travel as STOMP headers instead.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RoomBody<'a> {
+    id: &'a str,
+    room_id: &'a str,
+    offset: u64,
+    epoch: &'a str,
+    #[serde(rename = "type")]
+    kind: EventKind,
+    sender: &'a Sender,
+    content: &'a str,
+    sent_at: &'a str,
+    server_id: &'a str,
+}
+
+/// A room event ready to deliver: the record and its encoded MESSAGE frame.
+#[derive(Debug)]
+pub struct RoomEvent {
+    pub record: EventRecord,
+    /// The MESSAGE frame without its command line and `subscription` header.
+    wire: Bytes,
+}
+
+impl RoomEvent {
+    pub fn new(record: EventRecord) -> Arc<RoomEvent> {
+        let body = serde_json::to_vec(&RoomBody {
+            id: &record.id,
+            room_id: &record.room_id,
+            offset: record.offset,
+            epoch: &record.epoch,
+            kind: record.kind,
+            sender: &record.sender,
+            content: &record.content,
+            sent_at: &record.sent_at,
+            server_id: &record.server_id,
+        })
+        .unwrap_or_default();
+        let mut frame = Frame::new(Command::Message)
+            .with_header("destination", format!("/topic/room/{}", record.room_id))
+            .with_header("message-id", record.id.clone())
+            .with_header("content-type", "application/json")
+            .with_header("x-offset", record.offset.to_string())
+            .with_header("x-epoch", record.epoch.clone());
+        for (k, v) in &record.headers {
+            frame = frame.with_header(k.clone(), v.clone());
+        }
+        let wire = tail_of(&frame.with_body(body));
+        Arc::new(RoomEvent { record, wire })
+    }
+
+    pub fn offset(&self) -> u64 {
+        self.record.offset
+    }
+
+    pub fn epoch(&self) -> &str {
+        &self.record.epoch
+    }
+
+    pub fn room(&self) -> &str {
+        &self.record.room_id
+    }
+
+    /// The bytes of this event's MESSAGE frame for one subscription.
+    pub fn frame_for(&self, subscription: &str, out: &mut BytesMut) {
+        write_with_subscription(&self.wire, subscription, out);
+    }
+}
+
+/// A direct message to one user, on every instance where that user is connected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DirectRecord {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    pub sender: Sender,
+    pub to: String,
+    pub content: String,
+    pub sent_at: String,
+    pub server_id: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DirectBody<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: EventKind,
+    sender: &'a Sender,
+    to: &'a str,
+    content: &'a str,
+    sent_at: &'a str,
+    server_id: &'a str,
+}
+
+#[derive(Debug)]
+pub struct DirectEvent {
+    pub record: DirectRecord,
+    wire: Bytes,
+}
+
+impl DirectEvent {
+    pub fn new(record: DirectRecord) -> Arc<DirectEvent> {
+        let body = serde_json::to_vec(&DirectBody {
+            id: &record.id,
+            kind: record.kind,
+            sender: &record.sender,
+            to: &record.to,
+            content: &record.content,
+            sent_at: &record.sent_at,
+            server_id: &record.server_id,
+        })
+        .unwrap_or_default();
+        let mut frame = Frame::new(Command::Message)
+            .with_header("destination", "/user/queue/messages")
+            .with_header("message-id", record.id.clone())
+            .with_header("content-type", "application/json");
+        for (k, v) in &record.headers {
+            frame = frame.with_header(k.clone(), v.clone());
+        }
+        let wire = tail_of(&frame.with_body(body));
+        Arc::new(DirectEvent { record, wire })
+    }
+
+    pub fn frame_for(&self, subscription: &str, out: &mut BytesMut) {
+        write_with_subscription(&self.wire, subscription, out);
+    }
+}
+
+/// Encodes `frame` and keeps everything after its command line.
+fn tail_of(frame: &Frame) -> Bytes {
+    let mut buf = BytesMut::with_capacity(256 + frame.body.len());
+    stomp::encode(frame, &mut buf);
+    let skip = buf.iter().position(|b| *b == b'\n').map_or(0, |p| p + 1);
+    buf.freeze().slice(skip..)
+}
+
+fn write_with_subscription(tail: &[u8], subscription: &str, out: &mut BytesMut) {
+    out.reserve(24 + subscription.len() + tail.len());
+    out.extend_from_slice(b"MESSAGE\nsubscription:");
+    stomp::headers::escape_into(subscription, out);
+    out.extend_from_slice(b"\n");
+    out.extend_from_slice(tail);
+}
+
+/// The body of a SEND (or REST publish): JSON `{"content": "...", "type": "CHAT"}` or plain text.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendBody {
+    content: String,
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+}
+
+/// Why a message body was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BodyError {
+    #[error("body is not valid UTF-8")]
+    NotUtf8,
+    #[error("invalid JSON body: {0}")]
+    BadJson(String),
+    #[error("message content is empty")]
+    Empty,
+    #[error("message type must be CHAT, got {0:?}")]
+    BadType(String),
+}
+
+/// Reads the content of a client's message; a body that starts with `{` must be the JSON form.
+pub fn parse_message_body(body: &[u8]) -> Result<String, BodyError> {
+    let text = std::str::from_utf8(body).map_err(|_| BodyError::NotUtf8)?;
+    let content = if text.trim_start().starts_with('{') {
+        let parsed: SendBody =
+            serde_json::from_str(text).map_err(|e| BodyError::BadJson(e.to_string()))?;
+        match parsed.kind.as_deref() {
+            None | Some("CHAT") => {}
+            Some(other) => return Err(BodyError::BadType(other.to_owned())),
+        }
+        parsed.content
+    } else {
+        text.to_owned()
+    };
+    if content.trim().is_empty() {
+        return Err(BodyError::Empty);
+    }
+    Ok(content)
+}
+
+/// Now, as RFC 3339 with milliseconds in UTC.
+pub fn now_rfc3339() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let now = now
+        .replace_nanosecond(now.millisecond() as u32 * 1_000_000)
+        .unwrap_or(now);
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(offset: u64) -> EventRecord {
+        EventRecord {
+            id: "m1".into(),
+            room_id: "lobby".into(),
+            offset,
+            epoch: "e1".into(),
+            kind: EventKind::Chat,
+            sender: Sender {
+                id: "u1".into(),
+                name: "Ann".into(),
+            },
+            content: "hi: there\n".into(),
+            sent_at: "2026-01-01T00:00:00.000Z".into(),
+            server_id: "s1".into(),
+            headers: vec![("x-sent-ns".into(), "12:34".into())],
+        }
+    }
+
+    #[test]
+    fn ids_are_one_to_128_safe_characters() {
+        assert!(is_valid_id("room-1_a.b"));
+        assert!(is_valid_id(&"a".repeat(128)));
+        assert!(!is_valid_id(&"a".repeat(129)));
+        assert!(!is_valid_id(""));
+        assert!(!is_valid_id("a/b"));
+        assert!(!is_valid_id("ä"));
+    }
+
+    #[test]
+    fn a_room_event_frame_decodes_with_every_contract_header_and_body_field() {
+        let ev = RoomEvent::new(record(7));
+        let mut out = BytesMut::new();
+        ev.frame_for("sub:0", &mut out);
+        let mut dec = stomp::Decoder::new(stomp::Limits::default());
+        let Some(stomp::Decoded::Frame(f)) = dec.decode(&mut out).unwrap() else {
+            panic!("no frame")
+        };
+        assert_eq!(f.command, Command::Message);
+        assert_eq!(f.header("subscription"), Some("sub:0"));
+        assert_eq!(f.header("destination"), Some("/topic/room/lobby"));
+        assert_eq!(f.header("message-id"), Some("m1"));
+        assert_eq!(f.header("content-type"), Some("application/json"));
+        assert_eq!(f.header("x-offset"), Some("7"));
+        assert_eq!(f.header("x-epoch"), Some("e1"));
+        assert_eq!(f.header("x-sent-ns"), Some("12:34"));
+        let body: serde_json::Value = serde_json::from_slice(&f.body).unwrap();
+        assert_eq!(body["roomId"], "lobby");
+        assert_eq!(body["offset"], 7);
+        assert_eq!(body["type"], "CHAT");
+        assert_eq!(body["sender"]["name"], "Ann");
+        assert_eq!(body["content"], "hi: there\n");
+        assert_eq!(body["serverId"], "s1");
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn message_bodies_are_json_or_plain_text() {
+        assert_eq!(
+            parse_message_body(br#"{"content":"hi","type":"CHAT"}"#).unwrap(),
+            "hi"
+        );
+        assert_eq!(parse_message_body(br#"{"content":"hi"}"#).unwrap(), "hi");
+        assert_eq!(parse_message_body(b"plain words").unwrap(), "plain words");
+        assert!(matches!(
+            parse_message_body(b"{not json"),
+            Err(BodyError::BadJson(_))
+        ));
+        assert!(matches!(
+            parse_message_body(br#"{"content":1}"#),
+            Err(BodyError::BadJson(_))
+        ));
+        assert_eq!(
+            parse_message_body(br#"{"content":"x","type":"JOIN"}"#),
+            Err(BodyError::BadType("JOIN".into()))
+        );
+        assert_eq!(parse_message_body(b"  "), Err(BodyError::Empty));
+        assert_eq!(parse_message_body(&[0xff, 0xfe]), Err(BodyError::NotUtf8));
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(parse_message_body(format!("{{\"content\":{deep}}}").as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_rooms_claim_allows_exact_names_and_prefixes() {
+        let id = Identity {
+            user_id: "u".into(),
+            name: "u".into(),
+            rooms: Some(vec!["a".into(), "team-*".into()]),
+        };
+        assert!(id.may_use_room("a"));
+        assert!(id.may_use_room("team-x"));
+        assert!(!id.may_use_room("b"));
+        assert!(!id.may_use_room("ab"));
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_with_millis() {
+        let t = now_rfc3339();
+        assert!(t.ends_with('Z') && t.len() == 24, "{t}");
+    }
+}

@@ -1,0 +1,152 @@
+//! The running instance: shared state, start-up and the drain on shutdown.
+//!
+//! `Server::bind` validates everything and binds the port; `Server::run` serves until the
+//! shutdown future resolves, then drains: readiness fails, upgrades are refused, every session
+//! gets a close that tells it to reconnect, presence is left and the instance deregisters, all
+//! within the configured grace period. Upgraded WebSockets outlive axum's graceful shutdown, so
+//! sessions are tracked here and waited for.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::auth::{AuthError, Authenticator};
+use crate::broker::Services;
+use crate::config::{Backend, Config};
+use crate::metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("bad JWT key: {0}")]
+    Auth(#[from] AuthError),
+    #[error("the {0} backend is not available in this build")]
+    Backend(&'static str),
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// What every request and session shares.
+#[derive(Debug)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub services: Services,
+    pub auth: Authenticator,
+    pub metrics: Metrics,
+    /// Cancelled when the instance starts draining.
+    pub drain: CancellationToken,
+    /// Sessions and their clean-up tasks.
+    pub tracker: TaskTracker,
+    /// Random per process start, so session ids never repeat across restarts.
+    pub boot: String,
+    pub connections: AtomicUsize,
+    next_session: AtomicU64,
+}
+
+impl AppState {
+    pub fn new(config: Config, services: Services) -> Result<Arc<AppState>, ServerError> {
+        Ok(Arc::new(AppState {
+            auth: Authenticator::new(&config)?,
+            config: Arc::new(config),
+            services,
+            metrics: Metrics::new(),
+            drain: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            boot: format!("{:06x}", rand::random::<u32>() & 0xff_ffff),
+            connections: AtomicUsize::new(0),
+            next_session: AtomicU64::new(1),
+        }))
+    }
+
+    pub fn next_session(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        !self.drain.is_cancelled()
+            && self.services.broker.is_ready()
+            && self.services.registry.is_registered()
+    }
+}
+
+/// A bound, not yet serving, instance.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    app: Arc<AppState>,
+}
+
+impl Server {
+    pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        let services = match &config.backend {
+            Backend::Memory => Services::memory(config.history_max_len),
+            Backend::Redis { .. } => return Err(ServerError::Backend("Redis")),
+            Backend::Sentinel { .. } => return Err(ServerError::Backend("Sentinel")),
+        };
+        let app = AppState::new(config, services)?;
+        let addr = app.config.listen_addr;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        Ok(Server { listener, app })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or(self.app.config.listen_addr)
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.app.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains within the grace period.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let Server { listener, app } = self;
+        info!(addr = %listener.local_addr().map_err(ServerError::Serve)?, server_id = %app.config.server_id, "listening");
+        let drain = app.drain.clone();
+        tokio::spawn({
+            let drain = drain.clone();
+            async move {
+                shutdown.await;
+                info!("shutdown requested: draining");
+                drain.cancel();
+            }
+        });
+        let router = crate::http::router(app.clone());
+        let serve = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(drain.clone().cancelled_owned());
+        let served = serve.await;
+        drain.cancel();
+
+        app.tracker.close();
+        let grace = app.config.shutdown_grace;
+        if tokio::time::timeout(grace, app.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(?grace, "sessions still open after the grace period");
+        }
+        if let Err(e) = app.services.registry.deregister().await {
+            warn!(error = %e, "could not deregister");
+        }
+        info!("stopped");
+        served.map_err(ServerError::Serve)
+    }
+}

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
 pub mod process;
+pub mod redis;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

@@ -317,14 +317,19 @@ pub fn parse_message_body(body: &[u8]) -> Result<String, BodyError> {
     Ok(content)
 }
 
-/// Now, as RFC 3339 with milliseconds in UTC.
+/// Now, as RFC 3339 in UTC with exactly three fraction digits (`2026-01-02T03:04:05.067Z`).
 pub fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let now = now
-        .replace_nanosecond(now.millisecond() as u32 * 1_000_000)
-        .unwrap_or(now);
-    now.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    let t = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
 }
 
 #[cfg(test)]

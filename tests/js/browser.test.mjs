@@ -145,6 +145,23 @@ test('two people chat in one room through the page', { timeout: 90000 }, async (
   await alice.page.screenshot({ path: path.join(SHOTS, 'alice.png') });
   await bob.page.screenshot({ path: path.join(SHOTS, 'bob.png') });
 
+  // A direct message: click Bob in presence, the input is prefilled with /msg bob.
+  await alice.page.click(member(bobName));
+  assert.equal(await alice.page.inputValue('#message-input'), `/msg ${bobName} `);
+  await alice.page.type('#message-input', 'just for you');
+  await alice.page.press('#message-input', 'Enter');
+  await bob.page.waitForSelector(`#messages li.dm:text-is(${JSON.stringify(`✉ ${aliceName} → you: just for you`)})`, { timeout: T });
+  await alice.page.waitForSelector(`#messages li.dm:text-is(${JSON.stringify(`✉ you → ${bobName}: just for you`)})`, { timeout: T });
+  assert.equal(await alice.page.locator('#messages li[data-type="CHAT"]:has-text("just for you")').count(), 0, 'not posted to the room');
+
+  // Idle past the server's heart-beat timeout (1.5 x 10 s): the page's heart-beats keep it connected.
+  const aliceSentBefore = alice.sent.length;
+  await alice.page.waitForTimeout(16500);
+  const idle = alice.sent.slice(aliceSentBefore);
+  assert.ok(idle.some((f) => f === '\n'), `the page sent heart-beats: ${JSON.stringify(idle)}`);
+  assert.ok(!idle.some((f) => f.startsWith('CONNECT')), 'and did not have to reconnect');
+  assert.equal(await alice.page.getAttribute('#status', 'data-state'), 'connected');
+
   assert.deepEqual(alice.errors.map(String), [], 'no errors in Alice\'s page');
   assert.deepEqual(bob.errors.map(String), [], 'no errors in Bob\'s page');
 });

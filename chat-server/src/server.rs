@@ -29,8 +29,8 @@ pub enum ServerError {
     },
     #[error("bad JWT key: {0}")]
     Auth(#[from] AuthError),
-    #[error("the {0} backend is not available in this build")]
-    Backend(&'static str),
+    #[error("cannot start the Redis backend: {0}")]
+    Backend(#[from] crate::broker::BackendError),
     #[error("server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -88,9 +88,8 @@ pub struct Server {
 impl Server {
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         let services = match &config.backend {
-            Backend::Memory => Services::memory(config.history_max_len),
-            Backend::Redis { .. } => return Err(ServerError::Backend("Redis")),
-            Backend::Sentinel { .. } => return Err(ServerError::Backend("Sentinel")),
+            Backend::Memory => Services::memory(config.history_max_len, &config.server_id),
+            Backend::Redis { .. } | Backend::Sentinel { .. } => Services::redis(&config).await?,
         };
         let app = AppState::new(config, services)?;
         let addr = app.config.listen_addr;

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use async_trait::async_trait;
 
 use super::{BackendError, Broker, History, HistoryPage, Member, Presence, Registry, RoomInfo};
-use crate::hub::Hub;
-use crate::model::{DirectEvent, DirectRecord, Draft, EventRecord, RoomEvent};
+use crate::hub::{Hub, Topic};
+use crate::model::{DirectEvent, DirectRecord, Draft, EventKind, EventRecord, RoomEvent};
 
 #[derive(Debug)]
 struct Room {
@@ -124,6 +124,10 @@ impl Broker for MemoryStore {
         Ok(())
     }
 
+    async fn listen(&self, _topic: &Topic) -> Result<(), BackendError> {
+        Ok(())
+    }
+
     fn is_ready(&self) -> bool {
         true
     }
@@ -182,36 +186,61 @@ impl History for MemoryStore {
     }
 }
 
-/// Presence in one process: room -> sessions in join order.
-#[derive(Debug, Default)]
+/// Presence in one process: room -> sessions in join order; JOIN and LEAVE go through the store.
+#[derive(Debug)]
 pub struct MemoryPresence {
+    store: Arc<MemoryStore>,
+    server_id: String,
     rooms: Mutex<HashMap<String, Vec<Member>>>,
+}
+
+impl MemoryPresence {
+    pub fn new(store: Arc<MemoryStore>, server_id: &str) -> MemoryPresence {
+        MemoryPresence {
+            store,
+            server_id: server_id.to_owned(),
+            rooms: Mutex::default(),
+        }
+    }
 }
 
 #[async_trait]
 impl Presence for MemoryPresence {
     async fn join(&self, room: &str, member: &Member) -> Result<bool, BackendError> {
-        let mut rooms = self.rooms.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = rooms.entry(room.to_owned()).or_default();
-        if list.iter().any(|m| m.session_id == member.session_id) {
-            return Ok(false);
+        {
+            let mut rooms = self.rooms.lock().unwrap_or_else(PoisonError::into_inner);
+            let list = rooms.entry(room.to_owned()).or_default();
+            if list.iter().any(|m| m.session_id == member.session_id) {
+                return Ok(false);
+            }
+            list.push(member.clone());
         }
-        list.push(member.clone());
+        self.store
+            .publish(room, member.event(EventKind::Join, &self.server_id))
+            .await?;
         Ok(true)
     }
 
-    async fn leave(&self, room: &str, session_id: &str) -> Result<bool, BackendError> {
-        let mut rooms = self.rooms.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(list) = rooms.get_mut(room) else {
-            return Ok(false);
-        };
-        let before = list.len();
-        list.retain(|m| m.session_id != session_id);
-        let left = list.len() != before;
-        if list.is_empty() {
-            rooms.remove(room);
+    async fn leave(&self, room: &str, member: &Member) -> Result<bool, BackendError> {
+        {
+            let mut rooms = self.rooms.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(list) = rooms.get_mut(room) else {
+                return Ok(false);
+            };
+            let before = list.len();
+            list.retain(|m| m.session_id != member.session_id);
+            let left = list.len() != before;
+            if list.is_empty() {
+                rooms.remove(room);
+            }
+            if !left {
+                return Ok(false);
+            }
         }
-        Ok(left)
+        self.store
+            .publish(room, member.event(EventKind::Leave, &self.server_id))
+            .await?;
+        Ok(true)
     }
 
     async fn members(&self, room: &str) -> Result<Vec<Member>, BackendError> {
@@ -307,8 +336,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn presence_counts_each_session_once() {
-        let p = MemoryPresence::default();
+    async fn presence_counts_each_session_once_and_publishes_join_and_leave() {
+        let store = MemoryStore::new(Hub::new(), 10);
+        let p = MemoryPresence::new(store.clone(), "x");
         let m = Member {
             user_id: "u".into(),
             name: "U".into(),
@@ -318,8 +348,17 @@ mod tests {
         assert!(p.join("r", &m).await.unwrap());
         assert!(!p.join("r", &m).await.unwrap());
         assert_eq!(p.members("r").await.unwrap().len(), 1);
-        assert!(p.leave("r", "s1").await.unwrap());
-        assert!(!p.leave("r", "s1").await.unwrap());
+        assert!(p.leave("r", &m).await.unwrap());
+        assert!(!p.leave("r", &m).await.unwrap());
         assert!(p.members("r").await.unwrap().is_empty());
+        let kinds: Vec<EventKind> = store
+            .read_after("r", 0, 10)
+            .await
+            .unwrap()
+            .events
+            .iter()
+            .map(|e| e.record.kind)
+            .collect();
+        assert_eq!(kinds, vec![EventKind::Join, EventKind::Leave]);
     }
 }

@@ -6,14 +6,15 @@
 //! clustered ones back the same traits with Redis. Sessions only ever see the traits.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::hub::Hub;
-use crate::model::{DirectRecord, Draft, RoomEvent};
+use crate::hub::{Hub, Topic};
+use crate::model::{DirectRecord, Draft, EventKind, RoomEvent, Sender};
 
 /// A backend could not do what was asked.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -45,6 +46,23 @@ pub struct HistoryPage {
     pub events: Vec<Arc<RoomEvent>>,
 }
 
+impl Member {
+    pub fn sender(&self) -> Sender {
+        Sender {
+            id: self.user_id.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    /// The JOIN or LEAVE event of this member, sent by `server_id`.
+    pub fn event(&self, kind: EventKind, server_id: &str) -> Draft {
+        let mut d = Draft::new(kind, self.sender(), String::new(), server_id);
+        d.headers
+            .push(("x-session".into(), self.session_id.clone()));
+        d
+    }
+}
+
 /// One session's presence in a room.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -63,6 +81,10 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Delivers a direct message to every session of `record.to`, on any instance.
     async fn publish_direct(&self, record: DirectRecord) -> Result<(), BackendError>;
+
+    /// Makes sure this instance receives `topic` before returning (the hub already has a
+    /// listener for it), so a SUBSCRIBE is receipted only once its messages can arrive.
+    async fn listen(&self, topic: &Topic) -> Result<(), BackendError>;
 
     /// Whether the broker can publish and receive right now (readiness).
     fn is_ready(&self) -> bool;
@@ -93,11 +115,11 @@ pub trait History: Send + Sync + 'static {
 
 #[async_trait]
 pub trait Presence: Send + Sync + 'static {
-    /// Records `member` in `room`; `true` when the session was not there yet.
+    /// Records `member` in `room` and, if the session was not there yet, publishes its JOIN.
     async fn join(&self, room: &str, member: &Member) -> Result<bool, BackendError>;
 
-    /// Removes a session from a room; `true` when it was there.
-    async fn leave(&self, room: &str, session_id: &str) -> Result<bool, BackendError>;
+    /// Removes a session from a room and, if it was there, publishes its LEAVE.
+    async fn leave(&self, room: &str, member: &Member) -> Result<bool, BackendError>;
 
     /// Everyone in a room, across the cluster.
     async fn members(&self, room: &str) -> Result<Vec<Member>, BackendError>;
@@ -133,14 +155,14 @@ impl std::fmt::Debug for Services {
 
 impl Services {
     /// The single-process backend.
-    pub fn memory(history_max_len: usize) -> Services {
+    pub fn memory(history_max_len: usize, server_id: &str) -> Services {
         let hub = Hub::new();
         let store = memory::MemoryStore::new(hub.clone(), history_max_len);
         Services {
             hub,
             broker: store.clone(),
-            history: store,
-            presence: Arc::new(memory::MemoryPresence::default()),
+            history: store.clone(),
+            presence: Arc::new(memory::MemoryPresence::new(store, server_id)),
             registry: Arc::new(memory::MemoryRegistry),
         }
     }

@@ -24,7 +24,7 @@ use tracing::{Instrument, debug, info_span, warn};
 pub use sequencer::{Sequencer, Verdict};
 
 use crate::broker::{BackendError, HistoryPage, Member, RoomInfo, Services};
-use crate::hub::{Delivery, Kill, Listener};
+use crate::hub::{Delivery, Kill, Listener, Topic};
 use crate::model::{
     DirectRecord, Draft, EventKind, EventRecord, Identity, RoomEvent, Sender, is_valid_id,
     now_rfc3339, parse_message_body,
@@ -877,7 +877,15 @@ impl Conn {
                 }
                 self.user_subs.push(sub.clone());
                 self.subs.insert(id.to_owned(), Subscription { dest });
-                return self.receipt(receipt);
+                let services = self.services.clone();
+                let topic = Topic::User(identity.user_id.clone());
+                self.op = Some(Box::pin(async move {
+                    match services.broker.listen(&topic).await {
+                        Ok(()) => Done::Plain { receipt },
+                        Err(error) => Done::Failed { error, receipt },
+                    }
+                }));
+                return;
             }
             Dest::Room(room) => room.clone(),
             Dest::User(_) => return,
@@ -918,15 +926,12 @@ impl Conn {
         }
         self.subs.insert(id.to_owned(), Subscription { dest });
 
-        let member = Member {
-            user_id: identity.user_id.clone(),
-            name: identity.name.clone(),
-            session_id: self.session_id.clone(),
-            server_id: self.app.config.server_id.clone(),
-        };
+        let member = self.member(&identity);
         let services = self.services.clone();
-        let app = self.app.clone();
         self.op = Some(Box::pin(async move {
+            if let Err(error) = services.broker.listen(&Topic::Room(room.clone())).await {
+                return Done::Failed { error, receipt };
+            }
             let replay = match (since, history) {
                 (Some(n), _) => recover(&services, &room, n, epoch.as_deref()).await,
                 (None, Some(k)) => services.history.read_last(&room, k).await.map(|page| {
@@ -945,7 +950,7 @@ impl Conn {
                 Ok(r) => r,
                 Err(error) => return Done::Failed { error, receipt },
             };
-            if join && let Err(error) = join_room(&services, &app, &room, &member).await {
+            if join && let Err(error) = services.presence.join(&room, &member).await {
                 return Done::Failed { error, receipt };
             }
             Done::Subscribed {
@@ -997,12 +1002,10 @@ impl Conn {
                     return self.receipt(receipt);
                 }
                 let services = self.services.clone();
-                let app = self.app.clone();
-                let session_id = self.session_id.clone();
-                let sender = identity.sender();
+                let member = self.member(identity);
                 self.op = Some(Box::pin(async move {
-                    match leave_room(&services, &app, &room, &session_id, sender).await {
-                        Ok(()) => Done::Plain { receipt },
+                    match services.presence.leave(&room, &member).await {
+                        Ok(_) => Done::Plain { receipt },
                         Err(error) => Done::Failed { error, receipt },
                     }
                 }));
@@ -1216,18 +1219,23 @@ impl Conn {
             return;
         }
         let services = self.services.clone();
-        let app = self.app.clone();
-        let session_id = self.session_id.clone();
-        let sender = identity.sender();
+        let member = self.member(&identity);
         self.app.tracker.spawn(async move {
             for room in leave {
-                if let Err(e) =
-                    leave_room(&services, &app, &room, &session_id, sender.clone()).await
-                {
+                if let Err(e) = services.presence.leave(&room, &member).await {
                     warn!(error = %e, room, "could not leave room on disconnect");
                 }
             }
         });
+    }
+
+    fn member(&self, identity: &Identity) -> Member {
+        Member {
+            user_id: identity.user_id.clone(),
+            name: identity.name.clone(),
+            session_id: self.session_id.clone(),
+            server_id: self.app.config.server_id.clone(),
+        }
     }
 }
 
@@ -1347,55 +1355,6 @@ fn not_recovered_frame(info: &RoomInfo, sub: &str, server_id: &str) -> Frame {
         .with_header("x-epoch", info.epoch.clone())
         .with_header("x-recovered", "false")
         .with_body(body)
-}
-
-/// Records presence and, for a new member, publishes JOIN.
-pub async fn join_room(
-    services: &Services,
-    app: &AppState,
-    room: &str,
-    member: &Member,
-) -> Result<(), BackendError> {
-    if services.presence.join(room, member).await? {
-        let sender = Sender {
-            id: member.user_id.clone(),
-            name: member.name.clone(),
-        };
-        let mut draft = Draft::new(
-            EventKind::Join,
-            sender,
-            String::new(),
-            &app.config.server_id,
-        );
-        draft
-            .headers
-            .push(("x-session".into(), member.session_id.clone()));
-        services.broker.publish(room, draft).await?;
-    }
-    Ok(())
-}
-
-/// Removes presence and, if the session was there, publishes LEAVE.
-pub async fn leave_room(
-    services: &Services,
-    app: &AppState,
-    room: &str,
-    session_id: &str,
-    sender: Sender,
-) -> Result<(), BackendError> {
-    if services.presence.leave(room, session_id).await? {
-        let mut draft = Draft::new(
-            EventKind::Leave,
-            sender,
-            String::new(),
-            &app.config.server_id,
-        );
-        draft
-            .headers
-            .push(("x-session".into(), session_id.to_owned()));
-        services.broker.publish(room, draft).await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,876 @@
+//! Cluster backend on Redis (one node, or behind Sentinel), with `fred`.
+//!
+//! Keys (prefix `P`): `P:room:{id}` hash {epoch, last}; `P:log:{id}` Stream of records with IDs
+//! `{offset}-0`; `P:rooms` zset of room ids; `P:presence:{id}` hash session -> member;
+//! `P:srv:{server}` set of `room|session` (what to reap when that server dies); `P:servers`
+//! zset server -> heartbeat expiry (ms, Redis clock). Channels: `P:ch:room:{id}`,
+//! `P:ch:user:{id}`, `P:ch:probe:{server}`.
+//!
+//! What it keeps true:
+//! - A publish is one script (offset, Stream, PUBLISH) — one round trip. With
+//!   `min_replicas > 0` the script does not PUBLISH; a batcher runs the scripts of concurrent
+//!   messages, one `WAIT` for all, then PUBLISHes them: a message reaches subscribers and its
+//!   sender's RECEIPT only once replicas hold it.
+//! - Presence changes and their JOIN/LEAVE are one script, so they cannot part; the reaper is
+//!   one script per round, so racing reapers LEAVE each session once.
+//! - The instance subscribes to a room's channel only while it has local listeners. After the
+//!   Pub/Sub link reconnects (or its broadcast buffer overflowed) it reads each local room's
+//!   Stream after the last offset it delivered, so sessions see no gap; their sequencers drop
+//!   what arrives twice.
+//! - A probe published to itself every heartbeat proves the Pub/Sub link; when it stops
+//!   arriving the instance is unready and forces the subscriber to reconnect.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use fred::types::config::{
+    Config as FredConfig, ReconnectPolicy, Server as FredServer, ServerConfig,
+};
+use fred::types::scripts::Script;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::memory::new_epoch;
+use super::{
+    BackendError, Broker, History, HistoryPage, Member, Presence, Registry, RoomInfo, Services,
+};
+use crate::config::{Backend, Config};
+use crate::hub::{Hub, Topic};
+use crate::model::{
+    DirectEvent, DirectRecord, Draft, EventKind, EventRecord, RoomEvent, now_rfc3339,
+};
+
+const COMMON: &str = include_str!("lua/common.lua");
+
+fn script(body: &str) -> Script {
+    Script::from_lua(format!("{COMMON}\n{body}"))
+}
+
+struct Scripts {
+    publish: Script,
+    join: Script,
+    leave: Script,
+    heartbeat: Script,
+    reap: Script,
+    read: Script,
+    create: Script,
+    rooms: Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        Scripts {
+            publish: script(include_str!("lua/publish.lua")),
+            join: script(include_str!("lua/join.lua")),
+            leave: script(include_str!("lua/leave.lua")),
+            heartbeat: script(include_str!("lua/heartbeat.lua")),
+            reap: script(include_str!("lua/reap.lua")),
+            read: Script::from_lua(include_str!("lua/read.lua")),
+            create: script(include_str!("lua/create.lua")),
+            rooms: script(include_str!("lua/rooms.lua")),
+        }
+    }
+}
+
+/// Sessions reaped per dead server per round (bounds how long one script runs).
+const REAP_BATCH: usize = 1000;
+/// Rooms the REST listing shows at most.
+const MAX_ROOMS: usize = 1000;
+/// Records read per catch-up step.
+const CATCH_UP_BATCH: usize = 1000;
+
+fn unavailable(e: &Error) -> BackendError {
+    BackendError::Unavailable(e.to_string())
+}
+
+/// A pending publish for the replica-acknowledged path.
+struct Pending {
+    room: String,
+    body: String,
+    reply: oneshot::Sender<Result<Arc<RoomEvent>, BackendError>>,
+}
+
+pub struct RedisBackend {
+    prefix: String,
+    server_id: String,
+    client: Client,
+    sub: SubscriberClient,
+    hub: Arc<Hub>,
+    scripts: Scripts,
+    maxlen: String,
+    ttl: String,
+    min_replicas: u32,
+    wait: Duration,
+    heartbeat_every: Duration,
+    server_ttl: Duration,
+    /// Per local room, the newest (epoch, offset) this instance handed to the hub.
+    last_seen: Mutex<HashMap<String, (String, u64)>>,
+    /// Presence of this instance's sessions, to restore after being reaped while alive.
+    local_presence: Mutex<HashMap<(String, String), Member>>,
+    /// Serializes (un)subscribing so an unsubscribe never races a new listener.
+    sub_lock: tokio::sync::Mutex<()>,
+    started: Instant,
+    last_probe_ms: AtomicU64,
+    last_heartbeat_ms: AtomicU64,
+    registered: AtomicBool,
+    ever_registered: AtomicBool,
+    replicated: Option<mpsc::Sender<Pending>>,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("prefix", &self.prefix)
+            .field("server_id", &self.server_id)
+            .finish()
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Body<'a> {
+    room_id: &'a str,
+    #[serde(flatten)]
+    draft: &'a Draft,
+}
+
+impl RedisBackend {
+    /// Connects (in the background: an unreachable Redis makes the instance unready, not dead)
+    /// and starts the subscriber, reconciler, catch-up, heartbeat, reaper and probe tasks.
+    pub async fn start(config: &Config, hub: Arc<Hub>) -> Result<Arc<RedisBackend>, BackendError> {
+        let mut fc = match &config.backend {
+            Backend::Redis { url } => {
+                FredConfig::from_url(url).map_err(|e| BackendError::Protocol(e.to_string()))?
+            }
+            Backend::Sentinel { sentinels, master } => FredConfig {
+                server: ServerConfig::Sentinel {
+                    hosts: sentinels
+                        .iter()
+                        .map(|(h, p)| FredServer::new(h.as_str(), *p))
+                        .collect(),
+                    service_name: master.clone(),
+                    username: None,
+                    password: None,
+                },
+                ..FredConfig::default()
+            },
+            Backend::Memory => {
+                return Err(BackendError::Protocol("not a Redis configuration".into()));
+            }
+        };
+        if let Some(pw) = &config.redis_password {
+            fc.password = Some(pw.clone());
+        }
+        fc.fail_fast = false;
+        let wait = config.redis_wait.max(Duration::from_millis(100));
+        let mut builder = Builder::from_config(fc);
+        builder
+            .with_connection_config(|c| {
+                c.connection_timeout = Duration::from_secs(2);
+                c.internal_command_timeout = Duration::from_secs(2);
+                c.max_command_attempts = 20;
+                c.unresponsive.max_timeout = Some(Duration::from_secs(3));
+                c.unresponsive.interval = Duration::from_millis(500);
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = wait;
+                p.broadcast_channel_capacity = 16_384;
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2));
+        let client = builder.build().map_err(|e| unavailable(&e))?;
+        let sub = builder
+            .build_subscriber_client()
+            .map_err(|e| unavailable(&e))?;
+        // These return the handles of fred's connection tasks; they run detached for our lifetime.
+        drop(client.connect());
+        drop(sub.connect());
+        drop(sub.manage_subscriptions());
+
+        let (tx, rx) = mpsc::channel(4096);
+        let backend = Arc::new(RedisBackend {
+            prefix: config.key_prefix.clone(),
+            server_id: config.server_id.clone(),
+            client,
+            sub,
+            hub,
+            scripts: Scripts::new(),
+            maxlen: config.history_max_len.to_string(),
+            ttl: config.history_ttl.map_or(0, |t| t.as_secs()).to_string(),
+            min_replicas: config.redis_min_replicas,
+            wait,
+            heartbeat_every: config.heartbeat_interval,
+            server_ttl: config.server_ttl,
+            last_seen: Mutex::default(),
+            local_presence: Mutex::default(),
+            sub_lock: tokio::sync::Mutex::new(()),
+            started: Instant::now(),
+            last_probe_ms: AtomicU64::new(0),
+            last_heartbeat_ms: AtomicU64::new(0),
+            registered: AtomicBool::new(false),
+            ever_registered: AtomicBool::new(false),
+            replicated: (config.redis_min_replicas > 0).then_some(tx),
+            stop: CancellationToken::new(),
+        });
+        // Connect, but do not hold start-up hostage: readiness says when Redis is there.
+        let _ =
+            tokio::time::timeout(Duration::from_secs(3), backend.client.wait_for_connect()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(3), backend.sub.wait_for_connect()).await;
+        if let Err(e) = backend.sub.subscribe(backend.probe_channel()).await {
+            warn!(error = %e, "could not subscribe to the probe channel yet");
+        }
+        tokio::spawn(backend.clone().messages());
+        tokio::spawn(backend.clone().reconcile());
+        tokio::spawn(backend.clone().reconnects());
+        tokio::spawn(backend.clone().housekeeping());
+        if config.redis_min_replicas > 0 {
+            tokio::spawn(backend.clone().replicated_publisher(rx));
+        }
+        Ok(backend)
+    }
+
+    fn millis(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn room_channel(&self, room: &str) -> String {
+        format!("{}:ch:room:{room}", self.prefix)
+    }
+
+    fn user_channel(&self, user: &str) -> String {
+        format!("{}:ch:user:{user}", self.prefix)
+    }
+
+    fn probe_channel(&self) -> String {
+        format!("{}:ch:probe:{}", self.prefix, self.server_id)
+    }
+
+    fn body(room: &str, draft: &Draft) -> Result<String, BackendError> {
+        serde_json::to_string(&Body {
+            room_id: room,
+            draft,
+        })
+        .map_err(|e| BackendError::Protocol(e.to_string()))
+    }
+
+    /// The arguments every appending script starts with.
+    fn append_args(&self, room: &str, body: String) -> Vec<String> {
+        vec![
+            self.prefix.clone(),
+            room.to_owned(),
+            body,
+            new_epoch(),
+            self.maxlen.clone(),
+            self.ttl.clone(),
+        ]
+    }
+
+    fn parse_record(raw: &str) -> Result<Arc<RoomEvent>, BackendError> {
+        serde_json::from_str::<EventRecord>(raw)
+            .map(RoomEvent::new)
+            .map_err(|e| BackendError::Protocol(format!("bad record in Redis: {e}")))
+    }
+
+    /// Hands an event to the hub and remembers it as the newest seen for its room.
+    fn deliver(&self, event: &Arc<RoomEvent>) {
+        {
+            let mut seen = self
+                .last_seen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let entry = seen
+                .entry(event.room().to_owned())
+                .or_insert_with(|| (event.epoch().to_owned(), 0));
+            if entry.0 != event.epoch() || event.offset() > entry.1 {
+                *entry = (event.epoch().to_owned(), event.offset());
+            }
+        }
+        self.hub.deliver_room(event);
+    }
+
+    // ----- background tasks -----
+
+    /// Reads Pub/Sub messages and hands them to the hub.
+    async fn messages(self: Arc<Self>) {
+        let mut rx = self.sub.message_rx();
+        let room_prefix = format!("{}:ch:room:", self.prefix);
+        let user_prefix = format!("{}:ch:user:", self.prefix);
+        let probe = self.probe_channel();
+        loop {
+            let msg = tokio::select! {
+                () = self.stop.cancelled() => return,
+                msg = rx.recv() => msg,
+            };
+            let msg = match msg {
+                Ok(m) => m,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    warn!(
+                        missed = n,
+                        "pub/sub buffer overflowed: catching up from the streams"
+                    );
+                    tokio::spawn(self.clone().catch_up_all());
+                    continue;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            let channel: &str = &msg.channel;
+            let Some(payload) = msg.value.as_str() else {
+                continue;
+            };
+            if channel.starts_with(&room_prefix) {
+                match Self::parse_record(&payload) {
+                    Ok(event) => self.deliver(&event),
+                    Err(e) => warn!(error = %e, channel, "dropped a bad room message"),
+                }
+            } else if channel.starts_with(&user_prefix) {
+                match serde_json::from_str::<DirectRecord>(&payload) {
+                    Ok(r) => {
+                        self.hub.deliver_user(&DirectEvent::new(r));
+                    }
+                    Err(e) => warn!(error = %e, channel, "dropped a bad direct message"),
+                }
+            } else if channel == probe {
+                self.last_probe_ms.store(self.millis(), Ordering::Release);
+            }
+        }
+    }
+
+    /// Unsubscribes channels whose last local listener left.
+    async fn reconcile(self: Arc<Self>) {
+        loop {
+            let topics = tokio::select! {
+                () = self.stop.cancelled() => return,
+                t = self.hub.changed_topics() => t,
+            };
+            let _guard = self.sub_lock.lock().await;
+            let mut gone = Vec::new();
+            for topic in topics {
+                if self.hub.has_listeners(&topic) {
+                    continue;
+                }
+                match &topic {
+                    Topic::Room(r) => {
+                        self.last_seen
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .remove(r);
+                        gone.push(self.room_channel(r));
+                    }
+                    Topic::User(u) => gone.push(self.user_channel(u)),
+                }
+            }
+            if !gone.is_empty()
+                && let Err(e) = self.sub.unsubscribe(gone).await
+            {
+                debug!(error = %e, "unsubscribe failed; the channels stay until the next change");
+            }
+        }
+    }
+
+    /// After the Pub/Sub link comes back, reads what was published meanwhile.
+    async fn reconnects(self: Arc<Self>) {
+        let mut rx = self.sub.reconnect_rx();
+        loop {
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                r = rx.recv() => if r.is_err() && matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) { return },
+            }
+            info!("pub/sub link reconnected: catching up from the streams");
+            // fred re-subscribes in the background: catch up now and once more when it surely has.
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.clone().catch_up_all().await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                me.catch_up_all().await;
+            });
+        }
+    }
+
+    async fn catch_up_all(self: Arc<Self>) {
+        let rooms: Vec<(String, (String, u64))> = self
+            .last_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (room, (epoch, mut after)) in rooms {
+            loop {
+                let page = match self
+                    .read(&room, "after", &format!("{}-0", after + 1), CATCH_UP_BATCH)
+                    .await
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        warn!(error = %e, room, "catch-up read failed");
+                        break;
+                    }
+                };
+                if page.info.epoch != epoch {
+                    break;
+                }
+                let n = page.events.len();
+                for ev in &page.events {
+                    after = ev.offset();
+                    self.deliver(ev);
+                }
+                if n < CATCH_UP_BATCH {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Heartbeat, reaper and probe, every heartbeat interval.
+    async fn housekeeping(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.heartbeat_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            self.heartbeat_once().await;
+            if let Err(e) = self.reap_once().await {
+                debug!(error = %e, "reaper round failed");
+            }
+            let _: Result<(), _> = self.client.publish(self.probe_channel(), "probe").await;
+            self.check_probe().await;
+        }
+    }
+
+    async fn heartbeat_once(&self) {
+        let ttl = u64::try_from(self.server_ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .to_string();
+        let args = vec![self.prefix.clone(), self.server_id.clone(), ttl];
+        match self
+            .scripts
+            .heartbeat
+            .evalsha_with_reload::<i64, _, _>(&self.client, Vec::<String>::new(), args)
+            .await
+        {
+            Ok(existed) => {
+                self.last_heartbeat_ms
+                    .store(self.millis(), Ordering::Release);
+                self.registered.store(true, Ordering::Release);
+                let was = self.ever_registered.swap(true, Ordering::AcqRel);
+                if existed == 0 && was {
+                    warn!("this instance was reaped while alive: restoring its sessions' presence");
+                    self.restore_presence().await;
+                } else if !was {
+                    info!(server_id = %self.server_id, "registered");
+                }
+            }
+            Err(e) => debug!(error = %e, "heartbeat failed"),
+        }
+    }
+
+    async fn restore_presence(&self) {
+        let entries: Vec<((String, String), Member)> = self
+            .local_presence
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for ((room, _), member) in entries {
+            if let Err(e) = self.join_script(&room, &member).await {
+                warn!(error = %e, room, "could not restore presence");
+            }
+        }
+    }
+
+    /// One reaper round; returns how many sessions it reaped.
+    pub async fn reap_once(&self) -> Result<usize, BackendError> {
+        let args = vec![
+            self.prefix.clone(),
+            self.server_id.clone(),
+            self.maxlen.clone(),
+            self.ttl.clone(),
+            now_rfc3339(),
+            new_epoch(),
+            REAP_BATCH.to_string(),
+        ];
+        let out: Vec<Value> = self
+            .scripts
+            .reap
+            .evalsha_with_reload(&self.client, Vec::<String>::new(), args)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let mut total = 0;
+        for pair in out.chunks(2) {
+            if let [server, n] = pair {
+                let n = n.as_usize().unwrap_or(0);
+                total += n;
+                info!(dead = %server.as_str().unwrap_or_default(), sessions = n, "reaped a dead server");
+            }
+        }
+        Ok(total)
+    }
+
+    async fn check_probe(&self) {
+        let limit = u64::try_from((self.heartbeat_every * 3).as_millis()).unwrap_or(u64::MAX);
+        let now = self.millis();
+        let last = self.last_probe_ms.load(Ordering::Acquire);
+        if now > limit && now.saturating_sub(last) > limit && self.client.is_connected() {
+            warn!(
+                silent_ms = now - last,
+                "pub/sub probe stopped arriving: reconnecting the subscriber"
+            );
+            let _ = self.sub.force_reconnection().await;
+        }
+    }
+
+    /// The replica-acknowledged publish path: scripts for a batch, one WAIT, then PUBLISH.
+    async fn replicated_publisher(self: Arc<Self>, mut rx: mpsc::Receiver<Pending>) {
+        let mut batch = Vec::new();
+        loop {
+            batch.clear();
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                n = rx.recv_many(&mut batch, 256) => if n == 0 { return },
+            }
+            let mut written = Vec::with_capacity(batch.len());
+            for mut p in batch.drain(..) {
+                let mut args = self.append_args(&p.room, std::mem::take(&mut p.body));
+                args.push("0".into());
+                let r: Result<String, _> = self
+                    .scripts
+                    .publish
+                    .evalsha_with_reload(&self.client, Vec::<String>::new(), args)
+                    .await;
+                match r
+                    .map_err(|e| unavailable(&e))
+                    .and_then(|raw| Self::parse_record(&raw).map(|ev| (raw, ev)))
+                {
+                    Ok((raw, ev)) => written.push((p, raw, ev)),
+                    Err(e) => {
+                        let _ = p.reply.send(Err(e));
+                    }
+                }
+            }
+            if written.is_empty() {
+                continue;
+            }
+            let timeout = i64::try_from(self.wait.as_millis()).unwrap_or(i64::MAX);
+            let acked: Result<i64, _> = self
+                .client
+                .wait(i64::from(self.min_replicas), timeout)
+                .await;
+            let ok = matches!(acked, Ok(n) if n >= i64::from(self.min_replicas));
+            for (p, raw, ev) in written {
+                if !ok {
+                    // In the Stream but not provably on a replica: no RECEIPT. Subscribers get it
+                    // through gap repair if it survives.
+                    let _ = p.reply.send(Err(BackendError::Unavailable(format!(
+                        "message not acknowledged by {} replica(s) in time",
+                        self.min_replicas
+                    ))));
+                    continue;
+                }
+                let published: Result<i64, _> =
+                    self.client.publish(self.room_channel(&p.room), raw).await;
+                let _ = p
+                    .reply
+                    .send(published.map(|_| ev).map_err(|e| unavailable(&e)));
+            }
+        }
+    }
+
+    async fn join_script(&self, room: &str, member: &Member) -> Result<bool, BackendError> {
+        let draft = member.event(EventKind::Join, &self.server_id);
+        let member_json =
+            serde_json::to_string(member).map_err(|e| BackendError::Protocol(e.to_string()))?;
+        let mut args = self.append_args(room, Self::body(room, &draft)?);
+        args.extend([
+            self.server_id.clone(),
+            member.session_id.clone(),
+            member_json,
+        ]);
+        let r: Option<String> = self
+            .scripts
+            .join
+            .evalsha_with_reload(&self.client, Vec::<String>::new(), args)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok(r.is_some())
+    }
+
+    /// `{epoch, last, first, records...}` for one room.
+    async fn read(
+        &self,
+        room: &str,
+        mode: &str,
+        start: &str,
+        count: usize,
+    ) -> Result<HistoryPage, BackendError> {
+        let keys = vec![
+            format!("{}:room:{room}", self.prefix),
+            format!("{}:log:{room}", self.prefix),
+        ];
+        let args = vec![mode.to_owned(), start.to_owned(), count.to_string()];
+        let out: Vec<Value> = self
+            .scripts
+            .read
+            .evalsha_with_reload(&self.client, keys, args)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let mut it = out.into_iter();
+        let epoch = it.next().and_then(|v| v.as_string()).unwrap_or_default();
+        let last = it.next().and_then(|v| v.as_u64()).unwrap_or(0);
+        let first = it.next().and_then(|v| v.as_u64()).unwrap_or(last + 1);
+        let mut events = Vec::new();
+        for v in it {
+            if let Some(raw) = v.as_str() {
+                events.push(Self::parse_record(&raw)?);
+            }
+        }
+        if mode == "last" {
+            events.reverse();
+        }
+        Ok(HistoryPage {
+            info: RoomInfo {
+                id: room.to_owned(),
+                epoch,
+                last_offset: last,
+                first_offset: first,
+            },
+            events,
+        })
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBackend {
+    async fn publish(&self, room: &str, draft: Draft) -> Result<Arc<RoomEvent>, BackendError> {
+        let body = Self::body(room, &draft)?;
+        if let Some(tx) = &self.replicated {
+            let (reply, rx) = oneshot::channel();
+            tx.send(Pending {
+                room: room.to_owned(),
+                body,
+                reply,
+            })
+            .await
+            .map_err(|_| BackendError::Unavailable("publisher stopped".into()))?;
+            return rx
+                .await
+                .map_err(|_| BackendError::Unavailable("publisher stopped".into()))?;
+        }
+        let mut args = self.append_args(room, body);
+        args.push("1".into());
+        let raw: String = self
+            .scripts
+            .publish
+            .evalsha_with_reload(&self.client, Vec::<String>::new(), args)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Self::parse_record(&raw)
+    }
+
+    async fn publish_direct(&self, record: DirectRecord) -> Result<(), BackendError> {
+        let payload =
+            serde_json::to_string(&record).map_err(|e| BackendError::Protocol(e.to_string()))?;
+        let _: i64 = self
+            .client
+            .publish(self.user_channel(&record.to), payload)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok(())
+    }
+
+    async fn listen(&self, topic: &Topic) -> Result<(), BackendError> {
+        let channel = match topic {
+            Topic::Room(r) => self.room_channel(r),
+            Topic::User(u) => self.user_channel(u),
+        };
+        let _guard = self.sub_lock.lock().await;
+        if self.sub.tracked_channels().iter().any(|c| **c == *channel) {
+            return Ok(());
+        }
+        self.sub
+            .subscribe(channel)
+            .await
+            .map_err(|e| unavailable(&e))
+    }
+
+    fn is_ready(&self) -> bool {
+        let limit = u64::try_from((self.heartbeat_every * 3).as_millis()).unwrap_or(u64::MAX);
+        let probe_fresh = self
+            .millis()
+            .saturating_sub(self.last_probe_ms.load(Ordering::Acquire))
+            <= limit;
+        self.client.is_connected() && self.sub.is_connected() && probe_fresh
+    }
+}
+
+#[async_trait]
+impl History for RedisBackend {
+    async fn info(&self, room: &str) -> Result<Option<RoomInfo>, BackendError> {
+        let page = self.read(room, "info", "-", 0).await?;
+        Ok((!page.info.epoch.is_empty()).then_some(page.info))
+    }
+
+    async fn read_after(
+        &self,
+        room: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<HistoryPage, BackendError> {
+        self.read(
+            room,
+            "after",
+            &format!("{}-0", after.saturating_add(1)),
+            limit,
+        )
+        .await
+    }
+
+    async fn read_last(&self, room: &str, count: usize) -> Result<HistoryPage, BackendError> {
+        self.read(room, "last", "+", count).await
+    }
+
+    async fn create_room(&self, room: &str) -> Result<bool, BackendError> {
+        let args = vec![
+            self.prefix.clone(),
+            room.to_owned(),
+            new_epoch(),
+            self.ttl.clone(),
+        ];
+        let n: i64 = self
+            .scripts
+            .create
+            .evalsha_with_reload(&self.client, Vec::<String>::new(), args)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok(n == 1)
+    }
+
+    async fn rooms(&self) -> Result<Vec<RoomInfo>, BackendError> {
+        let args = vec![self.prefix.clone(), MAX_ROOMS.to_string()];
+        let out: Vec<Value> = self
+            .scripts
+            .rooms
+            .evalsha_with_reload(&self.client, Vec::<String>::new(), args)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let mut rooms: Vec<RoomInfo> = out
+            .chunks(4)
+            .filter_map(|c| match c {
+                [id, epoch, last, first] => Some(RoomInfo {
+                    id: id.as_string()?,
+                    epoch: epoch.as_string()?,
+                    last_offset: last.as_u64()?,
+                    first_offset: first.as_u64()?,
+                }),
+                _ => None,
+            })
+            .collect();
+        rooms.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(rooms)
+    }
+}
+
+#[async_trait]
+impl Presence for RedisBackend {
+    async fn join(&self, room: &str, member: &Member) -> Result<bool, BackendError> {
+        self.local_presence
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((room.to_owned(), member.session_id.clone()), member.clone());
+        self.join_script(room, member).await
+    }
+
+    async fn leave(&self, room: &str, member: &Member) -> Result<bool, BackendError> {
+        self.local_presence
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(room.to_owned(), member.session_id.clone()));
+        let draft = member.event(EventKind::Leave, &self.server_id);
+        let mut args = self.append_args(room, Self::body(room, &draft)?);
+        args.extend([self.server_id.clone(), member.session_id.clone()]);
+        let r: Option<String> = self
+            .scripts
+            .leave
+            .evalsha_with_reload(&self.client, Vec::<String>::new(), args)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok(r.is_some())
+    }
+
+    async fn members(&self, room: &str) -> Result<Vec<Member>, BackendError> {
+        let raw: Vec<String> = self
+            .client
+            .hvals(format!("{}:presence:{room}", self.prefix))
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let mut members: Vec<Member> = raw
+            .iter()
+            .filter_map(|m| serde_json::from_str(m).ok())
+            .collect();
+        members.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+        Ok(members)
+    }
+}
+
+#[async_trait]
+impl Registry for RedisBackend {
+    async fn heartbeat(&self) -> Result<bool, BackendError> {
+        self.heartbeat_once().await;
+        Ok(self.registered.load(Ordering::Acquire))
+    }
+
+    async fn deregister(&self) -> Result<(), BackendError> {
+        self.registered.store(false, Ordering::Release);
+        let result: Result<(), Error> = async {
+            let _: i64 = self
+                .client
+                .zrem(format!("{}:servers", self.prefix), self.server_id.clone())
+                .await?;
+            let _: i64 = self
+                .client
+                .del(format!("{}:srv:{}", self.prefix, self.server_id))
+                .await?;
+            Ok(())
+        }
+        .await;
+        self.stop.cancel();
+        let _ = self.sub.quit().await;
+        let _ = self.client.quit().await;
+        result.map_err(|e| unavailable(&e))
+    }
+
+    fn is_registered(&self) -> bool {
+        let limit = u64::try_from(self.server_ttl.as_millis()).unwrap_or(u64::MAX);
+        self.registered.load(Ordering::Acquire)
+            && self
+                .millis()
+                .saturating_sub(self.last_heartbeat_ms.load(Ordering::Acquire))
+                < limit
+    }
+}
+
+impl Services {
+    /// The clustered backend on Redis.
+    pub async fn redis(config: &Config) -> Result<Services, BackendError> {
+        let hub = Hub::new();
+        let backend = RedisBackend::start(config, hub.clone()).await?;
+        // Register before serving, so readiness is true as soon as we can take clients.
+        backend.heartbeat_once().await;
+        Ok(Services {
+            hub,
+            broker: backend.clone(),
+            history: backend.clone(),
+            presence: backend.clone(),
+            registry: backend,
+        })
+    }
+}

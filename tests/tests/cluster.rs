@@ -1,0 +1,365 @@
+//! Cluster mode against real processes: redis-server and several chat-server binaries, each on
+//! free loopback ports, all killed when the test ends (pass or fail).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use chat_tests::process::ServerProcess;
+use chat_tests::redis::{RedisOpts, RedisServer};
+use chat_tests::{Client, body};
+
+const ROOM: &str = "/topic/room/lobby";
+const SEND: &str = "/app/room/lobby";
+const QUIET: (&str, &str) = ("x-presence", "false");
+
+/// Environment for an instance on `redis`, with a fast registry so tests don't wait long.
+fn env(redis: &RedisServer) -> Vec<(&'static str, String)> {
+    vec![
+        ("CHAT_REDIS_URL", redis.url()),
+        ("CHAT_HEARTBEAT_INTERVAL_MS", "200".into()),
+        ("CHAT_SERVER_TTL_MS", "800".into()),
+        ("CHAT_SEND_RATE", "0".into()),
+    ]
+}
+
+async fn instance(id: &str, env: &[(&'static str, String)]) -> ServerProcess {
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let p = ServerProcess::start(id, &pairs).await;
+    wait_ready(&p, Duration::from_secs(10)).await;
+    p
+}
+
+async fn ready(p: &ServerProcess) -> bool {
+    reqwest::get(p.url("/readyz"))
+        .await
+        .is_ok_and(|r| r.status() == 200)
+}
+
+async fn wait_ready(p: &ServerProcess, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !ready(p).await {
+        assert!(Instant::now() < deadline, "{} never became ready", p.id);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn presence(p: &ServerProcess, room: &str) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = reqwest::get(p.url(&format!("/api/rooms/{room}/presence")))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["members"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn every_message_reaches_every_client_on_two_instances_once_and_in_order() {
+    let redis = RedisServer::start(RedisOpts::default());
+    let e = env(&redis);
+    let (a, b) = (instance("a", &e).await, instance("b", &e).await);
+    let mut subs = Vec::new();
+    for (i, p) in [&a, &b, &a, &b].iter().enumerate() {
+        let mut c = Client::login(&p.ws_url(), &format!("reader{i}")).await;
+        c.subscribe("0", ROOM, &[QUIET]).await;
+        subs.push(c);
+    }
+    let mut pa = Client::login(&a.ws_url(), "pa").await;
+    let mut pb = Client::login(&b.ws_url(), "pb").await;
+    for i in 0..50 {
+        pa.send(SEND, &format!("a{i}")).await;
+        pb.send(SEND, &format!("b{i}")).await;
+    }
+    for (n, c) in subs.iter_mut().enumerate() {
+        let mut seen = Vec::new();
+        for _ in 0..100 {
+            let m = c.next_message().await;
+            seen.push((
+                m.header("x-offset").unwrap().parse::<u64>().unwrap(),
+                body(&m)["content"].as_str().unwrap().to_owned(),
+            ));
+        }
+        let offsets: Vec<u64> = seen.iter().map(|s| s.0).collect();
+        assert_eq!(
+            offsets,
+            (1..=100).collect::<Vec<_>>(),
+            "reader {n}: all, once, in order"
+        );
+        let contents: HashSet<&String> = seen.iter().map(|s| &s.1).collect();
+        assert_eq!(contents.len(), 100);
+        c.expect_quiet(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn direct_messages_and_presence_cross_instances() {
+    let redis = RedisServer::start(RedisOpts::default());
+    let e = env(&redis);
+    let (a, b) = (instance("a", &e).await, instance("b", &e).await);
+    let mut bob = Client::login(&b.ws_url(), "bob").await;
+    bob.subscribe("dm", "/user/queue/messages", &[]).await;
+    let mut ann = Client::login(&a.ws_url(), "ann").await;
+    ann.send("/app/user/bob", "hi bob").await;
+    let m = bob.next_event().await;
+    assert_eq!(
+        (m["content"].as_str(), m["sender"]["id"].as_str()),
+        (Some("hi bob"), Some("ann"))
+    );
+
+    ann.subscribe("r", ROOM, &[]).await;
+    bob.subscribe("r", ROOM, &[]).await;
+    let mut ids: Vec<String> = presence(&a, "lobby")
+        .await
+        .iter()
+        .map(|m| m["serverId"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["a", "b"]);
+    // ann sees her own JOIN and then bob's, made on the other instance.
+    assert_eq!(ann.next_event().await["sender"]["id"], "ann");
+    let j = ann.next_event().await;
+    assert_eq!(
+        (
+            j["type"].as_str(),
+            j["sender"]["id"].as_str(),
+            j["serverId"].as_str()
+        ),
+        (Some("JOIN"), Some("bob"), Some("b"))
+    );
+}
+
+#[tokio::test]
+async fn the_sessions_of_a_killed_instance_get_exactly_one_leave_each_and_its_keys_go() {
+    let redis = RedisServer::start(RedisOpts::default());
+    let e = env(&redis);
+    let (a, b, mut c) = (
+        instance("a", &e).await,
+        instance("b", &e).await,
+        instance("c", &e).await,
+    );
+    let mut watcher = Client::login(&a.ws_url(), "watcher").await;
+    watcher.subscribe("w", ROOM, &[QUIET]).await;
+    let mut doomed = Vec::new();
+    for name in ["c1", "c2"] {
+        let mut x = Client::login(&c.ws_url(), name).await;
+        x.subscribe("0", ROOM, &[]).await;
+        doomed.push(x);
+    }
+    let mut survivor = Client::login(&b.ws_url(), "b1").await;
+    survivor.subscribe("0", ROOM, &[]).await;
+    for _ in 0..3 {
+        assert_eq!(watcher.next_event().await["type"], "JOIN");
+    }
+    assert!(redis.cli(&["EXISTS", "chat:srv:c"]) == "1");
+
+    c.signal("KILL");
+    let killed = Instant::now();
+    let mut leaves = Vec::new();
+    while leaves.len() < 2 {
+        let ev = watcher.next_event().await;
+        assert_eq!(ev["type"], "LEAVE", "{ev}");
+        leaves.push(ev["sender"]["id"].as_str().unwrap().to_owned());
+    }
+    let took = killed.elapsed();
+    leaves.sort();
+    assert_eq!(leaves, ["c1", "c2"]);
+    // TTL (800 ms) + one heartbeat interval (200 ms), with slack for a loaded machine.
+    assert!(took < Duration::from_millis(2500), "LEAVEs took {took:?}");
+    watcher.expect_quiet(Duration::from_millis(1500)).await;
+    let members: Vec<String> = presence(&b, "lobby")
+        .await
+        .iter()
+        .map(|m| m["userId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(members, ["b1"]);
+    assert_eq!(redis.cli(&["EXISTS", "chat:srv:c"]), "0");
+    assert_eq!(redis.cli(&["ZSCORE", "chat:servers", "c"]), "");
+    drop(doomed);
+    let _ = c.wait_exit(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn an_instance_paused_past_its_ttl_comes_back_and_restores_its_presence_once() {
+    let redis = RedisServer::start(RedisOpts::default());
+    let e = env(&redis);
+    let (a, b) = (instance("a", &e).await, instance("b", &e).await);
+    let mut watcher = Client::login(&a.ws_url(), "watcher").await;
+    watcher.subscribe("w", ROOM, &[QUIET]).await;
+    let mut sleeper = Client::login(&b.ws_url(), "sleeper").await;
+    sleeper.subscribe("0", ROOM, &[]).await;
+    assert_eq!(watcher.next_event().await["type"], "JOIN");
+
+    b.signal("STOP");
+    let leave = watcher.next_event().await;
+    assert_eq!(
+        (leave["type"].as_str(), leave["sender"]["id"].as_str()),
+        (Some("LEAVE"), Some("sleeper"))
+    );
+    assert!(presence(&a, "lobby").await.is_empty());
+    b.signal("CONT");
+    let join = watcher.next_event().await;
+    assert_eq!(
+        (join["type"].as_str(), join["sender"]["id"].as_str()),
+        (Some("JOIN"), Some("sleeper"))
+    );
+    wait_ready(&b, Duration::from_secs(5)).await;
+    let members = presence(&a, "lobby").await;
+    assert_eq!(members.len(), 1, "no duplicate presence: {members:?}");
+    assert_eq!(members[0]["userId"], "sleeper");
+    watcher.expect_quiet(Duration::from_millis(1000)).await;
+}
+
+#[tokio::test]
+async fn a_redis_restart_without_persistence_changes_the_epoch_and_chat_goes_on() {
+    let mut redis = RedisServer::start(RedisOpts::default());
+    let e = env(&redis);
+    let a = instance("a", &e).await;
+    let mut c = Client::login(&a.ws_url(), "ann").await;
+    c.send(SEND, "before").await;
+    let room: serde_json::Value = reqwest::get(a.url("/api/rooms/lobby"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let old_epoch = room["epoch"].as_str().unwrap().to_owned();
+    drop(c);
+
+    redis.restart();
+    wait_ready(&a, Duration::from_secs(10)).await;
+    let mut c = Client::login(&a.ws_url(), "ann").await;
+    c.send(SEND, "after").await;
+    let mut back = Client::login(&a.ws_url(), "back").await;
+    back.subscribe(
+        "0",
+        ROOM,
+        &[("x-since-offset", "1"), ("x-epoch", &old_epoch), QUIET],
+    )
+    .await;
+    let m = back.next_message().await;
+    assert_eq!(m.header("x-recovered"), Some("false"));
+    assert_ne!(m.header("x-epoch"), Some(old_epoch.as_str()));
+    c.send(SEND, "still chatting").await;
+    let live = back.next_event().await;
+    assert_eq!(
+        (live["content"].as_str(), live["offset"].as_u64()),
+        (Some("still chatting"), Some(2))
+    );
+}
+
+#[tokio::test]
+async fn with_redis_down_sends_fail_clearly_readiness_drops_and_everything_recovers() {
+    let mut redis = RedisServer::start(RedisOpts::default());
+    let mut e = env(&redis);
+    e.push(("CHAT_REDIS_WAIT_MS", "1000".into()));
+    let a = instance("a", &e).await;
+    let mut sub = Client::login(&a.ws_url(), "sub").await;
+    sub.subscribe("0", ROOM, &[QUIET]).await;
+    let port = redis.port;
+    redis.kill9();
+    let down = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ready(&a).await {
+        assert!(
+            Instant::now() < deadline,
+            "readiness stayed green with Redis down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut c = Client::login(&a.ws_url(), "sender").await;
+    c.send_frame(
+        &chat_server::stomp::Frame::new(chat_server::stomp::Command::Send)
+            .with_header("destination", SEND)
+            .with_header("receipt", "r1")
+            .with_body("lost?"),
+    )
+    .await;
+    let err = c.expect_error().await;
+    assert!(
+        err.header("message")
+            .unwrap()
+            .contains("service unavailable"),
+        "{err:?}"
+    );
+    // Stay down for 10 s in all, then come back on the same port.
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(down.elapsed())).await;
+    redis.restart();
+    assert_eq!(redis.port, port);
+    wait_ready(&a, Duration::from_secs(15)).await;
+    let mut c = Client::login(&a.ws_url(), "sender").await;
+    c.send(SEND, "back").await;
+    let ev = sub.next_event().await;
+    assert_eq!(
+        ev["content"], "back",
+        "the subscriber stayed connected throughout"
+    );
+}
+
+#[tokio::test]
+async fn a_publish_is_one_redis_round_trip_whatever_the_fan_out() {
+    let redis = RedisServer::start(RedisOpts::default());
+    let mut e = env(&redis);
+    // Quiet housekeeping so the statistics count only publishes.
+    e.retain(|(k, _)| !k.starts_with("CHAT_HEARTBEAT") && !k.starts_with("CHAT_SERVER_TTL"));
+    e.push(("CHAT_HEARTBEAT_INTERVAL_MS", "60000".into()));
+    e.push(("CHAT_SERVER_TTL_MS", "120000".into()));
+    let (a, b) = (instance("a", &e).await, instance("b", &e).await);
+    let mut subs = Vec::new();
+    for (i, p) in [&a, &b, &a, &b, &a, &b].iter().enumerate() {
+        let mut c = Client::login(&p.ws_url(), &format!("r{i}")).await;
+        c.subscribe("0", ROOM, &[QUIET]).await;
+        subs.push(c);
+    }
+    let mut p = Client::login(&a.ws_url(), "p").await;
+    // The first call loads the script (NOSCRIPT, SCRIPT LOAD, EVALSHA); count from the second on.
+    p.send(SEND, "warm-up").await;
+    for c in &mut subs {
+        c.next_message().await;
+    }
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    for i in 0..20 {
+        p.send(SEND, &format!("m{i}")).await;
+    }
+    for c in &mut subs {
+        for _ in 0..20 {
+            c.next_message().await;
+        }
+    }
+    let stats = redis.info("commandstats");
+    let calls = |cmd: &str| -> u64 {
+        stats
+            .get(&format!("cmdstat_{cmd}"))
+            .and_then(|v| v.split(',').next())
+            .and_then(|c| c.strip_prefix("calls="))
+            .map_or(0, |n| n.parse().unwrap())
+    };
+    let client_commands: u64 = stats
+        .iter()
+        .filter(|(k, _)| k.starts_with("cmdstat_"))
+        .filter(|(k, _)| {
+            ![
+                "cmdstat_xadd",
+                "cmdstat_hget",
+                "cmdstat_hincrby",
+                "cmdstat_expire",
+                "cmdstat_zadd",
+                "cmdstat_publish",
+                "cmdstat_time",
+            ]
+            .contains(&k.as_str())
+                && !k.starts_with("cmdstat_config")
+                && !k.starts_with("cmdstat_info")
+        })
+        .map(|(k, _)| calls(k.trim_start_matches("cmdstat_")))
+        .sum();
+    println!("commandstats after 20 publishes to 6 subscribers on 2 instances: {stats:?}");
+    assert_eq!(calls("evalsha"), 20, "one script call per publish");
+    assert_eq!(client_commands, 20, "nothing else went to Redis: {stats:?}");
+    assert_eq!(
+        calls("publish"),
+        20,
+        "one PUBLISH per message, not per subscriber or instance"
+    );
+    assert_eq!(calls("xadd"), 20);
+}

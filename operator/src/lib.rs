@@ -3,5 +3,7 @@
 
 pub mod crd;
 pub mod error;
+pub mod render;
+pub mod resources;
 
 pub use error::{Error, Result};

@@ -107,3 +107,43 @@ metadata:
         assert!(matches!(err, Error::InvalidSpec(_)), "{err}");
     }
 }
+
+#[cfg(test)]
+mod examples {
+    use super::*;
+
+    const EXAMPLES: &[(&str, &str)] = &[
+        ("standalone", include_str!("../../examples/standalone.yaml")),
+        ("sentinel", include_str!("../../examples/sentinel.yaml")),
+        (
+            "autoscaling",
+            include_str!("../../examples/autoscaling.yaml"),
+        ),
+        (
+            "external-redis",
+            include_str!("../../examples/external-redis.yaml"),
+        ),
+    ];
+
+    #[test]
+    fn every_example_deserializes_into_one_chat_cluster_that_passes_the_cel_rules() {
+        for (name, yaml) in EXAMPLES {
+            let clusters = parse_clusters(yaml).unwrap();
+            assert_eq!(clusters.len(), 1, "{name}");
+            validate(&clusters[0]).unwrap_or_else(|e| panic!("{name}: {e}"));
+            render(yaml, "chat-operator").unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
+    fn the_autoscaling_example_renders_an_hpa_and_no_deployment_replicas() {
+        let objects = render_cluster(&parse_clusters(EXAMPLES[2].1).unwrap()[0], "ops").unwrap();
+        assert!(
+            objects
+                .iter()
+                .any(|o| o["kind"] == "HorizontalPodAutoscaler")
+        );
+        let deployment = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
+        assert!(deployment["spec"].get("replicas").is_none());
+    }
+}

@@ -5,5 +5,7 @@ pub mod crd;
 pub mod error;
 pub mod render;
 pub mod resources;
+pub mod sentinel;
+pub mod status;
 
 pub use error::{Error, Result};

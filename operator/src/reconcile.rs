@@ -1,0 +1,537 @@
+//! One reconcile of a ChatCluster: validate, ensure the password Secret, server-side apply
+//! every child, learn the Redis master from the sentinels and label it, write the status, and
+//! publish Events for what changed.
+//!
+//! Deletion needs no finalizer: every child has a controller owner reference, so the garbage
+//! collector removes them with the ChatCluster. A cluster being deleted is left alone.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::NamespaceResourceScope;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::controller::{Context, key};
+use crate::crd::{ChatCluster, RedisMode, SENTINEL_MASTER_NAME};
+use crate::error::{Error, Result};
+use crate::render::validate;
+use crate::resources::redis::standalone_address;
+use crate::resources::sentinel::quorum;
+use crate::resources::{
+    self, Children, Component, FIELD_MANAGER, Names, REDIS_PORT, REDIS_ROLE_LABEL,
+    REDIS_ROLE_MASTER, deploys, generates_password, redis_password_ref, secret, selector_string,
+    sentinel_addresses,
+};
+use crate::status::{self, MasterView, Observed, Workload, compute, decide_master, flipped};
+
+/// Requeue interval in Sentinel mode: how soon a failover is noticed at the latest.
+pub const SENTINEL_REQUEUE: Duration = Duration::from_secs(15);
+/// Requeue interval otherwise (owned workloads trigger reconciles on change anyway).
+pub const DEFAULT_REQUEUE: Duration = Duration::from_secs(300);
+
+/// Reconcile `cc`: the entry point the controller calls.
+pub async fn reconcile(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action> {
+    let span = info_span!(
+        "reconcile",
+        namespace = cc.namespace().unwrap_or_default(),
+        name = cc.name_any(),
+        generation = cc.metadata.generation.unwrap_or_default()
+    );
+    let started = Instant::now();
+    ctx.metrics.reconcile_started();
+    let result = reconcile_inner(&cc, &ctx).instrument(span).await;
+    ctx.metrics.reconcile_finished(started.elapsed());
+    match &result {
+        Ok(_) => ctx.record_success(&key(&cc)),
+        Err(e) => ctx.metrics.reconcile_failed(e),
+    }
+    result
+}
+
+async fn reconcile_inner(cc: &ChatCluster, ctx: &Context) -> Result<Action> {
+    if cc.metadata.deletion_timestamp.is_some() {
+        info!("being deleted: its children go with it through their owner references");
+        return Ok(Action::await_change());
+    }
+    let ns = cc.namespace().ok_or(Error::MissingObjectKey("namespace"))?;
+    if let Err(e) = validate(cc) {
+        publish(ctx, cc, EventType::Warning, "InvalidSpec", e.to_string()).await;
+        let observed = Observed {
+            spec_error: Some(e.to_string()),
+            ..Observed::default()
+        };
+        write_status(ctx, cc, &ns, &observed).await?;
+        return Err(e);
+    }
+    match converge(cc, ctx, &ns).await {
+        Ok(action) => Ok(action),
+        Err(e) => {
+            // Best effort: say so in the status too; the error policy retries either way.
+            let observed = Observed {
+                reconcile_error: Some(e.to_string()),
+                ..observed_from_status(cc)
+            };
+            if let Err(status_error) = write_status(ctx, cc, &ns, &observed).await {
+                debug!(error = %status_error, "could not record the failure in the status");
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn converge(cc: &ChatCluster, ctx: &Context, ns: &str) -> Result<Action> {
+    let password = ensure_password(ctx, cc, ns).await?;
+    let children = resources::children(cc, &ctx.operator_namespace);
+    let applied = apply_children(ctx, ns, &children).await?;
+    if children.horizontal_pod_autoscaler.is_none() {
+        delete_hpa(ctx, cc, ns).await?;
+    }
+    let mut observed = observe(cc, ns, &applied);
+    if deploys(cc, RedisMode::Sentinel) {
+        let view = ask_sentinels(ctx, cc, password.as_deref()).await;
+        if let MasterView::Agreed(host) = &view {
+            label_master(ctx, cc, ns, host).await?;
+            observed.redis_master = Some(format!("{host}:{REDIS_PORT}"));
+        } else {
+            observed.redis_master = cc.status.as_ref().and_then(|s| s.redis_master.clone());
+        }
+        if let MasterView::Conflict(hosts) = &view {
+            warn!(
+                ?hosts,
+                "sentinels name more than one master; not relabelling"
+            );
+        }
+        observed.master = Some(view);
+    }
+    write_status(ctx, cc, ns, &observed).await?;
+    Ok(Action::requeue(if deploys(cc, RedisMode::Sentinel) {
+        SENTINEL_REQUEUE
+    } else {
+        DEFAULT_REQUEUE
+    }))
+}
+
+/// The Redis password: read from its Secret, or generated once into a new Secret. An
+/// existing Secret is never overwritten, so the password never rotates by accident.
+async fn ensure_password(ctx: &Context, cc: &ChatCluster, ns: &str) -> Result<Option<String>> {
+    let Some((name, key)) = redis_password_ref(cc) else {
+        return Ok(None);
+    };
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    if let Some(existing) = api.get_opt(&name).await? {
+        return read_key(&existing, &name, &key).map(Some);
+    }
+    if !generates_password(cc) {
+        return Err(Error::MissingSecret {
+            name,
+            reason: "not found".to_owned(),
+        });
+    }
+    let password = secret::generate_password();
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    };
+    match api
+        .create(&params, &secret::redis_password_secret(cc, &password))
+        .await
+    {
+        Ok(_) => {
+            info!(secret = %name, "generated the Redis password");
+            publish(
+                ctx,
+                cc,
+                EventType::Normal,
+                "PasswordGenerated",
+                format!("generated the Redis password in Secret {name}"),
+            )
+            .await;
+            Ok(Some(password))
+        }
+        // Someone (another replica, a retry) created it first: theirs wins.
+        Err(kube::Error::Api(s)) if s.is_already_exists() => {
+            let existing = api.get(&name).await?;
+            read_key(&existing, &name, &key).map(Some)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn read_key(secret: &Secret, name: &str, key: &str) -> Result<String> {
+    let from_data = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned());
+    let from_string_data = || {
+        secret
+            .string_data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .cloned()
+    };
+    from_data
+        .or_else(from_string_data)
+        .ok_or_else(|| Error::MissingSecret {
+            name: name.to_owned(),
+            reason: format!("has no key {key:?}"),
+        })
+}
+
+async fn apply<K>(ctx: &Context, ns: &str, object: &K) -> Result<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let name = object
+        .meta()
+        .name
+        .clone()
+        .ok_or(Error::MissingObjectKey("metadata.name"))?;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let applied = api.patch(&name, &params, &Patch::Apply(object)).await?;
+    debug!(kind = K::kind(&()).as_ref(), %name, "applied");
+    Ok(applied)
+}
+
+/// What the API server answered to the applies that the status is computed from.
+#[derive(Clone, Debug, Default)]
+pub struct Applied {
+    /// The servers' Deployment, with its status.
+    pub deployment: Option<Deployment>,
+    /// Redis and sentinel StatefulSets, with their status.
+    pub stateful_sets: Vec<StatefulSet>,
+    /// The clients' Service, with its status.
+    pub service: Option<Service>,
+}
+
+async fn apply_children(ctx: &Context, ns: &str, c: &Children) -> Result<Applied> {
+    let mut applied = Applied::default();
+    if let Some(cm) = &c.config_map {
+        apply(ctx, ns, cm).await?;
+    }
+    for svc in &c.redis_services {
+        apply(ctx, ns, svc).await?;
+    }
+    for sts in &c.stateful_sets {
+        applied.stateful_sets.push(apply(ctx, ns, sts).await?);
+    }
+    if let Some(np) = &c.network_policy {
+        apply(ctx, ns, np).await?;
+    }
+    apply(ctx, ns, &c.service_account).await?;
+    applied.deployment = Some(apply(ctx, ns, &c.deployment).await?);
+    applied.service = Some(apply(ctx, ns, &c.service).await?);
+    apply(ctx, ns, &c.pod_disruption_budget).await?;
+    if let Some(hpa) = &c.horizontal_pod_autoscaler {
+        apply(ctx, ns, hpa).await?;
+    }
+    Ok(applied)
+}
+
+async fn delete_hpa(ctx: &Context, cc: &ChatCluster, ns: &str) -> Result<()> {
+    let api: Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> =
+        Api::namespaced(ctx.client.clone(), ns);
+    match api
+        .delete(&Names::of(cc).server(), &DeleteParams::default())
+        .await
+    {
+        Ok(_) => {
+            info!("autoscaling is off: deleted the HorizontalPodAutoscaler");
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn deployment_workload(d: &Deployment) -> Workload {
+    let status = d.status.clone().unwrap_or_default();
+    Workload {
+        desired: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+        current: status.replicas.unwrap_or(0),
+        ready: status.ready_replicas.unwrap_or(0),
+        updated: status.updated_replicas.unwrap_or(0),
+        observed_latest: status.observed_generation >= d.metadata.generation,
+    }
+}
+
+fn statefulset_workload(s: &StatefulSet) -> Workload {
+    let status = s.status.clone().unwrap_or_default();
+    Workload {
+        desired: s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+        current: status.replicas,
+        ready: status.ready_replicas.unwrap_or(0),
+        updated: status.updated_replicas.unwrap_or(0),
+        observed_latest: status.observed_generation >= s.metadata.generation,
+    }
+}
+
+/// Where clients connect: the load balancer's address once it has one, else the Service's
+/// cluster DNS name.
+pub fn endpoint(cc: &ChatCluster, ns: &str, service: Option<&Service>) -> String {
+    let port = cc.spec.server.service.port;
+    let ingress = service
+        .and_then(|s| s.status.as_ref())
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .and_then(|i| i.first())
+        .and_then(|i| i.ip.clone().or_else(|| i.hostname.clone()));
+    match ingress {
+        Some(host) => format!("{host}:{port}"),
+        None => format!("{}.{ns}.svc:{port}", Names::of(cc).server_service()),
+    }
+}
+
+/// The observation a status is computed from, given the apply responses.
+pub fn observe(cc: &ChatCluster, ns: &str, applied: &Applied) -> Observed {
+    let names = Names::of(cc);
+    let find = |name: String| {
+        applied
+            .stateful_sets
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name.as_str()))
+            .map(statefulset_workload)
+    };
+    Observed {
+        servers: applied
+            .deployment
+            .as_ref()
+            .map(deployment_workload)
+            .unwrap_or_default(),
+        redis: find(names.redis()),
+        sentinels: find(names.sentinel()),
+        master: None,
+        redis_master: deploys(cc, RedisMode::Standalone).then(|| standalone_address(cc)),
+        endpoint: Some(endpoint(cc, ns, applied.service.as_ref())),
+        spec_error: None,
+        reconcile_error: None,
+    }
+}
+
+/// The last known observation, for a status written after a failure.
+fn observed_from_status(cc: &ChatCluster) -> Observed {
+    let s = cc.status.clone().unwrap_or_default();
+    Observed {
+        servers: Workload {
+            desired: s.server_replicas,
+            current: s.server_replicas,
+            ready: s.ready_server_replicas,
+            updated: s.server_replicas,
+            observed_latest: false,
+        },
+        redis_master: s.redis_master,
+        endpoint: s.endpoint,
+        ..Observed::default()
+    }
+}
+
+async fn ask_sentinels(ctx: &Context, cc: &ChatCluster, password: Option<&str>) -> MasterView {
+    let mut answers = Vec::new();
+    for addr in sentinel_addresses(cc) {
+        match ctx
+            .sentinel
+            .master_host(&addr, password, SENTINEL_MASTER_NAME)
+            .await
+        {
+            Ok(host) => answers.push(host),
+            Err(e) => {
+                debug!(sentinel = %addr, error = %e, "sentinel did not answer");
+                answers.push(None);
+            }
+        }
+    }
+    let needed = usize::try_from(quorum(cc.spec.redis.sentinel_replicas())).unwrap_or(usize::MAX);
+    decide_master(&answers, needed)
+}
+
+/// Label changes that make `master` the only pod with the master label: `(pod, add?)`,
+/// removals first. Nothing changes when `master` is not among `pods` (an incomplete view).
+pub fn master_label_changes(pods: &[(String, bool)], master: &str) -> Vec<(String, bool)> {
+    if !pods.iter().any(|(name, _)| name == master) {
+        return Vec::new();
+    }
+    let removals = pods
+        .iter()
+        .filter(|(name, labelled)| *labelled && name != master)
+        .map(|(name, _)| (name.clone(), false));
+    let addition = pods
+        .iter()
+        .filter(|(name, labelled)| !*labelled && name == master)
+        .map(|(name, _)| (name.clone(), true));
+    removals.chain(addition).collect()
+}
+
+async fn label_master(ctx: &Context, cc: &ChatCluster, ns: &str, host: &str) -> Result<()> {
+    let master = host.split('.').next().unwrap_or(host);
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let pods = api
+        .list(&ListParams::default().labels(&selector_string(cc, Component::Redis)))
+        .await?;
+    let current: Vec<(String, bool)> = pods
+        .items
+        .iter()
+        .map(|p| {
+            let labelled =
+                p.labels().get(REDIS_ROLE_LABEL).map(String::as_str) == Some(REDIS_ROLE_MASTER);
+            (p.name_any(), labelled)
+        })
+        .collect();
+    let changes = master_label_changes(&current, master);
+    let previous: Vec<&str> = current
+        .iter()
+        .filter(|(_, l)| *l)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    for (pod, add) in &changes {
+        let value = if *add {
+            json!(REDIS_ROLE_MASTER)
+        } else {
+            json!(null)
+        };
+        let patch = json!({ "metadata": { "labels": { REDIS_ROLE_LABEL: value } } });
+        api.patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    if changes.iter().any(|(_, add)| *add) {
+        info!(%master, ?previous, "labelled the Redis master");
+        publish(
+            ctx,
+            cc,
+            EventType::Normal,
+            "MasterChanged",
+            format!(
+                "the sentinels name {master} as Redis master (was: {})",
+                if previous.is_empty() {
+                    "none".to_owned()
+                } else {
+                    previous.join(", ")
+                }
+            ),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+async fn write_status(
+    ctx: &Context,
+    cc: &ChatCluster,
+    ns: &str,
+    observed: &Observed,
+) -> Result<()> {
+    let new = compute(cc, observed, Time(Timestamp::now()));
+    let old = cc.status.as_ref();
+    if old != Some(&new) {
+        let api: Api<ChatCluster> = Api::namespaced(ctx.client.clone(), ns);
+        api.patch_status(
+            &cc.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": new })),
+        )
+        .await?;
+    }
+    for (type_, state, reason, message) in flipped(old, &new) {
+        // A first observation of a healthy condition is not news.
+        if old.is_none() && !is_bad(&type_, &state) && type_ != status::READY {
+            continue;
+        }
+        let kind = if is_bad(&type_, &state) {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        publish(
+            ctx,
+            cc,
+            kind,
+            &reason,
+            format!("{type_} is {state}: {message}"),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+fn is_bad(type_: &str, state: &str) -> bool {
+    match type_ {
+        status::DEGRADED => state == "True",
+        status::PROGRESSING => false,
+        _ => state == "False" && type_ != status::READY,
+    }
+}
+
+/// Publish an Event about `cc`; a failure to publish is logged, never fatal.
+async fn publish(ctx: &Context, cc: &ChatCluster, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "Reconcile".to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &cc.object_ref(&())).await {
+        warn!(error = %e, reason, "could not publish event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pods(list: &[(&str, bool)]) -> Vec<(String, bool)> {
+        list.iter().map(|(n, l)| ((*n).to_owned(), *l)).collect()
+    }
+
+    #[test]
+    fn the_master_label_moves_by_removing_it_first_then_adding_it() {
+        let changes = master_label_changes(
+            &pods(&[("r-0", true), ("r-1", false), ("r-2", false)]),
+            "r-1",
+        );
+        assert_eq!(changes, pods(&[("r-0", false), ("r-1", true)]));
+    }
+
+    #[test]
+    fn nothing_moves_when_the_label_is_already_right() {
+        assert!(master_label_changes(&pods(&[("r-0", true), ("r-1", false)]), "r-0").is_empty());
+    }
+
+    #[test]
+    fn a_master_that_is_not_among_the_pods_changes_nothing() {
+        assert!(master_label_changes(&pods(&[("r-0", true)]), "elsewhere-0").is_empty());
+    }
+
+    #[test]
+    fn two_labelled_pods_are_reduced_to_the_agreed_master() {
+        let changes = master_label_changes(&pods(&[("r-0", true), ("r-1", true)]), "r-1");
+        assert_eq!(changes, pods(&[("r-0", false)]));
+    }
+
+    #[test]
+    fn the_endpoint_is_the_service_dns_name_until_a_load_balancer_answers() {
+        let cc = crate::resources::testing::standalone();
+        assert_eq!(endpoint(&cc, "prod", None), "chat.prod.svc:80");
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "chat"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}
+        }))
+        .unwrap();
+        assert_eq!(endpoint(&cc, "prod", Some(&svc)), "203.0.113.7:80");
+    }
+}

@@ -26,6 +26,12 @@ pub enum Error {
     /// A YAML manifest could not be (de)serialised.
     #[error("yaml: {0}")]
     Yaml(#[from] serde_yaml::Error),
+    /// This replica lost (or could not keep) the leader Lease.
+    #[error("lost the leader lease: {0}")]
+    LostLease(String),
+    /// The operator's own HTTP endpoint failed.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
     /// Asking a sentinel failed.
     #[error("sentinel {addr}: {reason}")]
     Sentinel {
@@ -47,6 +53,8 @@ impl Error {
             Self::Serialization(_) => "serialization",
             Self::Yaml(_) => "yaml",
             Self::Sentinel { .. } => "sentinel",
+            Self::LostLease(_) => "lost_lease",
+            Self::Io(_) => "io",
         }
     }
 }

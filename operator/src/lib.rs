@@ -1,9 +1,11 @@
 //! chat-operator: turns `ChatCluster` resources into Redis plus chat-server replicas.
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod controller;
 pub mod crd;
 pub mod error;
+pub mod leader;
 pub mod metrics;
 pub mod reconcile;
 pub mod render;

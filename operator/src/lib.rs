@@ -5,6 +5,8 @@ pub mod app;
 pub mod controller;
 pub mod crd;
 pub mod error;
+#[cfg(test)]
+pub mod fixtures;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;

@@ -535,3 +535,330 @@ mod tests {
         assert_eq!(endpoint(&cc, "prod", Some(&svc)), "203.0.113.7:80");
     }
 }
+
+/// Reconcile scenarios against the fake API server.
+#[cfg(test)]
+mod scenarios {
+    use super::*;
+    use crate::controller::error_policy;
+    use crate::crd::ChatClusterStatus;
+    use crate::fixtures::{Call, FakeApi, FakeSentinels, context, finish};
+    use crate::resources::testing::{sentinel, standalone};
+    use serde_json::Value;
+
+    fn applied_kinds(calls: &[Call]) -> Vec<String> {
+        calls
+            .iter()
+            .filter(|c| c.method == "PATCH" && c.query.contains("fieldManager=chat-operator"))
+            .map(|c| c.target().0)
+            .collect()
+    }
+
+    fn status_written(calls: &[Call]) -> ChatClusterStatus {
+        let call = calls
+            .iter()
+            .rfind(|c| c.target().2.as_deref() == Some("status"))
+            .expect("a status patch");
+        serde_json::from_value(call.body["status"].clone()).unwrap()
+    }
+
+    fn condition(s: &ChatClusterStatus, t: &str) -> (String, String) {
+        let c = s.conditions.iter().find(|c| c.type_ == t).unwrap();
+        (c.status.clone(), c.reason.clone())
+    }
+
+    fn event_reasons(calls: &[Call]) -> Vec<String> {
+        calls
+            .iter()
+            .filter(|c| c.target().0 == "events")
+            .map(|c| c.body["reason"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn creating_a_standalone_cluster_applies_every_child_and_writes_status() {
+        let cc = standalone();
+        let (ctx, task) = context(FakeApi::new(&cc), FakeSentinels::default());
+        let action = reconcile(Arc::new(cc), ctx.clone()).await.unwrap();
+        assert_eq!(action, Action::requeue(DEFAULT_REQUEUE));
+        let calls = finish(ctx, task).await;
+
+        // The password Secret is looked up, then created once.
+        assert_eq!(
+            (calls[0].method.as_str(), calls[0].target().0.as_str()),
+            ("GET", "secrets")
+        );
+        assert_eq!(
+            (calls[1].method.as_str(), calls[1].target().0.as_str()),
+            ("POST", "secrets")
+        );
+        assert_eq!(calls[1].body["metadata"]["name"], "chat-redis-password");
+        assert_eq!(
+            applied_kinds(&calls),
+            [
+                "configmaps",
+                "services",
+                "statefulsets",
+                "networkpolicies",
+                "serviceaccounts",
+                "deployments",
+                "services",
+                "poddisruptionbudgets",
+            ]
+        );
+        for c in calls
+            .iter()
+            .filter(|c| c.method == "PATCH" && c.query.contains("fieldManager"))
+        {
+            assert!(c.query.contains("force=true"), "{c:?}");
+            assert_eq!(c.body["metadata"]["ownerReferences"][0]["name"], "chat");
+        }
+        // With autoscaling off, any HPA left from before is removed.
+        assert!(calls.iter().any(|c| c.method == "DELETE"
+            && c.target()
+                == (
+                    "horizontalpodautoscalers".into(),
+                    Some("chat-server".into()),
+                    None
+                )));
+
+        let status = status_written(&calls);
+        assert_eq!(condition(&status, "Ready"), ("True".into(), "Ready".into()));
+        assert_eq!(condition(&status, "RedisReady").0, "True");
+        assert_eq!(condition(&status, "ServersReady").0, "True");
+        assert_eq!(condition(&status, "Degraded").0, "False");
+        assert_eq!(status.observed_generation, Some(3));
+        assert_eq!(
+            (status.server_replicas, status.ready_server_replicas),
+            (2, 2)
+        );
+        assert_eq!(status.endpoint.as_deref(), Some("chat.prod.svc:80"));
+        assert_eq!(
+            status.redis_master.as_deref(),
+            Some("chat-redis.prod.svc:6379")
+        );
+        assert!(status.selector.is_some());
+        assert_eq!(event_reasons(&calls), ["PasswordGenerated", "Ready"]);
+    }
+
+    #[tokio::test]
+    async fn an_existing_password_secret_is_read_and_never_rewritten() {
+        let cc = standalone();
+        let fake = FakeApi::new(&cc).with_secret("chat-redis-password", "password", "kept");
+        let (ctx, task) = context(fake, FakeSentinels::default());
+        reconcile(Arc::new(cc), ctx.clone()).await.unwrap();
+        let calls = finish(ctx, task).await;
+        assert!(
+            !calls
+                .iter()
+                .any(|c| c.target().0 == "secrets" && c.method != "GET"),
+            "the Secret must not be written"
+        );
+    }
+
+    #[tokio::test]
+    async fn autoscaling_applies_an_hpa_and_omits_deployment_replicas() {
+        let mut cc = standalone();
+        cc.spec.server.autoscaling.enabled = true;
+        let (ctx, task) = context(FakeApi::new(&cc), FakeSentinels::default());
+        reconcile(Arc::new(cc), ctx.clone()).await.unwrap();
+        let calls = finish(ctx, task).await;
+        let deployment = calls.iter().find(|c| c.is_apply_of("deployments")).unwrap();
+        assert!(deployment.body["spec"].get("replicas").is_none());
+        let hpa = calls
+            .iter()
+            .find(|c| c.is_apply_of("horizontalpodautoscalers"))
+            .unwrap();
+        assert_eq!(hpa.body["spec"]["scaleTargetRef"]["name"], "chat-server");
+        assert!(!calls.iter().any(|c| c.method == "DELETE"));
+        // The status reports what the HPA chose.
+        assert_eq!(status_written(&calls).server_replicas, 4);
+    }
+
+    #[tokio::test]
+    async fn a_master_change_moves_the_master_label() {
+        let cc = sentinel();
+        let new_master = "chat-redis-1.chat-redis-headless.prod.svc";
+        let fake = FakeApi::new(&cc)
+            .with_redis_pod("chat-redis-0", true)
+            .with_redis_pod("chat-redis-1", false)
+            .with_redis_pod("chat-redis-2", false);
+        let (ctx, task) = context(fake, FakeSentinels::all_naming(&cc, new_master));
+        let action = reconcile(Arc::new(cc), ctx.clone()).await.unwrap();
+        assert_eq!(action, Action::requeue(SENTINEL_REQUEUE));
+        let calls = finish(ctx, task).await;
+
+        let pod_patches: Vec<(String, Value)> = calls
+            .iter()
+            .filter(|c| c.method == "PATCH" && c.target().0 == "pods")
+            .map(|c| {
+                (
+                    c.target().1.unwrap(),
+                    c.body["metadata"]["labels"]["chat.dev/redis-role"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            pod_patches,
+            [
+                ("chat-redis-0".to_owned(), Value::Null),
+                ("chat-redis-1".to_owned(), json!("master")),
+            ]
+        );
+        let status = status_written(&calls);
+        assert_eq!(
+            status.redis_master.as_deref(),
+            Some(&*format!("{new_master}:6379"))
+        );
+        assert_eq!(
+            condition(&status, "RedisReady"),
+            ("True".into(), "MasterKnown".into())
+        );
+        assert!(event_reasons(&calls).contains(&"MasterChanged".to_owned()));
+        assert_eq!(
+            applied_kinds(&calls)
+                .iter()
+                .filter(|k| *k == "statefulsets")
+                .count(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn sentinels_naming_two_masters_degrade_the_cluster_and_move_nothing() {
+        let cc = sentinel();
+        let mut sentinels =
+            FakeSentinels::all_naming(&cc, "chat-redis-0.chat-redis-headless.prod.svc");
+        let first = crate::resources::sentinel_addresses(&cc)[0].clone();
+        sentinels.answers.insert(
+            first,
+            Some("chat-redis-1.chat-redis-headless.prod.svc".into()),
+        );
+        let fake = FakeApi::new(&cc)
+            .with_redis_pod("chat-redis-0", true)
+            .with_redis_pod("chat-redis-1", false);
+        let (ctx, task) = context(fake, sentinels);
+        reconcile(Arc::new(cc), ctx.clone()).await.unwrap();
+        let calls = finish(ctx, task).await;
+        assert!(!calls.iter().any(|c| c.target().0 == "pods"));
+        let status = status_written(&calls);
+        assert_eq!(
+            condition(&status, "Degraded"),
+            ("True".into(), "MultipleMasters".into())
+        );
+        assert_eq!(condition(&status, "Ready").0, "False");
+    }
+
+    #[tokio::test]
+    async fn an_incomplete_sentinel_view_changes_no_label() {
+        let cc = sentinel();
+        let mut sentinels = FakeSentinels::default();
+        let first = crate::resources::sentinel_addresses(&cc)[0].clone();
+        sentinels.answers.insert(
+            first,
+            Some("chat-redis-1.chat-redis-headless.prod.svc".into()),
+        );
+        let fake = FakeApi::new(&cc).with_redis_pod("chat-redis-0", true);
+        let (ctx, task) = context(fake, sentinels);
+        reconcile(Arc::new(cc), ctx.clone()).await.unwrap();
+        let calls = finish(ctx, task).await;
+        assert!(!calls.iter().any(|c| c.target().0 == "pods"));
+        let status = status_written(&calls);
+        assert_eq!(
+            condition(&status, "RedisReady"),
+            ("False".into(), "NoQuorum".into())
+        );
+        assert_eq!(condition(&status, "Degraded").0, "False");
+    }
+
+    #[tokio::test]
+    async fn a_bad_spec_goes_through_the_error_policy_without_applying_anything() {
+        let mut cc = sentinel();
+        cc.spec.redis.sentinels = Some(2);
+        let cc = Arc::new(cc);
+        let (ctx, task) = context(FakeApi::new(&cc), FakeSentinels::default());
+        let err = reconcile(cc.clone(), ctx.clone()).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidSpec(_)), "{err}");
+        assert_eq!(
+            error_policy(cc.clone(), &err, ctx.clone()),
+            Action::requeue(Duration::from_secs(5))
+        );
+        assert_eq!(
+            error_policy(cc.clone(), &err, ctx.clone()),
+            Action::requeue(Duration::from_secs(10))
+        );
+        let metrics = ctx.metrics.encode().unwrap();
+        assert!(
+            metrics.contains(r#"reconcile_failures_total{error="invalid_spec"} 1"#),
+            "{metrics}"
+        );
+        let calls = finish(ctx, task).await;
+        assert!(applied_kinds(&calls).is_empty());
+        assert!(!calls.iter().any(|c| c.target().0 == "secrets"));
+        assert_eq!(event_reasons(&calls)[0], "InvalidSpec");
+        let status = status_written(&calls);
+        assert_eq!(
+            condition(&status, "Degraded"),
+            ("True".into(), "InvalidSpec".into())
+        );
+        assert_eq!(condition(&status, "Ready").0, "False");
+    }
+
+    #[tokio::test]
+    async fn a_missing_named_password_secret_is_an_error_and_nothing_is_created() {
+        let mut cc = standalone();
+        cc.spec.redis.password_secret_ref = Some(crate::crd::SecretKeyRef {
+            name: "mine".into(),
+            key: "pw".into(),
+        });
+        let (ctx, task) = context(FakeApi::new(&cc), FakeSentinels::default());
+        let err = reconcile(Arc::new(cc), ctx.clone()).await.unwrap_err();
+        assert!(matches!(err, Error::MissingSecret { .. }), "{err}");
+        let calls = finish(ctx, task).await;
+        assert!(
+            !calls
+                .iter()
+                .any(|c| c.method == "POST" && c.target().0 == "secrets")
+        );
+        assert!(applied_kinds(&calls).is_empty());
+        let status = status_written(&calls);
+        assert_eq!(
+            condition(&status, "Degraded"),
+            ("True".into(), "ReconcileFailed".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cluster_being_deleted_is_left_to_the_garbage_collector() {
+        let mut cc = standalone();
+        cc.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(1).unwrap()));
+        let (ctx, task) = context(FakeApi::new(&cc), FakeSentinels::default());
+        let action = reconcile(Arc::new(cc), ctx.clone()).await.unwrap();
+        assert_eq!(action, Action::await_change());
+        assert!(
+            finish(ctx, task).await.is_empty(),
+            "no request while deleting"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_status_is_not_rewritten_and_raises_no_events() {
+        let cc = standalone();
+        let fake = FakeApi::new(&cc).with_secret("chat-redis-password", "password", "kept");
+        let (ctx, task) = context(fake.clone(), FakeSentinels::default());
+        reconcile(Arc::new(cc.clone()), ctx.clone()).await.unwrap();
+        let first = status_written(&finish(ctx, task).await);
+
+        let mut again = cc;
+        again.status = Some(first);
+        let (ctx, task) = context(fake, FakeSentinels::default());
+        reconcile(Arc::new(again), ctx.clone()).await.unwrap();
+        let calls = finish(ctx, task).await;
+        assert!(
+            !calls
+                .iter()
+                .any(|c| c.target().2.as_deref() == Some("status"))
+        );
+        assert!(event_reasons(&calls).is_empty());
+    }
+}

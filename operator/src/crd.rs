@@ -748,6 +748,21 @@ mod tests {
     }
 
     #[test]
+    fn the_committed_crd_files_match_the_generated_crd() {
+        let generated = ChatCluster::crd_yaml().unwrap();
+        let regenerate = "regenerate: cargo run -q -p chat-operator -- crd > crds/chatclusters.chat.dev.yaml \
+                          && cp crds/chatclusters.chat.dev.yaml charts/chat-operator/crds/";
+        assert!(
+            include_str!("../../crds/chatclusters.chat.dev.yaml") == generated,
+            "crds/ drifted; {regenerate}"
+        );
+        assert!(
+            include_str!("../../charts/chat-operator/crds/chatclusters.chat.dev.yaml") == generated,
+            "the chart's CRD drifted; {regenerate}"
+        );
+    }
+
+    #[test]
     fn default_images_carry_the_crate_version() {
         assert_eq!(
             ServerSpec::default().image,

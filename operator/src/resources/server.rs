@@ -511,6 +511,17 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn scaling_the_cluster_sets_the_deployment_replicas() {
+        // `kubectl scale cc/chat --replicas=5` writes spec.server.replicas (the scale
+        // subresource's specReplicasPath); the next apply carries it to the Deployment.
+        let mut cc = standalone();
+        cc.spec.server.replicas = 5;
+        assert_eq!(deployment(&cc).spec.unwrap().replicas, Some(5));
+        cc.spec.server.replicas = 0;
+        assert_eq!(deployment(&cc).spec.unwrap().replicas, Some(0));
+    }
+
+    #[test]
     fn autoscaling_adds_an_hpa_and_leaves_replicas_out_of_the_deployment() {
         let mut cc = standalone();
         assert!(horizontal_pod_autoscaler(&cc).is_none());

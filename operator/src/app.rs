@@ -30,6 +30,11 @@ pub struct RunConfig {
     pub lease_duration: Duration,
 }
 
+/// This replica's identity when no pod name is given: the host name, else the process id.
+pub fn default_identity() -> String {
+    std::env::var("HOSTNAME").unwrap_or_else(|_| format!("chat-operator-{}", std::process::id()))
+}
+
 /// Log as JSON lines (`json`) or human-readable text, filtered by `RUST_LOG`.
 pub fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

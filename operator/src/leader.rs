@@ -364,4 +364,107 @@ mod tests {
         assert!(elector.try_acquire_or_renew().await.unwrap());
         server.await.unwrap();
     }
+
+    fn respond(
+        send: tower_test::mock::SendResponse<Response<Body>>,
+        status: u16,
+        body: &serde_json::Value,
+    ) {
+        send.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(body).unwrap()))
+                .unwrap(),
+        );
+    }
+
+    #[tokio::test]
+    async fn a_follower_never_runs_the_work_while_another_replica_holds_the_lease() {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let elector = LeaderElector::new(
+            Client::new(svc, "ops"),
+            "ops",
+            "chat-operator",
+            "pod-b",
+            Duration::from_secs(15),
+        );
+        let held =
+            serde_json::to_value(lease(Some("pod-a"), Timestamp::now().as_second(), 15)).unwrap();
+        let server = tokio::spawn(async move {
+            let mut gets = 0;
+            while let Some((req, send)) = handle.next_request().await {
+                assert_eq!(req.method(), http::Method::GET, "a follower only reads");
+                gets += 1;
+                respond(send, 200, &held);
+            }
+            gets
+        });
+        let metrics = Metrics::default();
+        let mut ran = false;
+        let result = run_as_leader(
+            &elector,
+            &metrics,
+            || {
+                ran = true;
+                async { Ok(()) }
+            },
+            tokio::time::sleep(Duration::from_millis(50)),
+        )
+        .await;
+        assert!(result.is_ok());
+        assert!(!ran);
+        drop(elector);
+        assert!(server.await.unwrap() >= 1);
+        assert!(metrics.encode().unwrap().contains("chat_operator_leader 0"));
+    }
+
+    #[tokio::test]
+    async fn the_leader_runs_the_work_and_releases_the_lease_when_it_stops() {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let elector = LeaderElector::new(
+            Client::new(svc, "ops"),
+            "ops",
+            "chat-operator",
+            "pod-a",
+            Duration::from_secs(15),
+        );
+        let server = tokio::spawn(async move {
+            let mut methods = Vec::new();
+            let mut stored = serde_json::Value::Null;
+            while let Some((req, send)) = handle.next_request().await {
+                let method = req.method().to_string();
+                let body = req.into_body().collect_bytes().await.unwrap();
+                match method.as_str() {
+                    "GET" if stored.is_null() => respond(
+                        send,
+                        404,
+                        &serde_json::json!({
+                        "kind": "Status", "apiVersion": "v1", "metadata": {},
+                        "status": "Failure", "reason": "NotFound", "code": 404}),
+                    ),
+                    "GET" => respond(send, 200, &stored),
+                    _ => {
+                        stored = serde_json::from_slice(&body).unwrap();
+                        respond(send, 200, &stored);
+                    }
+                }
+                methods.push(method);
+            }
+            (methods, stored)
+        });
+        let metrics = Metrics::default();
+        let result = run_as_leader(
+            &elector,
+            &metrics,
+            || async { Ok(()) },
+            std::future::pending::<()>(),
+        )
+        .await;
+        assert!(result.is_ok());
+        drop(elector);
+        let (methods, stored) = server.await.unwrap();
+        assert_eq!(methods, ["GET", "POST", "GET", "PUT"]);
+        let released: Lease = serde_json::from_value(stored).unwrap();
+        assert_eq!(released.spec.unwrap().holder_identity, None);
+    }
 }

@@ -78,11 +78,7 @@ async fn reconcile_inner(cc: &ChatCluster, ctx: &Context) -> Result<Action> {
         Ok(action) => Ok(action),
         Err(e) => {
             // Best effort: say so in the status too; the error policy retries either way.
-            let observed = Observed {
-                reconcile_error: Some(e.to_string()),
-                ..observed_from_status(cc)
-            };
-            if let Err(status_error) = write_status(ctx, cc, &ns, &observed).await {
+            if let Err(status_error) = write_failure(ctx, cc, &ns, &e).await {
                 debug!(error = %status_error, "could not record the failure in the status");
             }
             Err(e)
@@ -320,24 +316,6 @@ pub fn observe(cc: &ChatCluster, ns: &str, applied: &Applied) -> Observed {
         redis_master: deploys(cc, RedisMode::Standalone).then(|| standalone_address(cc)),
         endpoint: Some(endpoint(cc, ns, applied.service.as_ref())),
         spec_error: None,
-        reconcile_error: None,
-    }
-}
-
-/// The last known observation, for a status written after a failure.
-fn observed_from_status(cc: &ChatCluster) -> Observed {
-    let s = cc.status.clone().unwrap_or_default();
-    Observed {
-        servers: Workload {
-            desired: s.server_replicas,
-            current: s.server_replicas,
-            ready: s.ready_server_replicas,
-            updated: s.server_replicas,
-            observed_latest: false,
-        },
-        redis_master: s.redis_master,
-        endpoint: s.endpoint,
-        ..Observed::default()
     }
 }
 
@@ -423,6 +401,34 @@ async fn label_master(ctx: &Context, cc: &ChatCluster, ns: &str, host: &str) -> 
                     previous.join(", ")
                 }
             ),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+async fn write_failure(ctx: &Context, cc: &ChatCluster, ns: &str, error: &Error) -> Result<()> {
+    let new = status::mark_failed(cc, &error.to_string(), Time(Timestamp::now()));
+    if cc.status.as_ref() == Some(&new) {
+        return Ok(());
+    }
+    let api: Api<ChatCluster> = Api::namespaced(ctx.client.clone(), ns);
+    api.patch_status(
+        &cc.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": new })),
+    )
+    .await?;
+    if flipped(cc.status.as_ref(), &new)
+        .iter()
+        .any(|(t, ..)| t == status::DEGRADED)
+    {
+        publish(
+            ctx,
+            cc,
+            EventType::Warning,
+            "ReconcileFailed",
+            error.to_string(),
         )
         .await;
     }

@@ -99,8 +99,6 @@ pub struct Observed {
     pub endpoint: Option<String>,
     /// Why the spec was refused, if it was.
     pub spec_error: Option<String>,
-    /// Why the last reconcile failed, if it did.
-    pub reconcile_error: Option<String>,
 }
 
 struct Verdict {
@@ -221,9 +219,6 @@ fn degraded_verdict(o: &Observed) -> Verdict {
             format!("more than one Redis master: {}", hosts.join(", ")),
         );
     }
-    if let Some(e) = &o.reconcile_error {
-        return verdict(DEGRADED, true, "ReconcileFailed", e.clone());
-    }
     verdict(DEGRADED, false, "AsExpected", "nothing needs attention")
 }
 
@@ -288,6 +283,48 @@ pub fn compute(cc: &ChatCluster, observed: &Observed, now: Time) -> ChatClusterS
         redis_master: observed.redis_master.clone(),
         endpoint: observed.endpoint.clone(),
     }
+}
+
+fn set_condition(conditions: &mut Vec<Condition>, new: Condition) {
+    match conditions.iter_mut().find(|c| c.type_ == new.type_) {
+        Some(old) => {
+            let last = if old.status == new.status {
+                old.last_transition_time.clone()
+            } else {
+                new.last_transition_time.clone()
+            };
+            *old = Condition {
+                last_transition_time: last,
+                ..new
+            };
+        }
+        None => conditions.push(new),
+    }
+}
+
+/// The previous status with `Degraded` (reason `ReconcileFailed`) and `Ready` false: what
+/// a failed reconcile can say without having observed the workloads.
+pub fn mark_failed(cc: &ChatCluster, message: &str, now: Time) -> ChatClusterStatus {
+    let mut status = cc.status.clone().unwrap_or_default();
+    let generation = cc.metadata.generation;
+    for (type_, status_, reason, msg) in [
+        (DEGRADED, "True", "ReconcileFailed", message.to_owned()),
+        (READY, "False", "NotReady", format!("not ready: {DEGRADED}")),
+    ] {
+        set_condition(
+            &mut status.conditions,
+            Condition {
+                type_: type_.to_owned(),
+                status: status_.to_owned(),
+                reason: reason.to_owned(),
+                message: msg,
+                observed_generation: generation,
+                last_transition_time: now.clone(),
+            },
+        );
+    }
+    status.observed_generation = generation;
+    status
 }
 
 /// Conditions whose status differs between `old` and `new` (new ones included), as
@@ -440,6 +477,30 @@ mod tests {
             ("True", "InvalidSpec")
         );
         assert!(d.message.contains("3 sentinels"));
+    }
+
+    #[test]
+    fn a_failed_reconcile_marks_degraded_and_keeps_the_other_conditions() {
+        let mut cc = standalone();
+        cc.status = Some(compute(&cc, &healthy_standalone(), at(100)));
+        let s = mark_failed(&cc, "kubernetes api: boom", at(200));
+        let d = condition(&s, DEGRADED);
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "ReconcileFailed")
+        );
+        assert_eq!(d.last_transition_time, at(200));
+        assert_eq!(condition(&s, READY).status, "False");
+        let redis = condition(&s, REDIS_READY);
+        assert_eq!(
+            (redis.status.as_str(), &redis.last_transition_time),
+            ("True", &at(100))
+        );
+        assert_eq!(s.endpoint.as_deref(), Some("chat.prod.svc:80"));
+        // Failing again moves nothing.
+        cc.status = Some(s.clone());
+        let again = mark_failed(&cc, "kubernetes api: boom", at(300));
+        assert_eq!(condition(&again, DEGRADED).last_transition_time, at(200));
     }
 
     #[test]

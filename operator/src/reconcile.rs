@@ -66,19 +66,16 @@ async fn reconcile_inner(cc: &ChatCluster, ctx: &Context) -> Result<Action> {
     }
     let ns = cc.namespace().ok_or(Error::MissingObjectKey("namespace"))?;
     if let Err(e) = validate(cc) {
-        publish(ctx, cc, EventType::Warning, "InvalidSpec", e.to_string()).await;
-        let observed = Observed {
-            spec_error: Some(e.to_string()),
-            ..Observed::default()
-        };
-        write_status(ctx, cc, &ns, &observed).await?;
+        write_failure(ctx, cc, &ns, status::INVALID_SPEC, &e).await?;
         return Err(e);
     }
     match converge(cc, ctx, &ns).await {
         Ok(action) => Ok(action),
         Err(e) => {
             // Best effort: say so in the status too; the error policy retries either way.
-            if let Err(status_error) = write_failure(ctx, cc, &ns, &e).await {
+            if let Err(status_error) =
+                write_failure(ctx, cc, &ns, status::RECONCILE_FAILED, &e).await
+            {
                 debug!(error = %status_error, "could not record the failure in the status");
             }
             Err(e)
@@ -315,7 +312,6 @@ pub fn observe(cc: &ChatCluster, ns: &str, applied: &Applied) -> Observed {
         master: None,
         redis_master: deploys(cc, RedisMode::Standalone).then(|| standalone_address(cc)),
         endpoint: Some(endpoint(cc, ns, applied.service.as_ref())),
-        spec_error: None,
     }
 }
 
@@ -407,8 +403,23 @@ async fn label_master(ctx: &Context, cc: &ChatCluster, ns: &str, host: &str) -> 
     Ok(())
 }
 
-async fn write_failure(ctx: &Context, cc: &ChatCluster, ns: &str, error: &Error) -> Result<()> {
-    let new = status::mark_failed(cc, &error.to_string(), Time(Timestamp::now()));
+/// Mark the status degraded for `reason` and publish a Warning Event when that is news.
+async fn write_failure(
+    ctx: &Context,
+    cc: &ChatCluster,
+    ns: &str,
+    reason: &str,
+    error: &Error,
+) -> Result<()> {
+    let new = status::mark_failed(cc, reason, &error.to_string(), Time(Timestamp::now()));
+    let news = cc
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == status::DEGRADED))
+        .is_none_or(|c| c.status != "True" || c.reason != reason);
+    if news {
+        publish(ctx, cc, EventType::Warning, reason, error.to_string()).await;
+    }
     if cc.status.as_ref() == Some(&new) {
         return Ok(());
     }
@@ -419,19 +430,6 @@ async fn write_failure(ctx: &Context, cc: &ChatCluster, ns: &str, error: &Error)
         &Patch::Merge(json!({ "status": new })),
     )
     .await?;
-    if flipped(cc.status.as_ref(), &new)
-        .iter()
-        .any(|(t, ..)| t == status::DEGRADED)
-    {
-        publish(
-            ctx,
-            cc,
-            EventType::Warning,
-            "ReconcileFailed",
-            error.to_string(),
-        )
-        .await;
-    }
     Ok(())
 }
 

@@ -97,8 +97,6 @@ pub struct Observed {
     pub redis_master: Option<String>,
     /// Where clients connect.
     pub endpoint: Option<String>,
-    /// Why the spec was refused, if it was.
-    pub spec_error: Option<String>,
 }
 
 struct Verdict {
@@ -208,9 +206,6 @@ fn progressing_verdict(o: &Observed) -> Verdict {
 }
 
 fn degraded_verdict(o: &Observed) -> Verdict {
-    if let Some(e) = &o.spec_error {
-        return verdict(DEGRADED, true, "InvalidSpec", e.clone());
-    }
     if let Some(MasterView::Conflict(hosts)) = &o.master {
         return verdict(
             DEGRADED,
@@ -302,13 +297,18 @@ fn set_condition(conditions: &mut Vec<Condition>, new: Condition) {
     }
 }
 
-/// The previous status with `Degraded` (reason `ReconcileFailed`) and `Ready` false: what
-/// a failed reconcile can say without having observed the workloads.
-pub fn mark_failed(cc: &ChatCluster, message: &str, now: Time) -> ChatClusterStatus {
+/// Reason of `Degraded` when the spec was refused.
+pub const INVALID_SPEC: &str = "InvalidSpec";
+/// Reason of `Degraded` when a reconcile failed.
+pub const RECONCILE_FAILED: &str = "ReconcileFailed";
+
+/// The previous status with `Degraded` true (for `reason`) and `Ready` false: what a refused
+/// spec or a failed reconcile can say without having observed the workloads.
+pub fn mark_failed(cc: &ChatCluster, reason: &str, message: &str, now: Time) -> ChatClusterStatus {
     let mut status = cc.status.clone().unwrap_or_default();
     let generation = cc.metadata.generation;
     for (type_, status_, reason, msg) in [
-        (DEGRADED, "True", "ReconcileFailed", message.to_owned()),
+        (DEGRADED, "True", reason, message.to_owned()),
         (READY, "False", "NotReady", format!("not ready: {DEGRADED}")),
     ] {
         set_condition(
@@ -466,11 +466,12 @@ mod tests {
 
     #[test]
     fn an_invalid_spec_is_degraded_with_its_reason() {
-        let o = Observed {
-            spec_error: Some("Sentinel mode needs at least 3 sentinels".into()),
-            ..Observed::default()
-        };
-        let s = compute(&sentinel(), &o, at(1));
+        let s = mark_failed(
+            &sentinel(),
+            INVALID_SPEC,
+            "Sentinel mode needs at least 3 sentinels",
+            at(1),
+        );
         let d = condition(&s, DEGRADED);
         assert_eq!(
             (d.status.as_str(), d.reason.as_str()),
@@ -483,7 +484,7 @@ mod tests {
     fn a_failed_reconcile_marks_degraded_and_keeps_the_other_conditions() {
         let mut cc = standalone();
         cc.status = Some(compute(&cc, &healthy_standalone(), at(100)));
-        let s = mark_failed(&cc, "kubernetes api: boom", at(200));
+        let s = mark_failed(&cc, RECONCILE_FAILED, "kubernetes api: boom", at(200));
         let d = condition(&s, DEGRADED);
         assert_eq!(
             (d.status.as_str(), d.reason.as_str()),
@@ -499,7 +500,7 @@ mod tests {
         assert_eq!(s.endpoint.as_deref(), Some("chat.prod.svc:80"));
         // Failing again moves nothing.
         cc.status = Some(s.clone());
-        let again = mark_failed(&cc, "kubernetes api: boom", at(300));
+        let again = mark_failed(&cc, RECONCILE_FAILED, "kubernetes api: boom", at(300));
         assert_eq!(condition(&again, DEGRADED).last_transition_time, at(200));
     }
 

@@ -315,21 +315,23 @@ pub fn observe(cc: &ChatCluster, ns: &str, applied: &Applied) -> Observed {
     }
 }
 
+/// Ask every sentinel at once (each bounded by the probe's timeout) and decide.
 async fn ask_sentinels(ctx: &Context, cc: &ChatCluster, password: Option<&str>) -> MasterView {
-    let mut answers = Vec::new();
-    for addr in sentinel_addresses(cc) {
+    let addresses = sentinel_addresses(cc);
+    let asks = addresses.iter().map(|addr| async move {
         match ctx
             .sentinel
-            .master_host(&addr, password, SENTINEL_MASTER_NAME)
+            .master_host(addr, password, SENTINEL_MASTER_NAME)
             .await
         {
-            Ok(host) => answers.push(host),
+            Ok(host) => host,
             Err(e) => {
                 debug!(sentinel = %addr, error = %e, "sentinel did not answer");
-                answers.push(None);
+                None
             }
         }
-    }
+    });
+    let answers = futures_util::future::join_all(asks).await;
     let needed = usize::try_from(quorum(cc.spec.redis.sentinel_replicas())).unwrap_or(usize::MAX);
     decide_master(&answers, needed)
 }

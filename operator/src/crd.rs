@@ -1,0 +1,800 @@
+//! The `ChatCluster` custom resource (`chat.dev/v1alpha1`, short name `cc`).
+//!
+//! What the OpenAPI schema cannot say is said in CEL rules (`x-kubernetes-validations`), which
+//! the API server enforces and `ChatCluster::validate_cel` evaluates client-side. Every nested
+//! struct writes its `Default` by hand: the derived schema embeds `Default::default()` as the
+//! `default:` of the parent field, so the hand-written values are the ones the API server fills
+//! in, and they must equal the per-field serde defaults.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The version of this crate; the default images carry it as their tag.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Default chat-server image repository (tag: the operator's version).
+pub const SERVER_IMAGE_REPOSITORY: &str = "ghcr.io/chatcluster/chat-server";
+/// Default operator image repository (tag: the operator's version).
+pub const OPERATOR_IMAGE_REPOSITORY: &str = "ghcr.io/chatcluster/chat-operator";
+/// Default Redis image; sentinels run `redis-server --sentinel` from the same image.
+pub const DEFAULT_REDIS_IMAGE: &str = "redis:7.2";
+/// The Sentinel master name the chat-server asks for.
+pub const SENTINEL_MASTER_NAME: &str = "mymaster";
+
+/// Desired state of a chat service: chat-server replicas and the Redis they share.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "chat.dev",
+    version = "v1alpha1",
+    kind = "ChatCluster",
+    plural = "chatclusters",
+    singular = "chatcluster",
+    shortname = "cc",
+    category = "chat",
+    namespaced,
+    status = "ChatClusterStatus",
+    derive = "PartialEq",
+    doc = "A horizontally scalable STOMP-over-WebSocket chat service: chat-server replicas plus the Redis (standalone or Sentinel) they cluster through.",
+    cel,
+    scale(
+        spec_replicas_path = ".spec.server.replicas",
+        status_replicas_path = ".status.serverReplicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".status.serverReplicas",
+        description = "chat-server replicas"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyServerReplicas",
+        description = "ready chat-server replicas"
+    ),
+    printcolumn(
+        name = "Redis",
+        type_ = "string",
+        json_path = ".spec.redis.mode",
+        description = "Redis mode"
+    ),
+    printcolumn(
+        name = "Endpoint",
+        type_ = "string",
+        json_path = ".status.endpoint",
+        description = "where clients connect"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new(
+        "!has(self.spec.server.allowAnonymous) || self.spec.server.allowAnonymous || has(self.spec.server.jwtSecretRef)"
+    )
+    .message("allowAnonymous: false needs server.jwtSecretRef, or no client could connect")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatClusterSpec {
+    /// The chat-server Deployment.
+    #[serde(default)]
+    pub server: ServerSpec,
+    /// The Redis the servers cluster through.
+    #[serde(default)]
+    pub redis: RedisSpec,
+}
+
+/// chat-server settings.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerSpec {
+    /// Container image of chat-server.
+    #[serde(default = "default_server_image")]
+    pub image: String,
+    /// Replicas when autoscaling is off (`kubectl scale cc/NAME` sets this).
+    #[serde(default = "default_server_replicas")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+    /// Horizontal autoscaling on CPU; when enabled the operator leaves replicas to the HPA.
+    #[serde(default)]
+    pub autoscaling: AutoscalingSpec,
+    /// Container resources. Unset: requests cpu 100m / memory 128Mi, limit memory 512Mi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Secret key holding the HS256 JWT secret (`CHAT_JWT_SECRET`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_secret_ref: Option<SecretKeyRef>,
+    /// Whether clients without a token may connect. Unset: only when no jwtSecretRef is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_anonymous: Option<bool>,
+    /// Room history kept in Redis Streams.
+    #[serde(default)]
+    pub history: HistorySpec,
+    /// Server registry heartbeats.
+    #[serde(default)]
+    pub heartbeat: HeartbeatSpec,
+    /// Prefix of every Redis key the servers use.
+    #[serde(default = "default_key_prefix")]
+    #[schemars(length(min = 1, max = 64))]
+    pub key_prefix: String,
+    /// Seconds a server drains its clients after SIGTERM (`CHAT_SHUTDOWN_GRACE_SECS`); the pod's
+    /// termination grace period is longer.
+    #[serde(default = "default_shutdown_grace_seconds")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub shutdown_grace_seconds: i64,
+    /// The Service clients connect to.
+    #[serde(default)]
+    pub service: ServiceSpec,
+    /// The PodDisruptionBudget of the servers.
+    #[serde(default)]
+    pub pod_disruption_budget: PodDisruptionBudgetSpec,
+}
+
+impl Default for ServerSpec {
+    fn default() -> Self {
+        Self {
+            image: default_server_image(),
+            replicas: default_server_replicas(),
+            autoscaling: AutoscalingSpec::default(),
+            resources: None,
+            jwt_secret_ref: None,
+            allow_anonymous: None,
+            history: HistorySpec::default(),
+            heartbeat: HeartbeatSpec::default(),
+            key_prefix: default_key_prefix(),
+            shutdown_grace_seconds: default_shutdown_grace_seconds(),
+            service: ServiceSpec::default(),
+            pod_disruption_budget: PodDisruptionBudgetSpec::default(),
+        }
+    }
+}
+
+impl ServerSpec {
+    /// `allowAnonymous` as the server will see it: explicit, or on when no JWT secret is set.
+    pub fn effective_allow_anonymous(&self) -> bool {
+        self.allow_anonymous
+            .unwrap_or(self.jwt_secret_ref.is_none())
+    }
+}
+
+fn default_server_image() -> String {
+    format!("{SERVER_IMAGE_REPOSITORY}:{VERSION}")
+}
+fn default_server_replicas() -> i32 {
+    2
+}
+fn default_key_prefix() -> String {
+    "chat".to_owned()
+}
+fn default_shutdown_grace_seconds() -> i64 {
+    20
+}
+
+/// A key in a Secret of the ChatCluster's namespace.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key inside the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// CPU-based horizontal autoscaling of the servers.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(
+    validation = Rule::new("self.minReplicas <= self.maxReplicas").message("autoscaling.minReplicas must not exceed autoscaling.maxReplicas")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingSpec {
+    /// Create a HorizontalPodAutoscaler and leave the replica count to it.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Lower bound of the HPA.
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1))]
+    pub min_replicas: i32,
+    /// Upper bound of the HPA.
+    #[serde(default = "default_max_replicas")]
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+    /// Average CPU utilisation (percent of requests) the HPA aims at.
+    #[serde(
+        default = "default_target_cpu",
+        rename = "targetCPUUtilizationPercentage"
+    )]
+    #[schemars(range(min = 1, max = 1000))]
+    pub target_cpu_utilization_percentage: i32,
+}
+
+impl Default for AutoscalingSpec {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            min_replicas: default_min_replicas(),
+            max_replicas: default_max_replicas(),
+            target_cpu_utilization_percentage: default_target_cpu(),
+        }
+    }
+}
+
+fn default_min_replicas() -> i32 {
+    2
+}
+fn default_max_replicas() -> i32 {
+    10
+}
+fn default_target_cpu() -> i32 {
+    70
+}
+
+/// Room history kept per room.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HistorySpec {
+    /// Messages kept per room (`CHAT_HISTORY_MAX_LEN`).
+    #[serde(default = "default_history_max_length")]
+    #[schemars(range(min = 1))]
+    pub max_length: i64,
+    /// Seconds a room's history lives after its last message (`CHAT_HISTORY_TTL_SECS`).
+    /// Unset: the server's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub ttl_seconds: Option<i64>,
+}
+
+impl Default for HistorySpec {
+    fn default() -> Self {
+        Self {
+            max_length: default_history_max_length(),
+            ttl_seconds: None,
+        }
+    }
+}
+
+fn default_history_max_length() -> i64 {
+    1000
+}
+
+/// Server registry heartbeats: how often a server says it is alive, and after how long
+/// silence the others reap its sessions.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(
+    validation = Rule::new("self.ttlMs > self.intervalMs").message("heartbeat.ttlMs must be longer than heartbeat.intervalMs")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatSpec {
+    /// Milliseconds between heartbeats (`CHAT_HEARTBEAT_INTERVAL_MS`).
+    #[serde(default = "default_heartbeat_interval")]
+    #[schemars(range(min = 100))]
+    pub interval_ms: i64,
+    /// Milliseconds without a heartbeat before a server counts as dead (`CHAT_SERVER_TTL_MS`).
+    #[serde(default = "default_heartbeat_ttl")]
+    #[schemars(range(min = 200))]
+    pub ttl_ms: i64,
+}
+
+impl Default for HeartbeatSpec {
+    fn default() -> Self {
+        Self {
+            interval_ms: default_heartbeat_interval(),
+            ttl_ms: default_heartbeat_ttl(),
+        }
+    }
+}
+
+fn default_heartbeat_interval() -> i64 {
+    2000
+}
+fn default_heartbeat_ttl() -> i64 {
+    6000
+}
+
+/// Kind of Service in front of the servers.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ServiceType {
+    /// Reachable inside the cluster only.
+    #[default]
+    ClusterIP,
+    /// Also on a port of every node.
+    NodePort,
+    /// Through the cloud's load balancer.
+    LoadBalancer,
+}
+
+impl ServiceType {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterIP => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// The Service clients connect to (WebSocket `/ws`, HTTP API, `/metrics`).
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Service type.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// Service port (the pods listen on 8080).
+    #[serde(default = "default_service_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Annotations of the Service (for example a cloud load balancer's settings).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Default for ServiceSpec {
+    fn default() -> Self {
+        Self {
+            type_: ServiceType::ClusterIP,
+            port: default_service_port(),
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_service_port() -> i32 {
+    80
+}
+
+/// The servers' PodDisruptionBudget.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodDisruptionBudgetSpec {
+    /// Pods that may be down at once during voluntary disruptions (a number or a percentage).
+    #[serde(default = "default_max_unavailable")]
+    pub max_unavailable: IntOrString,
+}
+
+impl Default for PodDisruptionBudgetSpec {
+    fn default() -> Self {
+        Self {
+            max_unavailable: default_max_unavailable(),
+        }
+    }
+}
+
+fn default_max_unavailable() -> IntOrString {
+    IntOrString::Int(1)
+}
+
+/// How Redis runs.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RedisMode {
+    /// One Redis node.
+    #[default]
+    Standalone,
+    /// A master, replicas, and three or more sentinels that fail over.
+    Sentinel,
+}
+
+impl RedisMode {
+    /// The spelling in the spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Standalone => "Standalone",
+            Self::Sentinel => "Sentinel",
+        }
+    }
+}
+
+/// Redis settings. With `external`, nothing is deployed and the servers use that Redis.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("self.mode != 'Sentinel' || has(self.external) || !has(self.sentinels) || self.sentinels >= 3").message("Sentinel mode needs at least 3 sentinels"),
+    validation = Rule::new("self.mode == 'Sentinel' || !has(self.sentinels)").message("sentinels only apply in Sentinel mode"),
+    validation = Rule::new("self.mode != 'Standalone' || !has(self.replicas) || self.replicas == 1").message("Standalone mode runs exactly one Redis node; use Sentinel mode for replicas"),
+    validation = Rule::new("self.mode != 'Sentinel' || has(self.external) || (has(self.minReplicasToAck) ? self.minReplicasToAck : 1) <= (has(self.replicas) ? self.replicas : 3) - 1").message("minReplicasToAck must be below the number of Redis data nodes (replicas)"),
+    validation = Rule::new("self.mode == 'Sentinel' || !has(self.minReplicasToAck)").message("minReplicasToAck only applies in Sentinel mode"),
+    validation = Rule::new("!has(self.external) || (self.mode == 'Standalone' ? has(self.external.url) : has(self.external.sentinels))").message("external Redis needs external.url in Standalone mode and external.sentinels in Sentinel mode"),
+    validation = Rule::new("!has(self.external) || !self.persistence.enabled").message("persistence does not apply to an external Redis"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSpec {
+    /// `Standalone` or `Sentinel`; cannot change after creation.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("redis.mode is immutable"))]
+    pub mode: RedisMode,
+    /// Redis image; sentinels run from it too.
+    #[serde(default = "default_redis_image")]
+    pub image: String,
+    /// Redis data nodes (master plus replicas). Unset: 1 in Standalone, 3 in Sentinel mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 9))]
+    pub replicas: Option<i32>,
+    /// Sentinels, Sentinel mode only. Unset: 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 9))]
+    pub sentinels: Option<i32>,
+    /// Replicas that must hold a message before it is acknowledged (`CHAT_REDIS_MIN_REPLICAS`),
+    /// Sentinel mode only. Unset: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 8))]
+    pub min_replicas_to_ack: Option<i32>,
+    /// Persistent volumes for Redis data.
+    #[serde(default)]
+    pub persistence: PersistenceSpec,
+    /// Container resources of Redis data nodes. Unset: requests cpu 100m / memory 128Mi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Secret key holding the Redis password. Unset: the operator generates one once, in the
+    /// Secret `NAME-redis-password` (key `password`), and never rotates it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+    /// Use this Redis instead of deploying one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalRedis>,
+}
+
+impl Default for RedisSpec {
+    fn default() -> Self {
+        Self {
+            mode: RedisMode::Standalone,
+            image: default_redis_image(),
+            replicas: None,
+            sentinels: None,
+            min_replicas_to_ack: None,
+            persistence: PersistenceSpec::default(),
+            resources: None,
+            password_secret_ref: None,
+            external: None,
+        }
+    }
+}
+
+impl RedisSpec {
+    /// Data nodes the operator runs (none for an external Redis).
+    pub fn data_replicas(&self) -> i32 {
+        match (self.external.is_some(), self.mode) {
+            (true, _) => 0,
+            (false, RedisMode::Standalone) => 1,
+            (false, RedisMode::Sentinel) => self.replicas.unwrap_or(3),
+        }
+    }
+
+    /// Sentinels the operator runs.
+    pub fn sentinel_replicas(&self) -> i32 {
+        match (self.external.is_some(), self.mode) {
+            (false, RedisMode::Sentinel) => self.sentinels.unwrap_or(3),
+            _ => 0,
+        }
+    }
+
+    /// Replicas a write must reach before it is acknowledged, in Sentinel mode.
+    pub fn effective_min_replicas_to_ack(&self) -> Option<i32> {
+        match self.mode {
+            RedisMode::Sentinel => Some(self.min_replicas_to_ack.unwrap_or(1)),
+            RedisMode::Standalone => None,
+        }
+    }
+}
+
+fn default_redis_image() -> String {
+    DEFAULT_REDIS_IMAGE.to_owned()
+}
+
+/// Persistent volumes for Redis.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PersistenceSpec {
+    /// Keep Redis data on a PersistentVolumeClaim per node (else an emptyDir).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Size of each volume.
+    #[serde(default = "default_persistence_size")]
+    pub size: Quantity,
+    /// StorageClass of the volumes. Unset: the cluster's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for PersistenceSpec {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            size: default_persistence_size(),
+            storage_class_name: None,
+        }
+    }
+}
+
+fn default_persistence_size() -> Quantity {
+    Quantity("1Gi".to_owned())
+}
+
+/// A Redis (or Redis Sentinel) the servers use instead of one the operator deploys.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalRedis {
+    /// `redis://host:port` (Standalone mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^rediss?://"))]
+    pub url: Option<String>,
+    /// `host:port` of each sentinel (Sentinel mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub sentinels: Option<Vec<String>>,
+    /// Master name the sentinels know. Unset: `mymaster`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_name: Option<String>,
+}
+
+/// Observed state, written by the operator.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatClusterStatus {
+    /// `Ready`, `RedisReady`, `ServersReady`, `Progressing`, `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// chat-server pods.
+    #[serde(default)]
+    pub server_replicas: i32,
+    /// Ready chat-server pods.
+    #[serde(default)]
+    pub ready_server_replicas: i32,
+    /// Label selector of the chat-server pods (for the scale subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// The Redis master the sentinels name (`host:port`), or the standalone Redis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_master: Option<String>,
+    /// Where clients connect (`host:port` of the Service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+impl ChatCluster {
+    /// The CRD as YAML, exactly as `chat-operator crd` prints it and `crds/` holds it.
+    pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+        use kube::CustomResourceExt;
+        serde_yaml::to_string(&Self::crd())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    fn cluster(spec: ChatClusterSpec) -> ChatCluster {
+        ChatCluster::new("chat", spec)
+    }
+
+    fn sentinel_spec() -> ChatClusterSpec {
+        ChatClusterSpec {
+            redis: RedisSpec {
+                mode: RedisMode::Sentinel,
+                ..RedisSpec::default()
+            },
+            ..ChatClusterSpec::default()
+        }
+    }
+
+    fn rejected_with(cc: &ChatCluster, needle: &str) {
+        let err = cc
+            .validate_cel()
+            .expect_err("the CEL rules should reject this spec");
+        let text = format!("{err:?}");
+        assert!(text.contains(needle), "expected {needle:?} in {text}");
+    }
+
+    #[test]
+    fn the_default_spec_passes_every_cel_rule() {
+        cluster(ChatClusterSpec::default()).validate_cel().unwrap();
+        cluster(sentinel_spec()).validate_cel().unwrap();
+    }
+
+    #[test]
+    fn sentinel_mode_rejects_fewer_than_three_sentinels() {
+        let mut spec = sentinel_spec();
+        spec.redis.sentinels = Some(2);
+        rejected_with(&cluster(spec.clone()), "at least 3 sentinels");
+        spec.redis.sentinels = Some(3);
+        cluster(spec).validate_cel().unwrap();
+    }
+
+    #[test]
+    fn sentinels_are_rejected_in_standalone_mode() {
+        let mut spec = ChatClusterSpec::default();
+        spec.redis.sentinels = Some(3);
+        rejected_with(&cluster(spec), "only apply in Sentinel mode");
+    }
+
+    #[test]
+    fn standalone_mode_rejects_more_than_one_data_node() {
+        let mut spec = ChatClusterSpec::default();
+        spec.redis.replicas = Some(2);
+        rejected_with(&cluster(spec), "exactly one Redis node");
+    }
+
+    #[test]
+    fn min_replicas_to_ack_must_be_below_the_data_nodes() {
+        let mut spec = sentinel_spec();
+        spec.redis.replicas = Some(2);
+        spec.redis.min_replicas_to_ack = Some(2);
+        rejected_with(&cluster(spec.clone()), "minReplicasToAck must be below");
+        spec.redis.min_replicas_to_ack = Some(1);
+        cluster(spec.clone()).validate_cel().unwrap();
+        // The defaults (1 of 3) are checked too: one data node cannot ack to a replica.
+        spec.redis.min_replicas_to_ack = None;
+        spec.redis.replicas = Some(1);
+        rejected_with(&cluster(spec), "minReplicasToAck must be below");
+    }
+
+    #[test]
+    fn redis_mode_cannot_change_after_creation() {
+        let old = cluster(ChatClusterSpec::default());
+        let new = cluster(sentinel_spec());
+        let err = new
+            .validate_cel_update(&old)
+            .expect_err("mode change must be refused");
+        assert!(format!("{err:?}").contains("immutable"), "{err:?}");
+        old.validate_cel_update(&old).unwrap();
+    }
+
+    #[test]
+    fn autoscaling_min_replicas_may_not_exceed_max_replicas() {
+        let mut spec = ChatClusterSpec::default();
+        spec.server.autoscaling = AutoscalingSpec {
+            enabled: true,
+            min_replicas: 5,
+            max_replicas: 3,
+            ..AutoscalingSpec::default()
+        };
+        rejected_with(&cluster(spec.clone()), "minReplicas must not exceed");
+        spec.server.autoscaling.max_replicas = 5;
+        cluster(spec).validate_cel().unwrap();
+    }
+
+    #[test]
+    fn heartbeat_ttl_must_outlast_the_interval() {
+        let mut spec = ChatClusterSpec::default();
+        spec.server.heartbeat = HeartbeatSpec {
+            interval_ms: 5000,
+            ttl_ms: 5000,
+        };
+        rejected_with(&cluster(spec), "ttlMs must be longer");
+    }
+
+    #[test]
+    fn refusing_anonymous_clients_needs_a_jwt_secret() {
+        let mut spec = ChatClusterSpec::default();
+        spec.server.allow_anonymous = Some(false);
+        rejected_with(&cluster(spec.clone()), "needs server.jwtSecretRef");
+        spec.server.jwt_secret_ref = Some(SecretKeyRef {
+            name: "jwt".into(),
+            key: "secret".into(),
+        });
+        cluster(spec).validate_cel().unwrap();
+    }
+
+    #[test]
+    fn external_redis_needs_the_address_that_fits_its_mode() {
+        let mut spec = ChatClusterSpec::default();
+        spec.redis.external = Some(ExternalRedis {
+            url: None,
+            sentinels: Some(vec!["s:26379".into()]),
+            master_name: None,
+        });
+        rejected_with(&cluster(spec.clone()), "needs external.url");
+        spec.redis.external = Some(ExternalRedis {
+            url: Some("redis://redis.example:6379".into()),
+            sentinels: None,
+            master_name: None,
+        });
+        cluster(spec.clone()).validate_cel().unwrap();
+        spec.redis.persistence.enabled = true;
+        rejected_with(&cluster(spec), "persistence does not apply");
+    }
+
+    #[test]
+    fn serde_defaults_equal_the_defaults_written_into_the_schema() {
+        let from_empty: ChatClusterSpec = serde_json::from_str("{}").unwrap();
+        assert_eq!(from_empty, ChatClusterSpec::default());
+        let from_empty_parts: ChatClusterSpec =
+            serde_json::from_str(r#"{"server": {}, "redis": {"persistence": {}}}"#).unwrap();
+        assert_eq!(from_empty_parts, ChatClusterSpec::default());
+
+        let crd = serde_json::to_value(ChatCluster::crd()).unwrap();
+        let spec_props = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"];
+        assert_eq!(
+            spec_props["server"]["default"],
+            serde_json::to_value(ServerSpec::default()).unwrap()
+        );
+        assert_eq!(
+            spec_props["redis"]["default"],
+            serde_json::to_value(RedisSpec::default()).unwrap()
+        );
+    }
+
+    #[test]
+    fn the_crd_has_status_and_scale_subresources_and_printer_columns() {
+        let crd = ChatCluster::crd();
+        assert_eq!(crd.metadata.name.as_deref(), Some("chatclusters.chat.dev"));
+        assert_eq!(crd.spec.names.short_names, Some(vec!["cc".to_owned()]));
+        let version = &crd.spec.versions[0];
+        let sub = version.subresources.as_ref().unwrap();
+        assert!(sub.status.is_some());
+        let scale = sub.scale.as_ref().unwrap();
+        assert_eq!(scale.spec_replicas_path, ".spec.server.replicas");
+        assert_eq!(scale.status_replicas_path, ".status.serverReplicas");
+        assert_eq!(
+            scale.label_selector_path.as_deref(),
+            Some(".status.selector")
+        );
+        let columns: Vec<_> = version
+            .additional_printer_columns
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(columns, ["Replicas", "Ready", "Redis", "Endpoint", "Age"]);
+    }
+
+    #[test]
+    fn the_committed_crd_files_match_the_generated_crd() {
+        let generated = ChatCluster::crd_yaml().unwrap();
+        let regenerate = "regenerate: cargo run -q -p chat-operator -- crd > crds/chatclusters.chat.dev.yaml \
+                          && cp crds/chatclusters.chat.dev.yaml charts/chat-operator/crds/";
+        assert!(
+            include_str!("../../crds/chatclusters.chat.dev.yaml") == generated,
+            "crds/ drifted; {regenerate}"
+        );
+        assert!(
+            include_str!("../../charts/chat-operator/crds/chatclusters.chat.dev.yaml") == generated,
+            "the chart's CRD drifted; {regenerate}"
+        );
+    }
+
+    #[test]
+    fn default_images_carry_the_crate_version() {
+        assert_eq!(
+            ServerSpec::default().image,
+            format!("ghcr.io/chatcluster/chat-server:{VERSION}")
+        );
+        assert_eq!(RedisSpec::default().image, "redis:7.2");
+    }
+
+    #[test]
+    fn data_and_sentinel_counts_follow_the_mode() {
+        let standalone = RedisSpec::default();
+        assert_eq!(
+            (standalone.data_replicas(), standalone.sentinel_replicas()),
+            (1, 0)
+        );
+        let sentinel = sentinel_spec().redis;
+        assert_eq!(
+            (sentinel.data_replicas(), sentinel.sentinel_replicas()),
+            (3, 3)
+        );
+        assert_eq!(sentinel.effective_min_replicas_to_ack(), Some(1));
+        let external = RedisSpec {
+            external: Some(ExternalRedis {
+                url: Some("redis://x:6379".into()),
+                sentinels: None,
+                master_name: None,
+            }),
+            ..RedisSpec::default()
+        };
+        assert_eq!(
+            (external.data_replicas(), external.sentinel_replicas()),
+            (0, 0)
+        );
+    }
+}

@@ -1,0 +1,91 @@
+//! The operator's one error type; `metric_label()` names each kind for the failure counter.
+
+/// Everything a reconcile (or the operator's start-up) can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A call to the Kubernetes API failed.
+    #[error("kubernetes api: {0}")]
+    Kube(#[from] kube::Error),
+    /// The spec asks for something the operator will not do (CEL normally stops it earlier).
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+    /// A Secret the spec names is missing or lacks the key.
+    #[error("secret {name}: {reason}")]
+    MissingSecret {
+        /// The Secret's name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The object lacks a namespace or name the operator needs.
+    #[error("object without {0}")]
+    MissingObjectKey(&'static str),
+    /// A manifest could not be (de)serialised.
+    #[error("serialization: {0}")]
+    Serialization(#[from] serde_json::Error),
+    /// A YAML manifest could not be (de)serialised.
+    #[error("yaml: {0}")]
+    Yaml(#[from] serde_yaml::Error),
+    /// This replica lost (or could not keep) the leader Lease.
+    #[error("lost the leader lease: {0}")]
+    LostLease(String),
+    /// The operator's own HTTP endpoint failed.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// Asking a sentinel failed.
+    #[error("sentinel {addr}: {reason}")]
+    Sentinel {
+        /// `host:port` of the sentinel.
+        addr: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// A short, stable label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kube",
+            Self::InvalidSpec(_) => "invalid_spec",
+            Self::MissingSecret { .. } => "missing_secret",
+            Self::MissingObjectKey(_) => "missing_object_key",
+            Self::Serialization(_) => "serialization",
+            Self::Yaml(_) => "yaml",
+            Self::Sentinel { .. } => "sentinel",
+            Self::LostLease(_) => "lost_lease",
+            Self::Io(_) => "io",
+        }
+    }
+}
+
+/// Result with the operator's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_labels_are_short_snake_case_words() {
+        let errors = [
+            Error::InvalidSpec("x".into()),
+            Error::MissingSecret {
+                name: "s".into(),
+                reason: "gone".into(),
+            },
+            Error::MissingObjectKey("namespace"),
+            Error::Sentinel {
+                addr: "a:1".into(),
+                reason: "down".into(),
+            },
+        ];
+        for e in errors {
+            let label = e.metric_label();
+            assert!(
+                label.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{label}"
+            );
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! Test fixtures: a fake API server behind a `tower-test` mock service, and a fake sentinel.
+//!
+//! The fake answers the way the API server would for the requests a reconcile makes (server-
+//! side apply echoes the object with a status, Secrets and pods come from its state) and
+//! records every request, so scenarios assert on exactly what was sent.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use http::{Request, Response};
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Value, json};
+
+use crate::controller::Context;
+use crate::crd::ChatCluster;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::sentinel::SentinelProbe;
+
+/// One request the fake received.
+#[derive(Clone, Debug)]
+pub struct Call {
+    /// HTTP method.
+    pub method: String,
+    /// URL path.
+    pub path: String,
+    /// URL query.
+    pub query: String,
+    /// JSON body (`Null` when empty).
+    pub body: Value,
+}
+
+impl Call {
+    /// `(resource, name, subresource)` of a namespaced path.
+    pub fn target(&self) -> (String, Option<String>, Option<String>) {
+        let segs: Vec<&str> = self.path.split('/').collect();
+        let i = segs.iter().position(|s| *s == "namespaces").unwrap_or(0);
+        (
+            segs.get(i + 2).map(|s| (*s).to_owned()).unwrap_or_default(),
+            segs.get(i + 3).map(|s| (*s).to_owned()),
+            segs.get(i + 4).map(|s| (*s).to_owned()),
+        )
+    }
+
+    /// Whether this is a server-side apply of `resource`.
+    pub fn is_apply_of(&self, resource: &str) -> bool {
+        self.method == "PATCH"
+            && self.target().0 == resource
+            && self.target().2.is_none()
+            && self.query.contains("fieldManager=chat-operator")
+    }
+}
+
+/// The fake API server's state.
+#[derive(Clone, Debug)]
+pub struct FakeApi {
+    /// The ChatCluster the status patches are answered with.
+    pub cluster: Value,
+    /// Secrets by name.
+    pub secrets: BTreeMap<String, Value>,
+    /// Pods returned by a list.
+    pub pods: Vec<Value>,
+    /// Replicas a Deployment reports when its apply leaves them out (the HPA's choice).
+    pub hpa_replicas: i32,
+    /// Whether workloads report every pod ready.
+    pub ready: bool,
+}
+
+impl FakeApi {
+    /// A fake for `cc` with nothing in it yet.
+    pub fn new(cc: &ChatCluster) -> Self {
+        Self {
+            cluster: serde_json::to_value(cc).unwrap_or(Value::Null),
+            secrets: BTreeMap::new(),
+            pods: Vec::new(),
+            hpa_replicas: 4,
+            ready: true,
+        }
+    }
+
+    /// A Redis data pod, with or without the master label.
+    pub fn with_redis_pod(mut self, name: &str, master: bool) -> Self {
+        let mut labels = json!({
+            "app.kubernetes.io/name": "redis",
+            "app.kubernetes.io/instance": "chat",
+            "app.kubernetes.io/component": "redis",
+        });
+        if master {
+            labels["chat.dev/redis-role"] = json!("master");
+        }
+        self.pods.push(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "prod", "labels": labels},
+        }));
+        self
+    }
+
+    /// An existing Secret.
+    pub fn with_secret(mut self, name: &str, key: &str, value: &str) -> Self {
+        use std::io::Write as _;
+        let mut encoded = Vec::new();
+        // A tiny base64 encoder keeps the fixture free of another dependency.
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        for chunk in value.as_bytes().chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    let idx = usize::try_from((n >> (18 - 6 * i)) & 63).unwrap_or(0);
+                    encoded.write_all(&[ALPHABET[idx]]).unwrap_or(());
+                } else {
+                    encoded.write_all(b"=").unwrap_or(());
+                }
+            }
+        }
+        let encoded = String::from_utf8(encoded).unwrap_or_default();
+        self.secrets.insert(
+            name.to_owned(),
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": name, "namespace": "prod"},
+                   "data": {key: encoded}}),
+        );
+        self
+    }
+
+    fn respond(&mut self, call: &Call) -> (u16, Value) {
+        let (resource, name, sub) = call.target();
+        match (
+            call.method.as_str(),
+            resource.as_str(),
+            name,
+            sub.as_deref(),
+        ) {
+            ("GET", "secrets", Some(name), None) => match self.secrets.get(&name) {
+                Some(s) => (200, s.clone()),
+                None => not_found(),
+            },
+            ("POST", "secrets", None, None) => {
+                let name = call.body["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                self.secrets.insert(name, call.body.clone());
+                (201, call.body.clone())
+            }
+            ("GET", "pods", None, None) => (
+                200,
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": self.pods}),
+            ),
+            ("PATCH", "pods", Some(name), None) => {
+                let pod = self
+                    .pods
+                    .iter()
+                    .find(|p| p["metadata"]["name"] == name.as_str())
+                    .cloned();
+                pod.map_or_else(not_found, |p| (200, p))
+            }
+            ("DELETE", "horizontalpodautoscalers", Some(_), None) => not_found(),
+            ("POST", "events", None, None) => (201, call.body.clone()),
+            ("PATCH", "chatclusters", Some(_), Some("status")) => {
+                let mut cc = self.cluster.clone();
+                cc["status"] = call.body["status"].clone();
+                (200, cc)
+            }
+            ("PATCH", kind, Some(_), None) => (200, self.applied(kind, &call.body)),
+            _ => not_found(),
+        }
+    }
+
+    /// What the API server returns for an apply: the object with a generation and a status.
+    fn applied(&self, kind: &str, body: &Value) -> Value {
+        let mut object = body.clone();
+        object["metadata"]["generation"] = json!(1);
+        let wanted = body["spec"]["replicas"]
+            .as_i64()
+            .unwrap_or(i64::from(self.hpa_replicas));
+        let ready = if self.ready { wanted } else { 0 };
+        match kind {
+            "deployments" => {
+                object["spec"]["replicas"] = json!(wanted);
+                object["status"] = json!({"replicas": wanted, "readyReplicas": ready,
+                    "updatedReplicas": wanted, "observedGeneration": 1});
+            }
+            "statefulsets" => {
+                object["status"] = json!({"replicas": wanted, "readyReplicas": ready,
+                    "updatedReplicas": wanted, "currentReplicas": wanted, "observedGeneration": 1});
+            }
+            _ => {}
+        }
+        object
+    }
+}
+
+fn not_found() -> (u16, Value) {
+    (
+        404,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "reason": "NotFound", "code": 404, "message": "not found"}),
+    )
+}
+
+/// Serve `fake` until every client is dropped; the handle yields every request received.
+pub fn serve(mut fake: FakeApi) -> (Client, tokio::task::JoinHandle<Vec<Call>>) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let task = tokio::spawn(async move {
+        let mut calls = Vec::new();
+        while let Some((request, send)) = handle.next_request().await {
+            let method = request.method().to_string();
+            let path = request.uri().path().to_owned();
+            let query = request.uri().query().unwrap_or_default().to_owned();
+            let bytes = request
+                .into_body()
+                .collect_bytes()
+                .await
+                .unwrap_or_default();
+            let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let call = Call {
+                method,
+                path,
+                query,
+                body,
+            };
+            let (status, response) = fake.respond(&call);
+            calls.push(call);
+            let response = Response::builder().status(status).body(Body::from(
+                serde_json::to_vec(&response).unwrap_or_default(),
+            ));
+            if let Ok(response) = response {
+                send.send_response(response);
+            }
+        }
+        calls
+    });
+    (Client::new(service, "default"), task)
+}
+
+/// A sentinel that answers from a fixed table (`None`: unreachable).
+#[derive(Clone, Debug, Default)]
+pub struct FakeSentinels {
+    /// Answer per sentinel address; addresses not listed are unreachable.
+    pub answers: BTreeMap<String, Option<String>>,
+}
+
+impl FakeSentinels {
+    /// Every sentinel of `cc` names `host`.
+    pub fn all_naming(cc: &ChatCluster, host: &str) -> Self {
+        Self {
+            answers: crate::resources::sentinel_addresses(cc)
+                .into_iter()
+                .map(|a| (a, Some(host.to_owned())))
+                .collect(),
+        }
+    }
+}
+
+impl SentinelProbe for FakeSentinels {
+    fn master_host<'a>(
+        &'a self,
+        addr: &'a str,
+        _password: Option<&'a str>,
+        _master_name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>>> {
+        Box::pin(async move {
+            match self.answers.get(addr) {
+                Some(answer) => Ok(answer.clone()),
+                None => Err(Error::Sentinel {
+                    addr: addr.to_owned(),
+                    reason: "unreachable".to_owned(),
+                }),
+            }
+        })
+    }
+}
+
+/// A context on the fake API server.
+pub fn context(
+    fake: FakeApi,
+    sentinels: FakeSentinels,
+) -> (Arc<Context>, tokio::task::JoinHandle<Vec<Call>>) {
+    let (client, task) = serve(fake);
+    let ctx = Context::new(
+        client,
+        Arc::new(Metrics::default()),
+        "ops".to_owned(),
+        Some("test".to_owned()),
+        Arc::new(sentinels),
+    );
+    (Arc::new(ctx), task)
+}
+
+/// Drop the context and collect what the fake received.
+pub async fn finish(ctx: Arc<Context>, task: tokio::task::JoinHandle<Vec<Call>>) -> Vec<Call> {
+    drop(ctx);
+    match tokio::time::timeout(Duration::from_secs(5), task).await {
+        Ok(Ok(calls)) => calls,
+        other => panic!("the fake API server did not finish: {other:?}"),
+    }
+}

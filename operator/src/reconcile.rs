@@ -1,0 +1,870 @@
+//! One reconcile of a ChatCluster: validate, ensure the password Secret, server-side apply
+//! every child, learn the Redis master from the sentinels and label it, write the status, and
+//! publish Events for what changed.
+//!
+//! Deletion needs no finalizer: every child has a controller owner reference, so the garbage
+//! collector removes them with the ChatCluster. A cluster being deleted is left alone.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::NamespaceResourceScope;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::controller::{Context, key};
+use crate::crd::{ChatCluster, RedisMode, SENTINEL_MASTER_NAME};
+use crate::error::{Error, Result};
+use crate::render::validate;
+use crate::resources::redis::standalone_address;
+use crate::resources::sentinel::quorum;
+use crate::resources::{
+    self, Children, Component, FIELD_MANAGER, Names, REDIS_PORT, REDIS_ROLE_LABEL,
+    REDIS_ROLE_MASTER, deploys, generates_password, redis_password_ref, secret, selector_string,
+    sentinel_addresses,
+};
+use crate::status::{self, MasterView, Observed, Workload, compute, decide_master, flipped};
+
+/// Requeue interval in Sentinel mode: how soon a failover is noticed at the latest.
+pub const SENTINEL_REQUEUE: Duration = Duration::from_secs(15);
+/// Requeue interval otherwise (owned workloads trigger reconciles on change anyway).
+pub const DEFAULT_REQUEUE: Duration = Duration::from_secs(300);
+
+/// Reconcile `cc`: the entry point the controller calls.
+pub async fn reconcile(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action> {
+    let span = info_span!(
+        "reconcile",
+        namespace = cc.namespace().unwrap_or_default(),
+        name = cc.name_any(),
+        generation = cc.metadata.generation.unwrap_or_default()
+    );
+    let started = Instant::now();
+    ctx.metrics.reconcile_started();
+    let result = reconcile_inner(&cc, &ctx).instrument(span).await;
+    ctx.metrics.reconcile_finished(started.elapsed());
+    match &result {
+        Ok(_) => ctx.record_success(&key(&cc)),
+        Err(e) => ctx.metrics.reconcile_failed(e),
+    }
+    result
+}
+
+async fn reconcile_inner(cc: &ChatCluster, ctx: &Context) -> Result<Action> {
+    if cc.metadata.deletion_timestamp.is_some() {
+        info!("being deleted: its children go with it through their owner references");
+        return Ok(Action::await_change());
+    }
+    let ns = cc.namespace().ok_or(Error::MissingObjectKey("namespace"))?;
+    if let Err(e) = validate(cc) {
+        write_failure(ctx, cc, &ns, status::INVALID_SPEC, &e).await?;
+        return Err(e);
+    }
+    match converge(cc, ctx, &ns).await {
+        Ok(action) => Ok(action),
+        Err(e) => {
+            // Best effort: say so in the status too; the error policy retries either way.
+            if let Err(status_error) =
+                write_failure(ctx, cc, &ns, status::RECONCILE_FAILED, &e).await
+            {
+                debug!(error = %status_error, "could not record the failure in the status");
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn converge(cc: &ChatCluster, ctx: &Context, ns: &str) -> Result<Action> {
+    let password = ensure_password(ctx, cc, ns).await?;
+    let children = resources::children(cc, &ctx.operator_namespace);
+    let applied = apply_children(ctx, ns, &children).await?;
+    if children.horizontal_pod_autoscaler.is_none() {
+        delete_hpa(ctx, cc, ns).await?;
+    }
+    let mut observed = observe(cc, ns, &applied);
+    if deploys(cc, RedisMode::Sentinel) {
+        let view = ask_sentinels(ctx, cc, password.as_deref()).await;
+        if let MasterView::Agreed(host) = &view {
+            label_master(ctx, cc, ns, host).await?;
+            observed.redis_master = Some(format!("{host}:{REDIS_PORT}"));
+        } else {
+            observed.redis_master = cc.status.as_ref().and_then(|s| s.redis_master.clone());
+        }
+        if let MasterView::Conflict(hosts) = &view {
+            warn!(
+                ?hosts,
+                "sentinels name more than one master; not relabelling"
+            );
+        }
+        observed.master = Some(view);
+    }
+    write_status(ctx, cc, ns, &observed).await?;
+    Ok(Action::requeue(if deploys(cc, RedisMode::Sentinel) {
+        SENTINEL_REQUEUE
+    } else {
+        DEFAULT_REQUEUE
+    }))
+}
+
+/// The Redis password: read from its Secret, or generated once into a new Secret. An
+/// existing Secret is never overwritten, so the password never rotates by accident.
+async fn ensure_password(ctx: &Context, cc: &ChatCluster, ns: &str) -> Result<Option<String>> {
+    let Some((name, key)) = redis_password_ref(cc) else {
+        return Ok(None);
+    };
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    if let Some(existing) = api.get_opt(&name).await? {
+        return read_key(&existing, &name, &key).map(Some);
+    }
+    if !generates_password(cc) {
+        return Err(Error::MissingSecret {
+            name,
+            reason: "not found".to_owned(),
+        });
+    }
+    let password = secret::generate_password();
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    };
+    match api
+        .create(&params, &secret::redis_password_secret(cc, &password))
+        .await
+    {
+        Ok(_) => {
+            info!(secret = %name, "generated the Redis password");
+            publish(
+                ctx,
+                cc,
+                EventType::Normal,
+                "PasswordGenerated",
+                format!("generated the Redis password in Secret {name}"),
+            )
+            .await;
+            Ok(Some(password))
+        }
+        // Someone (another replica, a retry) created it first: theirs wins.
+        Err(kube::Error::Api(s)) if s.is_already_exists() => {
+            let existing = api.get(&name).await?;
+            read_key(&existing, &name, &key).map(Some)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn read_key(secret: &Secret, name: &str, key: &str) -> Result<String> {
+    let from_data = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned());
+    let from_string_data = || {
+        secret
+            .string_data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .cloned()
+    };
+    from_data
+        .or_else(from_string_data)
+        .ok_or_else(|| Error::MissingSecret {
+            name: name.to_owned(),
+            reason: format!("has no key {key:?}"),
+        })
+}
+
+async fn apply<K>(ctx: &Context, ns: &str, object: &K) -> Result<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let name = object
+        .meta()
+        .name
+        .clone()
+        .ok_or(Error::MissingObjectKey("metadata.name"))?;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let applied = api.patch(&name, &params, &Patch::Apply(object)).await?;
+    debug!(kind = K::kind(&()).as_ref(), %name, "applied");
+    Ok(applied)
+}
+
+/// What the API server answered to the applies that the status is computed from.
+#[derive(Clone, Debug, Default)]
+pub struct Applied {
+    /// The servers' Deployment, with its status.
+    pub deployment: Option<Deployment>,
+    /// Redis and sentinel StatefulSets, with their status.
+    pub stateful_sets: Vec<StatefulSet>,
+    /// The clients' Service, with its status.
+    pub service: Option<Service>,
+}
+
+async fn apply_children(ctx: &Context, ns: &str, c: &Children) -> Result<Applied> {
+    let mut applied = Applied::default();
+    if let Some(cm) = &c.config_map {
+        apply(ctx, ns, cm).await?;
+    }
+    for svc in &c.redis_services {
+        apply(ctx, ns, svc).await?;
+    }
+    for sts in &c.stateful_sets {
+        applied.stateful_sets.push(apply(ctx, ns, sts).await?);
+    }
+    if let Some(np) = &c.network_policy {
+        apply(ctx, ns, np).await?;
+    }
+    apply(ctx, ns, &c.service_account).await?;
+    applied.deployment = Some(apply(ctx, ns, &c.deployment).await?);
+    applied.service = Some(apply(ctx, ns, &c.service).await?);
+    apply(ctx, ns, &c.pod_disruption_budget).await?;
+    if let Some(hpa) = &c.horizontal_pod_autoscaler {
+        apply(ctx, ns, hpa).await?;
+    }
+    Ok(applied)
+}
+
+async fn delete_hpa(ctx: &Context, cc: &ChatCluster, ns: &str) -> Result<()> {
+    let api: Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> =
+        Api::namespaced(ctx.client.clone(), ns);
+    match api
+        .delete(&Names::of(cc).server(), &DeleteParams::default())
+        .await
+    {
+        Ok(_) => {
+            info!("autoscaling is off: deleted the HorizontalPodAutoscaler");
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn deployment_workload(d: &Deployment) -> Workload {
+    let status = d.status.clone().unwrap_or_default();
+    Workload {
+        desired: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+        current: status.replicas.unwrap_or(0),
+        ready: status.ready_replicas.unwrap_or(0),
+        updated: status.updated_replicas.unwrap_or(0),
+        observed_latest: status.observed_generation >= d.metadata.generation,
+    }
+}
+
+fn statefulset_workload(s: &StatefulSet) -> Workload {
+    let status = s.status.clone().unwrap_or_default();
+    Workload {
+        desired: s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+        current: status.replicas,
+        ready: status.ready_replicas.unwrap_or(0),
+        updated: status.updated_replicas.unwrap_or(0),
+        observed_latest: status.observed_generation >= s.metadata.generation,
+    }
+}
+
+/// Where clients connect: the load balancer's address once it has one, else the Service's
+/// cluster DNS name.
+pub fn endpoint(cc: &ChatCluster, ns: &str, service: Option<&Service>) -> String {
+    let port = cc.spec.server.service.port;
+    let ingress = service
+        .and_then(|s| s.status.as_ref())
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .and_then(|i| i.first())
+        .and_then(|i| i.ip.clone().or_else(|| i.hostname.clone()));
+    match ingress {
+        Some(host) => format!("{host}:{port}"),
+        None => format!("{}.{ns}.svc:{port}", Names::of(cc).server_service()),
+    }
+}
+
+/// The observation a status is computed from, given the apply responses.
+pub fn observe(cc: &ChatCluster, ns: &str, applied: &Applied) -> Observed {
+    let names = Names::of(cc);
+    let find = |name: String| {
+        applied
+            .stateful_sets
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name.as_str()))
+            .map(statefulset_workload)
+    };
+    Observed {
+        servers: applied
+            .deployment
+            .as_ref()
+            .map(deployment_workload)
+            .unwrap_or_default(),
+        redis: find(names.redis()),
+        sentinels: find(names.sentinel()),
+        master: None,
+        redis_master: deploys(cc, RedisMode::Standalone).then(|| standalone_address(cc)),
+        endpoint: Some(endpoint(cc, ns, applied.service.as_ref())),
+    }
+}
+
+/// Ask every sentinel at once (each bounded by the probe's timeout) and decide.
+async fn ask_sentinels(ctx: &Context, cc: &ChatCluster, password: Option<&str>) -> MasterView {
+    let addresses = sentinel_addresses(cc);
+    let asks = addresses.iter().map(|addr| async move {
+        match ctx
+            .sentinel
+            .master_host(addr, password, SENTINEL_MASTER_NAME)
+            .await
+        {
+            Ok(host) => host,
+            Err(e) => {
+                debug!(sentinel = %addr, error = %e, "sentinel did not answer");
+                None
+            }
+        }
+    });
+    let answers = futures_util::future::join_all(asks).await;
+    let needed = usize::try_from(quorum(cc.spec.redis.sentinel_replicas())).unwrap_or(usize::MAX);
+    decide_master(&answers, needed)
+}
+
+/// Label changes that make `master` the only pod with the master label: `(pod, add?)`,
+/// removals first. Nothing changes when `master` is not among `pods` (an incomplete view).
+pub fn master_label_changes(pods: &[(String, bool)], master: &str) -> Vec<(String, bool)> {
+    if !pods.iter().any(|(name, _)| name == master) {
+        return Vec::new();
+    }
+    let removals = pods
+        .iter()
+        .filter(|(name, labelled)| *labelled && name != master)
+        .map(|(name, _)| (name.clone(), false));
+    let addition = pods
+        .iter()
+        .filter(|(name, labelled)| !*labelled && name == master)
+        .map(|(name, _)| (name.clone(), true));
+    removals.chain(addition).collect()
+}
+
+async fn label_master(ctx: &Context, cc: &ChatCluster, ns: &str, host: &str) -> Result<()> {
+    let master = host.split('.').next().unwrap_or(host);
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let pods = api
+        .list(&ListParams::default().labels(&selector_string(cc, Component::Redis)))
+        .await?;
+    let current: Vec<(String, bool)> = pods
+        .items
+        .iter()
+        .map(|p| {
+            let labelled =
+                p.labels().get(REDIS_ROLE_LABEL).map(String::as_str) == Some(REDIS_ROLE_MASTER);
+            (p.name_any(), labelled)
+        })
+        .collect();
+    let changes = master_label_changes(&current, master);
+    let previous: Vec<&str> = current
+        .iter()
+        .filter(|(_, l)| *l)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    for (pod, add) in &changes {
+        let value = if *add {
+            json!(REDIS_ROLE_MASTER)
+        } else {
+            json!(null)
+        };
+        let patch = json!({ "metadata": { "labels": { REDIS_ROLE_LABEL: value } } });
+        api.patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    if changes.iter().any(|(_, add)| *add) {
+        info!(%master, ?previous, "labelled the Redis master");
+        publish(
+            ctx,
+            cc,
+            EventType::Normal,
+            "MasterChanged",
+            format!(
+                "the sentinels name {master} as Redis master (was: {})",
+                if previous.is_empty() {
+                    "none".to_owned()
+                } else {
+                    previous.join(", ")
+                }
+            ),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// Mark the status degraded for `reason` and publish a Warning Event when that is news.
+async fn write_failure(
+    ctx: &Context,
+    cc: &ChatCluster,
+    ns: &str,
+    reason: &str,
+    error: &Error,
+) -> Result<()> {
+    let new = status::mark_failed(cc, reason, &error.to_string(), Time(Timestamp::now()));
+    let news = cc
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == status::DEGRADED))
+        .is_none_or(|c| c.status != "True" || c.reason != reason);
+    if news {
+        publish(ctx, cc, EventType::Warning, reason, error.to_string()).await;
+    }
+    if cc.status.as_ref() == Some(&new) {
+        return Ok(());
+    }
+    let api: Api<ChatCluster> = Api::namespaced(ctx.client.clone(), ns);
+    api.patch_status(
+        &cc.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": new })),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn write_status(
+    ctx: &Context,
+    cc: &ChatCluster,
+    ns: &str,
+    observed: &Observed,
+) -> Result<()> {
+    let new = compute(cc, observed, Time(Timestamp::now()));
+    let old = cc.status.as_ref();
+    if old != Some(&new) {
+        let api: Api<ChatCluster> = Api::namespaced(ctx.client.clone(), ns);
+        api.patch_status(
+            &cc.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": new })),
+        )
+        .await?;
+    }
+    for (type_, state, reason, message) in flipped(old, &new) {
+        // A first observation of a healthy condition is not news.
+        if old.is_none() && !is_bad(&type_, &state) && type_ != status::READY {
+            continue;
+        }
+        let kind = if is_bad(&type_, &state) {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        publish(
+            ctx,
+            cc,
+            kind,
+            &reason,
+            format!("{type_} is {state}: {message}"),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+fn is_bad(type_: &str, state: &str) -> bool {
+    match type_ {
+        status::DEGRADED => state == "True",
+        status::PROGRESSING => false,
+        _ => state == "False" && type_ != status::READY,
+    }
+}
+
+/// Publish an Event about `cc`; a failure to publish is logged, never fatal.
+async fn publish(ctx: &Context, cc: &ChatCluster, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "Reconcile".to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &cc.object_ref(&())).await {
+        warn!(error = %e, reason, "could not publish event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pods(list: &[(&str, bool)]) -> Vec<(String, bool)> {
+        list.iter().map(|(n, l)| ((*n).to_owned(), *l)).collect()
+    }
+
+    #[test]
+    fn the_master_label_moves_by_removing_it_first_then_adding_it() {
+        let changes = master_label_changes(
+            &pods(&[("r-0", true), ("r-1", false), ("r-2", false)]),
+            "r-1",
+        );
+        assert_eq!(changes, pods(&[("r-0", false), ("r-1", true)]));
+    }
+
+    #[test]
+    fn nothing_moves_when_the_label_is_already_right() {
+        assert!(master_label_changes(&pods(&[("r-0", true), ("r-1", false)]), "r-0").is_empty());
+    }
+
+    #[test]
+    fn a_master_that_is_not_among_the_pods_changes_nothing() {
+        assert!(master_label_changes(&pods(&[("r-0", true)]), "elsewhere-0").is_empty());
+    }
+
+    #[test]
+    fn two_labelled_pods_are_reduced_to_the_agreed_master() {
+        let changes = master_label_changes(&pods(&[("r-0", true), ("r-1", true)]), "r-1");
+        assert_eq!(changes, pods(&[("r-0", false)]));
+    }
+
+    #[test]
+    fn the_endpoint_is_the_service_dns_name_until_a_load_balancer_answers() {
+        let cc = crate::resources::testing::standalone();
+        assert_eq!(endpoint(&cc, "prod", None), "chat.prod.svc:80");
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "chat"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}
+        }))
+        .unwrap();
+        assert_eq!(endpoint(&cc, "prod", Some(&svc)), "203.0.113.7:80");
+    }
+}
+
+/// Reconcile scenarios against the fake API server.
+#[cfg(test)]
+mod scenarios {
+    use super::*;
+    use crate::controller::error_policy;
+    use crate::crd::ChatClusterStatus;
+    use crate::fixtures::{Call, FakeApi, FakeSentinels, context, finish};
+    use crate::resources::testing::{sentinel, standalone};
+    use serde_json::Value;
+
+    fn applied_kinds(calls: &[Call]) -> Vec<String> {
+        calls
+            .iter()
+            .filter(|c| c.method == "PATCH" && c.query.contains("fieldManager=chat-operator"))
+            .map(|c| c.target().0)
+            .collect()
+    }
+
+    fn status_written(calls: &[Call]) -> ChatClusterStatus {
+        let call = calls
+            .iter()
+            .rfind(|c| c.target().2.as_deref() == Some("status"))
+            .expect("a status patch");
+        serde_json::from_value(call.body["status"].clone()).unwrap()
+    }
+
+    fn condition(s: &ChatClusterStatus, t: &str) -> (String, String) {
+        let c = s.conditions.iter().find(|c| c.type_ == t).unwrap();
+        (c.status.clone(), c.reason.clone())
+    }
+
+    fn event_reasons(calls: &[Call]) -> Vec<String> {
+        calls
+            .iter()
+            .filter(|c| c.target().0 == "events")
+            .map(|c| c.body["reason"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn creating_a_standalone_cluster_applies_every_child_and_writes_status() {
+        let cc = standalone();
+        let (ctx, task) = context(FakeApi::new(&cc), FakeSentinels::default());
+        let action = reconcile(Arc::new(cc), ctx.clone()).await.unwrap();
+        assert_eq!(action, Action::requeue(DEFAULT_REQUEUE));
+        let calls = finish(ctx, task).await;
+
+        // The password Secret is looked up, then created once.
+        assert_eq!(
+            (calls[0].method.as_str(), calls[0].target().0.as_str()),
+            ("GET", "secrets")
+        );
+        assert_eq!(
+            (calls[1].method.as_str(), calls[1].target().0.as_str()),
+            ("POST", "secrets")
+        );
+        assert_eq!(calls[1].body["metadata"]["name"], "chat-redis-password");
+        assert_eq!(
+            applied_kinds(&calls),
+            [
+                "configmaps",
+                "services",
+                "statefulsets",
+                "networkpolicies",
+                "serviceaccounts",
+                "deployments",
+                "services",
+                "poddisruptionbudgets",
+            ]
+        );
+        for c in calls
+            .iter()
+            .filter(|c| c.method == "PATCH" && c.query.contains("fieldManager"))
+        {
+            assert!(c.query.contains("force=true"), "{c:?}");
+            assert_eq!(c.body["metadata"]["ownerReferences"][0]["name"], "chat");
+        }
+        // With autoscaling off, any HPA left from before is removed.
+        assert!(calls.iter().any(|c| c.method == "DELETE"
+            && c.target()
+                == (
+                    "horizontalpodautoscalers".into(),
+                    Some("chat-server".into()),
+                    None
+                )));
+
+        let status = status_written(&calls);
+        assert_eq!(condition(&status, "Ready"), ("True".into(), "Ready".into()));
+        assert_eq!(condition(&status, "RedisReady").0, "True");
+        assert_eq!(condition(&status, "ServersReady").0, "True");
+        assert_eq!(condition(&status, "Degraded").0, "False");
+        assert_eq!(status.observed_generation, Some(3));
+        assert_eq!(
+            (status.server_replicas, status.ready_server_replicas),
+            (2, 2)
+        );
+        assert_eq!(status.endpoint.as_deref(), Some("chat.prod.svc:80"));
+        assert_eq!(
+            status.redis_master.as_deref(),
+            Some("chat-redis.prod.svc:6379")
+        );
+        assert!(status.selector.is_some());
+        assert_eq!(event_reasons(&calls), ["PasswordGenerated", "Ready"]);
+    }
+
+    #[tokio::test]
+    async fn an_existing_password_secret_is_read_and_never_rewritten() {
+        let cc = standalone();
+        let fake = FakeApi::new(&cc).with_secret("chat-redis-password", "password", "kept");
+        let (ctx, task) = context(fake, FakeSentinels::default());
+        reconcile(Arc::new(cc), ctx.clone()).await.unwrap();
+        let calls = finish(ctx, task).await;
+        assert!(
+            !calls
+                .iter()
+                .any(|c| c.target().0 == "secrets" && c.method != "GET"),
+            "the Secret must not be written"
+        );
+    }
+
+    #[tokio::test]
+    async fn autoscaling_applies_an_hpa_and_omits_deployment_replicas() {
+        let mut cc = standalone();
+        cc.spec.server.autoscaling.enabled = true;
+        let (ctx, task) = context(FakeApi::new(&cc), FakeSentinels::default());
+        reconcile(Arc::new(cc), ctx.clone()).await.unwrap();
+        let calls = finish(ctx, task).await;
+        let deployment = calls.iter().find(|c| c.is_apply_of("deployments")).unwrap();
+        assert!(deployment.body["spec"].get("replicas").is_none());
+        let hpa = calls
+            .iter()
+            .find(|c| c.is_apply_of("horizontalpodautoscalers"))
+            .unwrap();
+        assert_eq!(hpa.body["spec"]["scaleTargetRef"]["name"], "chat-server");
+        assert!(!calls.iter().any(|c| c.method == "DELETE"));
+        // The status reports what the HPA chose.
+        assert_eq!(status_written(&calls).server_replicas, 4);
+    }
+
+    #[tokio::test]
+    async fn a_master_change_moves_the_master_label() {
+        let cc = sentinel();
+        let new_master = "chat-redis-1.chat-redis-headless.prod.svc";
+        let fake = FakeApi::new(&cc)
+            .with_redis_pod("chat-redis-0", true)
+            .with_redis_pod("chat-redis-1", false)
+            .with_redis_pod("chat-redis-2", false);
+        let (ctx, task) = context(fake, FakeSentinels::all_naming(&cc, new_master));
+        let action = reconcile(Arc::new(cc), ctx.clone()).await.unwrap();
+        assert_eq!(action, Action::requeue(SENTINEL_REQUEUE));
+        let calls = finish(ctx, task).await;
+
+        let pod_patches: Vec<(String, Value)> = calls
+            .iter()
+            .filter(|c| c.method == "PATCH" && c.target().0 == "pods")
+            .map(|c| {
+                (
+                    c.target().1.unwrap(),
+                    c.body["metadata"]["labels"]["chat.dev/redis-role"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            pod_patches,
+            [
+                ("chat-redis-0".to_owned(), Value::Null),
+                ("chat-redis-1".to_owned(), json!("master")),
+            ]
+        );
+        let status = status_written(&calls);
+        assert_eq!(
+            status.redis_master.as_deref(),
+            Some(&*format!("{new_master}:6379"))
+        );
+        assert_eq!(
+            condition(&status, "RedisReady"),
+            ("True".into(), "MasterKnown".into())
+        );
+        assert!(event_reasons(&calls).contains(&"MasterChanged".to_owned()));
+        assert_eq!(
+            applied_kinds(&calls)
+                .iter()
+                .filter(|k| *k == "statefulsets")
+                .count(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn sentinels_naming_two_masters_degrade_the_cluster_and_move_nothing() {
+        let cc = sentinel();
+        let mut sentinels =
+            FakeSentinels::all_naming(&cc, "chat-redis-0.chat-redis-headless.prod.svc");
+        let first = crate::resources::sentinel_addresses(&cc)[0].clone();
+        sentinels.answers.insert(
+            first,
+            Some("chat-redis-1.chat-redis-headless.prod.svc".into()),
+        );
+        let fake = FakeApi::new(&cc)
+            .with_redis_pod("chat-redis-0", true)
+            .with_redis_pod("chat-redis-1", false);
+        let (ctx, task) = context(fake, sentinels);
+        reconcile(Arc::new(cc), ctx.clone()).await.unwrap();
+        let calls = finish(ctx, task).await;
+        assert!(!calls.iter().any(|c| c.target().0 == "pods"));
+        let status = status_written(&calls);
+        assert_eq!(
+            condition(&status, "Degraded"),
+            ("True".into(), "MultipleMasters".into())
+        );
+        assert_eq!(condition(&status, "Ready").0, "False");
+    }
+
+    #[tokio::test]
+    async fn an_incomplete_sentinel_view_changes_no_label() {
+        let cc = sentinel();
+        let mut sentinels = FakeSentinels::default();
+        let first = crate::resources::sentinel_addresses(&cc)[0].clone();
+        sentinels.answers.insert(
+            first,
+            Some("chat-redis-1.chat-redis-headless.prod.svc".into()),
+        );
+        let fake = FakeApi::new(&cc).with_redis_pod("chat-redis-0", true);
+        let (ctx, task) = context(fake, sentinels);
+        reconcile(Arc::new(cc), ctx.clone()).await.unwrap();
+        let calls = finish(ctx, task).await;
+        assert!(!calls.iter().any(|c| c.target().0 == "pods"));
+        let status = status_written(&calls);
+        assert_eq!(
+            condition(&status, "RedisReady"),
+            ("False".into(), "NoQuorum".into())
+        );
+        assert_eq!(condition(&status, "Degraded").0, "False");
+    }
+
+    #[tokio::test]
+    async fn a_bad_spec_goes_through_the_error_policy_without_applying_anything() {
+        let mut cc = sentinel();
+        cc.spec.redis.sentinels = Some(2);
+        let cc = Arc::new(cc);
+        let (ctx, task) = context(FakeApi::new(&cc), FakeSentinels::default());
+        let err = reconcile(cc.clone(), ctx.clone()).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidSpec(_)), "{err}");
+        assert_eq!(
+            error_policy(cc.clone(), &err, ctx.clone()),
+            Action::requeue(Duration::from_secs(5))
+        );
+        assert_eq!(
+            error_policy(cc.clone(), &err, ctx.clone()),
+            Action::requeue(Duration::from_secs(10))
+        );
+        let metrics = ctx.metrics.encode().unwrap();
+        assert!(
+            metrics.contains(r#"reconcile_failures_total{error="invalid_spec"} 1"#),
+            "{metrics}"
+        );
+        let calls = finish(ctx, task).await;
+        assert!(applied_kinds(&calls).is_empty());
+        assert!(!calls.iter().any(|c| c.target().0 == "secrets"));
+        assert_eq!(event_reasons(&calls)[0], "InvalidSpec");
+        let status = status_written(&calls);
+        assert_eq!(
+            condition(&status, "Degraded"),
+            ("True".into(), "InvalidSpec".into())
+        );
+        assert_eq!(condition(&status, "Ready").0, "False");
+    }
+
+    #[tokio::test]
+    async fn a_missing_named_password_secret_is_an_error_and_nothing_is_created() {
+        let mut cc = standalone();
+        cc.spec.redis.password_secret_ref = Some(crate::crd::SecretKeyRef {
+            name: "mine".into(),
+            key: "pw".into(),
+        });
+        let (ctx, task) = context(FakeApi::new(&cc), FakeSentinels::default());
+        let err = reconcile(Arc::new(cc), ctx.clone()).await.unwrap_err();
+        assert!(matches!(err, Error::MissingSecret { .. }), "{err}");
+        let calls = finish(ctx, task).await;
+        assert!(
+            !calls
+                .iter()
+                .any(|c| c.method == "POST" && c.target().0 == "secrets")
+        );
+        assert!(applied_kinds(&calls).is_empty());
+        let status = status_written(&calls);
+        assert_eq!(
+            condition(&status, "Degraded"),
+            ("True".into(), "ReconcileFailed".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cluster_being_deleted_is_left_to_the_garbage_collector() {
+        let mut cc = standalone();
+        cc.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(1).unwrap()));
+        let (ctx, task) = context(FakeApi::new(&cc), FakeSentinels::default());
+        let action = reconcile(Arc::new(cc), ctx.clone()).await.unwrap();
+        assert_eq!(action, Action::await_change());
+        assert!(
+            finish(ctx, task).await.is_empty(),
+            "no request while deleting"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_status_is_not_rewritten_and_raises_no_events() {
+        let cc = standalone();
+        let fake = FakeApi::new(&cc).with_secret("chat-redis-password", "password", "kept");
+        let (ctx, task) = context(fake.clone(), FakeSentinels::default());
+        reconcile(Arc::new(cc.clone()), ctx.clone()).await.unwrap();
+        let first = status_written(&finish(ctx, task).await);
+
+        let mut again = cc;
+        again.status = Some(first);
+        let (ctx, task) = context(fake, FakeSentinels::default());
+        reconcile(Arc::new(again), ctx.clone()).await.unwrap();
+        let calls = finish(ctx, task).await;
+        assert!(
+            !calls
+                .iter()
+                .any(|c| c.target().2.as_deref() == Some("status"))
+        );
+        assert!(event_reasons(&calls).is_empty());
+    }
+}

@@ -1,0 +1,603 @@
+//! Pure builders: one function per child object, from the `ChatCluster` alone.
+//!
+//! Nothing here talks to the API server. Every child is named from the cluster, carries the
+//! standard `app.kubernetes.io/*` labels and a controller owner reference (so deleting the
+//! ChatCluster deletes it), and every pod runs as non-root with a read-only root file system,
+//! no privilege escalation, all capabilities dropped and the runtime's seccomp profile.
+
+pub mod config_map;
+pub mod network_policy;
+pub mod redis;
+pub mod secret;
+pub mod sentinel;
+pub mod server;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, EnvVar, EnvVarSource, ObjectFieldSelector, PodSecurityContext,
+    SeccompProfile, SecretKeySelector, SecurityContext, Service, ServiceAccount,
+    TopologySpreadConstraint,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt};
+
+use crate::crd::{ChatCluster, RedisMode};
+
+/// Field manager of every server-side apply.
+pub const FIELD_MANAGER: &str = "chat-operator";
+/// Label the operator puts on the Redis pod the sentinels name as master.
+pub const REDIS_ROLE_LABEL: &str = "chat.dev/redis-role";
+/// Value of [`REDIS_ROLE_LABEL`] on the master.
+pub const REDIS_ROLE_MASTER: &str = "master";
+/// chat-server's HTTP/WebSocket port.
+pub const SERVER_PORT: i32 = 8080;
+/// Redis data port.
+pub const REDIS_PORT: i32 = 6379;
+/// Sentinel port.
+pub const SENTINEL_PORT: i32 = 26379;
+/// Key of the generated password in its Secret.
+pub const PASSWORD_KEY: &str = "password";
+
+/// Which part of the cluster an object belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Component {
+    /// chat-server pods and their objects.
+    Server,
+    /// Redis data nodes.
+    Redis,
+    /// Redis sentinels.
+    Sentinel,
+}
+
+impl Component {
+    /// `app.kubernetes.io/component`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Server => "server",
+            Self::Redis => "redis",
+            Self::Sentinel => "sentinel",
+        }
+    }
+
+    /// `app.kubernetes.io/name`.
+    pub fn app_name(self) -> &'static str {
+        match self {
+            Self::Server => "chat-server",
+            Self::Redis => "redis",
+            Self::Sentinel => "redis-sentinel",
+        }
+    }
+}
+
+/// Names of every child, derived from the cluster's name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    base: String,
+}
+
+impl Names {
+    /// Names for the cluster `cc`.
+    pub fn of(cc: &ChatCluster) -> Self {
+        Self {
+            base: cc.name_any(),
+        }
+    }
+
+    /// The cluster's own name.
+    pub fn cluster(&self) -> &str {
+        &self.base
+    }
+    /// The clients' Service: the cluster's name itself.
+    pub fn server_service(&self) -> String {
+        self.base.clone()
+    }
+    /// Deployment, PodDisruptionBudget, ServiceAccount and HPA of the servers.
+    pub fn server(&self) -> String {
+        format!("{}-server", self.base)
+    }
+    /// Redis StatefulSet, ConfigMap, Service (standalone) and NetworkPolicy.
+    pub fn redis(&self) -> String {
+        format!("{}-redis", self.base)
+    }
+    /// Headless Service of the Redis data nodes (Sentinel mode).
+    pub fn redis_headless(&self) -> String {
+        format!("{}-redis-headless", self.base)
+    }
+    /// Service that follows the master label (Sentinel mode).
+    pub fn redis_master(&self) -> String {
+        format!("{}-redis-master", self.base)
+    }
+    /// Generated password Secret.
+    pub fn redis_password(&self) -> String {
+        format!("{}-redis-password", self.base)
+    }
+    /// Sentinel StatefulSet and Service.
+    pub fn sentinel(&self) -> String {
+        format!("{}-sentinel", self.base)
+    }
+    /// Headless Service of the sentinels.
+    pub fn sentinel_headless(&self) -> String {
+        format!("{}-sentinel-headless", self.base)
+    }
+}
+
+/// The namespace of the cluster (`default` when the manifest names none).
+pub fn namespace(cc: &ChatCluster) -> String {
+    cc.namespace().unwrap_or_else(|| "default".to_owned())
+}
+
+/// DNS name of pod `ordinal` of a StatefulSet behind a headless Service.
+pub fn pod_host(statefulset: &str, ordinal: i32, headless: &str, namespace: &str) -> String {
+    format!("{statefulset}-{ordinal}.{headless}.{namespace}.svc")
+}
+
+/// `host:port` of every sentinel the operator runs for `cc`.
+pub fn sentinel_addresses(cc: &ChatCluster) -> Vec<String> {
+    let names = Names::of(cc);
+    let ns = namespace(cc);
+    (0..cc.spec.redis.sentinel_replicas())
+        .map(|i| {
+            format!(
+                "{}:{SENTINEL_PORT}",
+                pod_host(&names.sentinel(), i, &names.sentinel_headless(), &ns)
+            )
+        })
+        .collect()
+}
+
+/// Labels that select a component's pods (stable: part of immutable selectors).
+pub fn selector_labels(cc: &ChatCluster, component: Component) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            component.app_name().to_owned(),
+        ),
+        ("app.kubernetes.io/instance".to_owned(), cc.name_any()),
+        (
+            "app.kubernetes.io/component".to_owned(),
+            component.as_str().to_owned(),
+        ),
+    ])
+}
+
+/// The full standard label set of a component's objects.
+pub fn labels(cc: &ChatCluster, component: Component) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(cc, component);
+    labels.insert(
+        "app.kubernetes.io/part-of".to_owned(),
+        "chatcluster".to_owned(),
+    );
+    labels.insert(
+        "app.kubernetes.io/managed-by".to_owned(),
+        "chat-operator".to_owned(),
+    );
+    labels
+}
+
+/// Labels every pod of the cluster shares, whatever its component.
+pub fn cluster_pod_labels(cc: &ChatCluster) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/instance".to_owned(), cc.name_any()),
+        (
+            "app.kubernetes.io/part-of".to_owned(),
+            "chatcluster".to_owned(),
+        ),
+    ])
+}
+
+/// `matchLabels` selector of a component's pods.
+pub fn label_selector(cc: &ChatCluster, component: Component) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(selector_labels(cc, component)),
+        ..LabelSelector::default()
+    }
+}
+
+/// The same selector as a string (`status.selector`, for the scale subresource).
+pub fn selector_string(cc: &ChatCluster, component: Component) -> String {
+    selector_labels(cc, component)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The controller owner reference to `cc` (none until the API server gave it a uid).
+pub fn owner_references(cc: &ChatCluster) -> Option<Vec<OwnerReference>> {
+    cc.controller_owner_ref(&()).map(|r| vec![r])
+}
+
+/// Metadata of a child: name, namespace, labels, owner reference.
+pub fn meta(cc: &ChatCluster, name: String, component: Component) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(namespace(cc)),
+        labels: Some(labels(cc, component)),
+        owner_references: owner_references(cc),
+        ..ObjectMeta::default()
+    }
+}
+
+/// Pod-level security: non-root as `uid`, group-owned volumes, runtime seccomp profile.
+pub fn pod_security_context(uid: i64) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(uid),
+        run_as_group: Some(uid),
+        fs_group: Some(uid),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// Container-level security: read-only root, no escalation, every capability dropped.
+pub fn container_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            ..Capabilities::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            ..SeccompProfile::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// Spread a component's pods across nodes (and zones), preferring but not requiring it.
+pub fn spread_constraints(cc: &ChatCluster, component: Component) -> Vec<TopologySpreadConstraint> {
+    ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+        .into_iter()
+        .map(|key| TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: key.to_owned(),
+            when_unsatisfiable: "ScheduleAnyway".to_owned(),
+            label_selector: Some(label_selector(cc, component)),
+            ..TopologySpreadConstraint::default()
+        })
+        .collect()
+}
+
+/// Where the Redis password lives: the spec's Secret or the generated one. `None` for an
+/// external Redis without a password.
+pub fn redis_password_ref(cc: &ChatCluster) -> Option<(String, String)> {
+    match (&cc.spec.redis.password_secret_ref, &cc.spec.redis.external) {
+        (Some(r), _) => Some((r.name.clone(), r.key.clone())),
+        (None, Some(_)) => None,
+        (None, None) => Some((Names::of(cc).redis_password(), PASSWORD_KEY.to_owned())),
+    }
+}
+
+/// Whether the operator generates the password Secret for `cc`.
+pub fn generates_password(cc: &ChatCluster) -> bool {
+    cc.spec.redis.password_secret_ref.is_none() && cc.spec.redis.external.is_none()
+}
+
+/// Whether the operator deploys Redis in `mode` for `cc`.
+pub fn deploys(cc: &ChatCluster, mode: RedisMode) -> bool {
+    cc.spec.redis.external.is_none() && cc.spec.redis.mode == mode
+}
+
+/// A plain `name=value` environment variable.
+pub fn env_value(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+/// An environment variable read from a Secret key.
+pub fn env_secret(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.to_owned(),
+                key: key.to_owned(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+/// An environment variable from the pod's own fields (downward API).
+pub fn env_field(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.to_owned(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+/// Every child the operator applies for a cluster, except the password Secret (which is
+/// created once, see [`secret`]). Listed in apply order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Children {
+    /// Redis configuration and start scripts (none for an external Redis).
+    pub config_map: Option<ConfigMap>,
+    /// Redis and sentinel Services.
+    pub redis_services: Vec<Service>,
+    /// Redis data nodes, then sentinels.
+    pub stateful_sets: Vec<StatefulSet>,
+    /// Who may reach Redis.
+    pub network_policy: Option<NetworkPolicy>,
+    /// The servers' ServiceAccount.
+    pub service_account: ServiceAccount,
+    /// The servers.
+    pub deployment: Deployment,
+    /// The clients' Service.
+    pub service: Service,
+    /// The servers' disruption budget.
+    pub pod_disruption_budget: PodDisruptionBudget,
+    /// The autoscaler, when autoscaling is on.
+    pub horizontal_pod_autoscaler: Option<HorizontalPodAutoscaler>,
+}
+
+/// Build every child of `cc`. `operator_namespace` is where the operator runs (the
+/// NetworkPolicy lets it reach the sentinels).
+pub fn children(cc: &ChatCluster, operator_namespace: &str) -> Children {
+    let mut redis_services = Vec::new();
+    let mut stateful_sets = Vec::new();
+    if deploys(cc, RedisMode::Standalone) {
+        redis_services.push(redis::redis_service(cc));
+        stateful_sets.push(redis::redis_statefulset(cc));
+    }
+    if deploys(cc, RedisMode::Sentinel) {
+        redis_services.push(redis::redis_headless_service(cc));
+        redis_services.push(redis::redis_master_service(cc));
+        redis_services.push(sentinel::sentinel_headless_service(cc));
+        redis_services.push(sentinel::sentinel_service(cc));
+        stateful_sets.push(redis::redis_statefulset(cc));
+        stateful_sets.push(sentinel::sentinel_statefulset(cc));
+    }
+    Children {
+        config_map: cc
+            .spec
+            .redis
+            .external
+            .is_none()
+            .then(|| config_map::redis_config_map(cc)),
+        redis_services,
+        stateful_sets,
+        network_policy: network_policy::redis_network_policy(cc, operator_namespace),
+        service_account: server::service_account(cc),
+        deployment: server::deployment(cc),
+        service: server::service(cc),
+        pod_disruption_budget: server::pod_disruption_budget(cc),
+        horizontal_pod_autoscaler: server::horizontal_pod_autoscaler(cc),
+    }
+}
+
+impl Children {
+    /// Every child as JSON, in apply order.
+    pub fn to_values(&self) -> Result<Vec<serde_json::Value>, serde_json::Error> {
+        let mut out = Vec::new();
+        if let Some(cm) = &self.config_map {
+            out.push(serde_json::to_value(cm)?);
+        }
+        for svc in &self.redis_services {
+            out.push(serde_json::to_value(svc)?);
+        }
+        for sts in &self.stateful_sets {
+            out.push(serde_json::to_value(sts)?);
+        }
+        if let Some(np) = &self.network_policy {
+            out.push(serde_json::to_value(np)?);
+        }
+        out.push(serde_json::to_value(&self.service_account)?);
+        out.push(serde_json::to_value(&self.deployment)?);
+        out.push(serde_json::to_value(&self.service)?);
+        out.push(serde_json::to_value(&self.pod_disruption_budget)?);
+        if let Some(hpa) = &self.horizontal_pod_autoscaler {
+            out.push(serde_json::to_value(hpa)?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Clusters the builder tests share.
+    use kube::api::ObjectMeta;
+
+    use crate::crd::{ChatCluster, ChatClusterSpec, RedisMode, RedisSpec};
+
+    /// A ChatCluster as the API server hands it over: namespaced, with a uid.
+    pub fn cluster(spec: ChatClusterSpec) -> ChatCluster {
+        let mut cc = ChatCluster::new("chat", spec);
+        cc.metadata = ObjectMeta {
+            name: Some("chat".into()),
+            namespace: Some("prod".into()),
+            uid: Some("0d1e2f3a-1111-2222-3333-444455556666".into()),
+            generation: Some(3),
+            ..ObjectMeta::default()
+        };
+        cc
+    }
+
+    pub fn standalone() -> ChatCluster {
+        cluster(ChatClusterSpec::default())
+    }
+
+    pub fn sentinel() -> ChatCluster {
+        cluster(ChatClusterSpec {
+            redis: RedisSpec {
+                mode: RedisMode::Sentinel,
+                ..RedisSpec::default()
+            },
+            ..ChatClusterSpec::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+
+    fn kinds_and_names(cc: &ChatCluster) -> Vec<String> {
+        children(cc, "ops")
+            .to_values()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                format!(
+                    "{}/{}",
+                    v["kind"].as_str().unwrap(),
+                    v["metadata"]["name"].as_str().unwrap()
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn standalone_children_are_config_map_stateful_set_and_services() {
+        assert_eq!(
+            kinds_and_names(&standalone()),
+            [
+                "ConfigMap/chat-redis",
+                "Service/chat-redis",
+                "StatefulSet/chat-redis",
+                "NetworkPolicy/chat-redis",
+                "ServiceAccount/chat-server",
+                "Deployment/chat-server",
+                "Service/chat",
+                "PodDisruptionBudget/chat-server",
+            ]
+        );
+    }
+
+    #[test]
+    fn sentinel_children_add_sentinels_headless_services_and_the_master_service() {
+        let mut cc = sentinel();
+        cc.spec.server.autoscaling.enabled = true;
+        assert_eq!(
+            kinds_and_names(&cc),
+            [
+                "ConfigMap/chat-redis",
+                "Service/chat-redis-headless",
+                "Service/chat-redis-master",
+                "Service/chat-sentinel-headless",
+                "Service/chat-sentinel",
+                "StatefulSet/chat-redis",
+                "StatefulSet/chat-sentinel",
+                "NetworkPolicy/chat-redis",
+                "ServiceAccount/chat-server",
+                "Deployment/chat-server",
+                "Service/chat",
+                "PodDisruptionBudget/chat-server",
+                "HorizontalPodAutoscaler/chat-server",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_external_redis_deploys_nothing_of_redis() {
+        let mut cc = standalone();
+        cc.spec.redis.external = Some(crate::crd::ExternalRedis {
+            url: Some("redis://x:6379".into()),
+            sentinels: None,
+            master_name: None,
+        });
+        assert_eq!(
+            kinds_and_names(&cc),
+            [
+                "ServiceAccount/chat-server",
+                "Deployment/chat-server",
+                "Service/chat",
+                "PodDisruptionBudget/chat-server",
+            ]
+        );
+        assert!(!generates_password(&cc));
+    }
+
+    #[test]
+    fn every_child_carries_the_owner_reference_and_instance_label() {
+        for cc in [standalone(), sentinel()] {
+            for v in children(&cc, "ops").to_values().unwrap() {
+                let meta = &v["metadata"];
+                assert_eq!(
+                    meta["ownerReferences"][0]["uid"], "0d1e2f3a-1111-2222-3333-444455556666",
+                    "{v}"
+                );
+                assert_eq!(meta["ownerReferences"][0]["controller"], true);
+                assert_eq!(meta["labels"]["app.kubernetes.io/instance"], "chat");
+                assert_eq!(meta["namespace"], "prod");
+            }
+        }
+    }
+
+    #[test]
+    fn children_are_named_after_the_cluster() {
+        let names = Names::of(&standalone());
+        assert_eq!(names.server_service(), "chat");
+        assert_eq!(names.server(), "chat-server");
+        assert_eq!(names.redis(), "chat-redis");
+        assert_eq!(names.redis_headless(), "chat-redis-headless");
+        assert_eq!(names.redis_master(), "chat-redis-master");
+        assert_eq!(names.redis_password(), "chat-redis-password");
+        assert_eq!(names.sentinel(), "chat-sentinel");
+        assert_eq!(names.sentinel_headless(), "chat-sentinel-headless");
+    }
+
+    #[test]
+    fn child_metadata_has_standard_labels_and_a_controller_owner_reference() {
+        let cc = standalone();
+        let meta = meta(&cc, "x".into(), Component::Redis);
+        assert_eq!(meta.namespace.as_deref(), Some("prod"));
+        let labels = meta.labels.unwrap();
+        assert_eq!(labels["app.kubernetes.io/name"], "redis");
+        assert_eq!(labels["app.kubernetes.io/instance"], "chat");
+        assert_eq!(labels["app.kubernetes.io/component"], "redis");
+        assert_eq!(labels["app.kubernetes.io/part-of"], "chatcluster");
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "chat-operator");
+        let owner = &meta.owner_references.unwrap()[0];
+        assert_eq!(owner.kind, "ChatCluster");
+        assert_eq!(owner.api_version, "chat.dev/v1alpha1");
+        assert_eq!(owner.name, "chat");
+        assert_eq!(owner.uid, "0d1e2f3a-1111-2222-3333-444455556666");
+        assert_eq!(owner.controller, Some(true));
+    }
+
+    #[test]
+    fn the_selector_string_lists_the_selector_labels() {
+        assert_eq!(
+            selector_string(&standalone(), Component::Server),
+            "app.kubernetes.io/component=server,app.kubernetes.io/instance=chat,app.kubernetes.io/name=chat-server"
+        );
+    }
+
+    #[test]
+    fn sentinel_addresses_name_each_sentinel_pod() {
+        assert_eq!(
+            sentinel_addresses(&sentinel()),
+            [
+                "chat-sentinel-0.chat-sentinel-headless.prod.svc:26379",
+                "chat-sentinel-1.chat-sentinel-headless.prod.svc:26379",
+                "chat-sentinel-2.chat-sentinel-headless.prod.svc:26379",
+            ]
+        );
+        assert!(sentinel_addresses(&standalone()).is_empty());
+    }
+}

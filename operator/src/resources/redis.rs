@@ -1,0 +1,436 @@
+//! Redis data nodes: the StatefulSet and its Services (standalone, headless, `-redis-master`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, ExecAction,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::config_map::{checksum, redis_config_map};
+use super::{
+    Component, Names, REDIS_PORT, REDIS_ROLE_LABEL, REDIS_ROLE_MASTER, container_security_context,
+    env_field, env_secret, env_value, label_selector, labels, meta, namespace,
+    pod_security_context, redis_password_ref, selector_labels, spread_constraints,
+};
+use crate::crd::{ChatCluster, RedisMode, SENTINEL_MASTER_NAME};
+
+/// The uid the official Redis image's `redis` user has.
+pub const REDIS_UID: i64 = 999;
+/// Annotation with the checksum of the scripts a pod was started with.
+pub const CONFIG_CHECKSUM_ANNOTATION: &str = "chat.dev/config-checksum";
+
+/// Environment shared by data nodes and sentinels: who they are and where the others live.
+pub fn topology_env(cc: &ChatCluster) -> Vec<EnvVar> {
+    let names = Names::of(cc);
+    let mut env = vec![
+        env_field("POD_NAME", "metadata.name"),
+        env_field("NAMESPACE", "metadata.namespace"),
+        env_value("MODE", cc.spec.redis.mode.as_str()),
+        env_value("MASTER_NAME", SENTINEL_MASTER_NAME),
+        env_value("REDIS_STATEFULSET", names.redis()),
+        env_value("REDIS_HEADLESS", names.redis_headless()),
+        env_value("SENTINEL_STATEFULSET", names.sentinel()),
+        env_value("SENTINEL_HEADLESS", names.sentinel_headless()),
+        env_value("SENTINELS", cc.spec.redis.sentinel_replicas().to_string()),
+    ];
+    if let Some((secret, key)) = redis_password_ref(cc) {
+        env.insert(0, env_secret("REDIS_PASSWORD", &secret, &key));
+    }
+    env
+}
+
+/// An exec probe that PINGs a local Redis (or sentinel) with the password.
+pub fn ping_probe(port: i32) -> Probe {
+    Probe {
+        exec: Some(ExecAction {
+            command: Some(vec![
+                "sh".to_owned(),
+                "-c".to_owned(),
+                format!(
+                    "REDISCLI_AUTH=\"$REDIS_PASSWORD\" timeout 3 redis-cli -p {port} ping | grep -q PONG"
+                ),
+            ]),
+        }),
+        initial_delay_seconds: Some(5),
+        period_seconds: Some(5),
+        timeout_seconds: Some(5),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    }
+}
+
+/// A TCP liveness probe (a node loading a big data set answers PING with an error).
+pub fn tcp_probe(port: i32) -> Probe {
+    Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::Int(port),
+            ..TCPSocketAction::default()
+        }),
+        initial_delay_seconds: Some(15),
+        period_seconds: Some(10),
+        failure_threshold: Some(6),
+        ..Probe::default()
+    }
+}
+
+/// `requests` for a Redis container when the spec leaves resources unset.
+pub fn default_resources(cpu: &str, memory: &str) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity(cpu.to_owned())),
+            ("memory".to_owned(), Quantity(memory.to_owned())),
+        ])),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// Volumes both StatefulSets mount: the scripts and a writable run directory.
+pub fn script_volumes(cc: &ChatCluster) -> Vec<Volume> {
+    vec![
+        Volume {
+            name: "config".to_owned(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: Names::of(cc).redis(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "run".to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+    ]
+}
+
+/// A read-only or writable volume mount.
+pub fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    }
+}
+
+/// The data-node StatefulSet `NAME-redis`: one node in Standalone mode, `replicas` in
+/// Sentinel mode (pod 0 bootstraps as master; a restarted pod asks the sentinels first).
+pub fn redis_statefulset(cc: &ChatCluster) -> StatefulSet {
+    let names = Names::of(cc);
+    let redis = &cc.spec.redis;
+    let persistence = redis.persistence.enabled;
+    let mut volumes = script_volumes(cc);
+    if !persistence {
+        volumes.push(Volume {
+            name: "data".to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        });
+    }
+    let claims = persistence.then(|| {
+        vec![PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some("data".to_owned()),
+                labels: Some(labels(cc, Component::Redis)),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+                storage_class_name: redis.persistence.storage_class_name.clone(),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([(
+                        "storage".to_owned(),
+                        redis.persistence.size.clone(),
+                    )])),
+                    ..VolumeResourceRequirements::default()
+                }),
+                ..PersistentVolumeClaimSpec::default()
+            }),
+            ..PersistentVolumeClaim::default()
+        }]
+    });
+    let service_name = match redis.mode {
+        RedisMode::Standalone => names.redis(),
+        RedisMode::Sentinel => names.redis_headless(),
+    };
+    let container = Container {
+        name: "redis".to_owned(),
+        image: Some(redis.image.clone()),
+        command: Some(vec!["sh".to_owned(), "/config/redis-start.sh".to_owned()]),
+        env: Some(topology_env(cc)),
+        ports: Some(vec![ContainerPort {
+            name: Some("redis".to_owned()),
+            container_port: REDIS_PORT,
+            ..ContainerPort::default()
+        }]),
+        readiness_probe: Some(ping_probe(REDIS_PORT)),
+        liveness_probe: Some(tcp_probe(REDIS_PORT)),
+        resources: Some(
+            redis
+                .resources
+                .clone()
+                .unwrap_or_else(|| default_resources("100m", "128Mi")),
+        ),
+        security_context: Some(container_security_context()),
+        volume_mounts: Some(vec![
+            mount("config", "/config", true),
+            mount("run", "/run/redis", false),
+            mount("data", "/data", false),
+        ]),
+        ..Container::default()
+    };
+    StatefulSet {
+        metadata: meta(cc, names.redis(), Component::Redis),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(redis.data_replicas()),
+            service_name: Some(service_name),
+            pod_management_policy: Some("Parallel".to_owned()),
+            selector: label_selector(cc, Component::Redis),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(cc, Component::Redis)),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_CHECKSUM_ANNOTATION.to_owned(),
+                        checksum(&redis_config_map(cc)),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(pod_security_context(REDIS_UID)),
+                    topology_spread_constraints: Some(spread_constraints(cc, Component::Redis)),
+                    termination_grace_period_seconds: Some(30),
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    ..PodSpec::default()
+                }),
+            },
+            volume_claim_templates: claims,
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    }
+}
+
+fn redis_port() -> ServicePort {
+    ServicePort {
+        name: Some("redis".to_owned()),
+        port: REDIS_PORT,
+        target_port: Some(IntOrString::String("redis".to_owned())),
+        ..ServicePort::default()
+    }
+}
+
+/// The Standalone Service `NAME-redis` the servers connect to.
+pub fn redis_service(cc: &ChatCluster) -> Service {
+    Service {
+        metadata: meta(cc, Names::of(cc).redis(), Component::Redis),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_owned()),
+            selector: Some(selector_labels(cc, Component::Redis)),
+            ports: Some(vec![redis_port()]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// The headless Service `NAME-redis-headless` that gives each data node a DNS name, ready or not.
+pub fn redis_headless_service(cc: &ChatCluster) -> Service {
+    Service {
+        metadata: meta(cc, Names::of(cc).redis_headless(), Component::Redis),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_owned()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector_labels(cc, Component::Redis)),
+            ports: Some(vec![redis_port()]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// The Service `NAME-redis-master`: it selects the data node the operator labelled master
+/// after asking the sentinels.
+pub fn redis_master_service(cc: &ChatCluster) -> Service {
+    let mut selector = selector_labels(cc, Component::Redis);
+    selector.insert(REDIS_ROLE_LABEL.to_owned(), REDIS_ROLE_MASTER.to_owned());
+    Service {
+        metadata: meta(cc, Names::of(cc).redis_master(), Component::Redis),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_owned()),
+            selector: Some(selector),
+            ports: Some(vec![redis_port()]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// `host:port` of the standalone Redis inside the cluster.
+pub fn standalone_address(cc: &ChatCluster) -> String {
+    format!(
+        "{}.{}.svc:{REDIS_PORT}",
+        Names::of(cc).redis(),
+        namespace(cc)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::testing::{sentinel, standalone};
+
+    fn pod_spec(sts: &StatefulSet) -> PodSpec {
+        sts.spec.clone().unwrap().template.spec.unwrap()
+    }
+
+    fn env_names(c: &Container) -> Vec<String> {
+        c.env.iter().flatten().map(|e| e.name.clone()).collect()
+    }
+
+    #[test]
+    fn standalone_runs_one_node_behind_its_service_without_a_volume_claim() {
+        let sts = redis_statefulset(&standalone());
+        assert_eq!(sts.metadata.name.as_deref(), Some("chat-redis"));
+        assert!(sts.metadata.owner_references.is_some());
+        let spec = sts.spec.clone().unwrap();
+        assert_eq!(spec.replicas, Some(1));
+        assert_eq!(spec.service_name.as_deref(), Some("chat-redis"));
+        assert!(spec.volume_claim_templates.is_none());
+        let pod = pod_spec(&sts);
+        assert!(
+            pod.volumes
+                .unwrap()
+                .iter()
+                .any(|v| v.name == "data" && v.empty_dir.is_some())
+        );
+    }
+
+    #[test]
+    fn persistence_adds_a_claim_template_of_the_requested_size_and_class() {
+        let mut cc = standalone();
+        cc.spec.redis.persistence.enabled = true;
+        cc.spec.redis.persistence.size = Quantity("5Gi".into());
+        cc.spec.redis.persistence.storage_class_name = Some("fast".into());
+        let spec = redis_statefulset(&cc).spec.unwrap();
+        let claim = &spec.volume_claim_templates.unwrap()[0];
+        let claim_spec = claim.spec.clone().unwrap();
+        assert_eq!(claim_spec.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(
+            claim_spec.resources.unwrap().requests.unwrap()["storage"],
+            Quantity("5Gi".into())
+        );
+        let pod = spec.template.spec.unwrap();
+        assert!(!pod.volumes.unwrap().iter().any(|v| v.name == "data"));
+    }
+
+    #[test]
+    fn sentinel_mode_runs_three_data_nodes_behind_the_headless_service() {
+        let sts = redis_statefulset(&sentinel());
+        let spec = sts.spec.clone().unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        assert_eq!(spec.service_name.as_deref(), Some("chat-redis-headless"));
+        let c = &pod_spec(&sts).containers[0];
+        let env = env_names(c);
+        for name in [
+            "REDIS_PASSWORD",
+            "POD_NAME",
+            "NAMESPACE",
+            "SENTINELS",
+            "MASTER_NAME",
+        ] {
+            assert!(
+                env.contains(&name.to_owned()),
+                "{name} missing from {env:?}"
+            );
+        }
+        let sentinels = c
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "SENTINELS")
+            .unwrap();
+        assert_eq!(sentinels.value.as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn redis_pods_are_non_root_with_a_read_only_root_and_no_capabilities() {
+        for cc in [standalone(), sentinel()] {
+            let pod = pod_spec(&redis_statefulset(&cc));
+            let psc = pod.security_context.unwrap();
+            assert_eq!(psc.run_as_non_root, Some(true));
+            assert_eq!(psc.run_as_user, Some(REDIS_UID));
+            assert_eq!(pod.automount_service_account_token, Some(false));
+            let sc = pod.containers[0].security_context.clone().unwrap();
+            assert_eq!(sc.read_only_root_filesystem, Some(true));
+            assert_eq!(sc.allow_privilege_escalation, Some(false));
+            assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_owned()]));
+        }
+    }
+
+    #[test]
+    fn redis_probes_ping_with_the_password_and_check_the_port() {
+        let c = pod_spec(&redis_statefulset(&standalone())).containers[0].clone();
+        let ready = c.readiness_probe.unwrap().exec.unwrap().command.unwrap();
+        assert!(ready[2].contains("REDISCLI_AUTH") && ready[2].contains("ping"));
+        let live = c.liveness_probe.unwrap().tcp_socket.unwrap();
+        assert_eq!(live.port, IntOrString::Int(6379));
+    }
+
+    #[test]
+    fn the_password_comes_from_the_generated_secret_unless_one_is_named() {
+        let c = pod_spec(&redis_statefulset(&standalone())).containers[0].clone();
+        let pw = c
+            .env
+            .unwrap()
+            .into_iter()
+            .find(|e| e.name == "REDIS_PASSWORD")
+            .unwrap();
+        let sel = pw.value_from.unwrap().secret_key_ref.unwrap();
+        assert_eq!(
+            (sel.name.as_str(), sel.key.as_str()),
+            ("chat-redis-password", "password")
+        );
+
+        let mut cc = standalone();
+        cc.spec.redis.password_secret_ref = Some(crate::crd::SecretKeyRef {
+            name: "mine".into(),
+            key: "pw".into(),
+        });
+        let c = pod_spec(&redis_statefulset(&cc)).containers[0].clone();
+        let pw = c
+            .env
+            .unwrap()
+            .into_iter()
+            .find(|e| e.name == "REDIS_PASSWORD")
+            .unwrap();
+        let sel = pw.value_from.unwrap().secret_key_ref.unwrap();
+        assert_eq!((sel.name.as_str(), sel.key.as_str()), ("mine", "pw"));
+    }
+
+    #[test]
+    fn the_master_service_selects_the_master_label() {
+        let svc = redis_master_service(&sentinel());
+        assert_eq!(svc.metadata.name.as_deref(), Some("chat-redis-master"));
+        let selector = svc.spec.unwrap().selector.unwrap();
+        assert_eq!(selector[REDIS_ROLE_LABEL], "master");
+        assert_eq!(selector["app.kubernetes.io/instance"], "chat");
+        assert_eq!(selector["app.kubernetes.io/component"], "redis");
+    }
+
+    #[test]
+    fn the_headless_service_publishes_not_ready_pods() {
+        let spec = redis_headless_service(&sentinel()).spec.unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(spec.publish_not_ready_addresses, Some(true));
+    }
+}

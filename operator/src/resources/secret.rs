@@ -1,0 +1,60 @@
+//! The generated Redis password Secret: created once, never re-generated while it exists.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use rand::Rng;
+use rand::distr::Alphanumeric;
+
+use super::{Component, Names, PASSWORD_KEY, meta};
+use crate::crd::ChatCluster;
+
+/// Length of generated passwords (alphanumeric, about 190 bits).
+pub const PASSWORD_LEN: usize = 32;
+
+/// A fresh random password.
+pub fn generate_password() -> String {
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(PASSWORD_LEN)
+        .map(char::from)
+        .collect()
+}
+
+/// The Secret `NAME-redis-password` holding `password`. The reconciler creates it only when it
+/// does not exist, so a password is never rotated by accident.
+pub fn redis_password_secret(cc: &ChatCluster, password: &str) -> Secret {
+    Secret {
+        metadata: meta(cc, Names::of(cc).redis_password(), Component::Redis),
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([(
+            PASSWORD_KEY.to_owned(),
+            ByteString(password.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::testing::standalone;
+
+    #[test]
+    fn generated_passwords_are_long_alphanumeric_and_different() {
+        let a = generate_password();
+        let b = generate_password();
+        assert_eq!(a.len(), PASSWORD_LEN);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn the_password_secret_is_owned_by_the_cluster_and_holds_the_password() {
+        let s = redis_password_secret(&standalone(), "hunter2");
+        assert_eq!(s.metadata.name.as_deref(), Some("chat-redis-password"));
+        assert!(s.metadata.owner_references.is_some());
+        assert_eq!(s.data.unwrap()["password"].0, b"hunter2");
+    }
+}

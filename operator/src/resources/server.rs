@@ -1,0 +1,658 @@
+//! chat-server: the environment contract, Deployment, Service, PodDisruptionBudget,
+//! ServiceAccount and HorizontalPodAutoscaler.
+//!
+//! [`server_env`] is the one place where the operator speaks chat-server's configuration
+//! contract (DESIGN.md, "Configuration").
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+    MetricTarget, ResourceMetricSource,
+};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, Lifecycle,
+    LifecycleHandler, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Service,
+    ServiceAccount, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{
+    Component, Names, REDIS_PORT, SERVER_PORT, container_security_context, env_field, env_secret,
+    env_value, label_selector, labels, meta, pod_security_context, redis_password_ref,
+    selector_labels, sentinel_addresses, spread_constraints,
+};
+use crate::crd::{ChatCluster, RedisMode, SENTINEL_MASTER_NAME};
+
+/// The uid of the `nonroot` user of the chat-server image.
+pub const SERVER_UID: i64 = 65532;
+/// Seconds the pod waits in preStop so that endpoints stop sending it traffic first.
+pub const PRE_STOP_SLEEP_SECS: i64 = 5;
+/// Slack between the server's own drain deadline and the kubelet's SIGKILL.
+pub const GRACE_MARGIN_SECS: i64 = 10;
+
+fn bool_str(b: bool) -> &'static str {
+    if b { "true" } else { "false" }
+}
+
+/// The chat-server environment for `cc`, exactly as DESIGN.md's configuration contract names
+/// it. `CHAT_SERVER_ID` is left unset: the server uses `POD_NAME`, set here from the pod name.
+pub fn server_env(cc: &ChatCluster) -> Vec<EnvVar> {
+    let server = &cc.spec.server;
+    let redis = &cc.spec.redis;
+    let names = Names::of(cc);
+    let mut env = vec![
+        env_field("POD_NAME", "metadata.name"),
+        env_value("CHAT_LISTEN_ADDR", format!("0.0.0.0:{SERVER_PORT}")),
+        env_value("CHAT_LOG_FORMAT", "json"),
+    ];
+    match (&redis.external, redis.mode) {
+        (None, RedisMode::Standalone) => env.push(env_value(
+            "CHAT_REDIS_URL",
+            format!("redis://{}:{REDIS_PORT}", names.redis()),
+        )),
+        (None, RedisMode::Sentinel) => {
+            env.push(env_value(
+                "CHAT_REDIS_SENTINELS",
+                sentinel_addresses(cc).join(","),
+            ));
+            env.push(env_value(
+                "CHAT_REDIS_SENTINEL_MASTER",
+                SENTINEL_MASTER_NAME,
+            ));
+        }
+        (Some(ext), RedisMode::Standalone) => {
+            env.push(env_value(
+                "CHAT_REDIS_URL",
+                ext.url.clone().unwrap_or_default(),
+            ));
+        }
+        (Some(ext), RedisMode::Sentinel) => {
+            env.push(env_value(
+                "CHAT_REDIS_SENTINELS",
+                ext.sentinels.clone().unwrap_or_default().join(","),
+            ));
+            env.push(env_value(
+                "CHAT_REDIS_SENTINEL_MASTER",
+                ext.master_name.as_deref().unwrap_or(SENTINEL_MASTER_NAME),
+            ));
+        }
+    }
+    if let Some((secret, key)) = redis_password_ref(cc) {
+        env.push(env_secret("CHAT_REDIS_PASSWORD", &secret, &key));
+    }
+    if let Some(n) = redis.effective_min_replicas_to_ack() {
+        env.push(env_value("CHAT_REDIS_MIN_REPLICAS", n.to_string()));
+    }
+    env.push(env_value("CHAT_KEY_PREFIX", server.key_prefix.clone()));
+    if let Some(jwt) = &server.jwt_secret_ref {
+        env.push(env_secret("CHAT_JWT_SECRET", &jwt.name, &jwt.key));
+    }
+    env.push(env_value(
+        "CHAT_ALLOW_ANONYMOUS",
+        bool_str(server.effective_allow_anonymous()),
+    ));
+    env.push(env_value(
+        "CHAT_HEARTBEAT_INTERVAL_MS",
+        server.heartbeat.interval_ms.to_string(),
+    ));
+    env.push(env_value(
+        "CHAT_SERVER_TTL_MS",
+        server.heartbeat.ttl_ms.to_string(),
+    ));
+    env.push(env_value(
+        "CHAT_HISTORY_MAX_LEN",
+        server.history.max_length.to_string(),
+    ));
+    if let Some(ttl) = server.history.ttl_seconds {
+        env.push(env_value("CHAT_HISTORY_TTL_SECS", ttl.to_string()));
+    }
+    env.push(env_value(
+        "CHAT_SHUTDOWN_GRACE_SECS",
+        server.shutdown_grace_seconds.to_string(),
+    ));
+    env
+}
+
+/// The pod's termination grace period: preStop, then the server's drain, then a margin.
+pub fn termination_grace_seconds(cc: &ChatCluster) -> i64 {
+    PRE_STOP_SLEEP_SECS + cc.spec.server.shutdown_grace_seconds + GRACE_MARGIN_SECS
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("http".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
+/// Resources when the spec leaves them unset.
+pub fn default_server_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity("100m".to_owned())),
+            ("memory".to_owned(), Quantity("128Mi".to_owned())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity("512Mi".to_owned()),
+        )])),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// The Deployment `NAME-server`. With autoscaling on, `replicas` is left out so that the
+/// server-side apply never fights the HPA over it.
+pub fn deployment(cc: &ChatCluster) -> Deployment {
+    let server = &cc.spec.server;
+    let names = Names::of(cc);
+    let container = Container {
+        name: "chat-server".to_owned(),
+        image: Some(server.image.clone()),
+        env: Some(server_env(cc)),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".to_owned()),
+            container_port: SERVER_PORT,
+            ..ContainerPort::default()
+        }]),
+        startup_probe: Some(http_probe("/healthz", 2, 30)),
+        liveness_probe: Some(http_probe("/healthz", 10, 3)),
+        readiness_probe: Some(http_probe("/readyz", 5, 2)),
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: PRE_STOP_SLEEP_SECS,
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
+        resources: Some(
+            server
+                .resources
+                .clone()
+                .unwrap_or_else(default_server_resources),
+        ),
+        security_context: Some(container_security_context()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "tmp".to_owned(),
+            mount_path: "/tmp".to_owned(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+    Deployment {
+        metadata: meta(cc, names.server(), Component::Server),
+        spec: Some(DeploymentSpec {
+            replicas: (!server.autoscaling.enabled).then_some(server.replicas),
+            selector: label_selector(cc, Component::Server),
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::String("25%".to_owned())),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(cc, Component::Server)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(names.server()),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(pod_security_context(SERVER_UID)),
+                    termination_grace_period_seconds: Some(termination_grace_seconds(cc)),
+                    topology_spread_constraints: Some(spread_constraints(cc, Component::Server)),
+                    containers: vec![container],
+                    volumes: Some(vec![Volume {
+                        name: "tmp".to_owned(),
+                        empty_dir: Some(EmptyDirVolumeSource::default()),
+                        ..Volume::default()
+                    }]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+/// The Service clients connect to, named like the cluster.
+pub fn service(cc: &ChatCluster) -> Service {
+    let svc = &cc.spec.server.service;
+    let mut metadata = meta(cc, Names::of(cc).server_service(), Component::Server);
+    if !svc.annotations.is_empty() {
+        metadata.annotations = Some(svc.annotations.clone());
+    }
+    Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            type_: Some(svc.type_.as_str().to_owned()),
+            selector: Some(selector_labels(cc, Component::Server)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".to_owned()),
+                port: svc.port,
+                target_port: Some(IntOrString::String("http".to_owned())),
+                app_protocol: Some("http".to_owned()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// The PodDisruptionBudget `NAME-server`.
+pub fn pod_disruption_budget(cc: &ChatCluster) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: meta(cc, Names::of(cc).server(), Component::Server),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(cc.spec.server.pod_disruption_budget.max_unavailable.clone()),
+            selector: Some(label_selector(cc, Component::Server)),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    }
+}
+
+/// The ServiceAccount `NAME-server` (the servers need no API access: no token is mounted).
+pub fn service_account(cc: &ChatCluster) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(cc, Names::of(cc).server(), Component::Server),
+        automount_service_account_token: Some(false),
+        ..ServiceAccount::default()
+    }
+}
+
+/// The HorizontalPodAutoscaler `NAME-server`, when autoscaling is on.
+pub fn horizontal_pod_autoscaler(cc: &ChatCluster) -> Option<HorizontalPodAutoscaler> {
+    let auto = &cc.spec.server.autoscaling;
+    auto.enabled.then(|| HorizontalPodAutoscaler {
+        metadata: meta(cc, Names::of(cc).server(), Component::Server),
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".to_owned()),
+                kind: "Deployment".to_owned(),
+                name: Names::of(cc).server(),
+            },
+            min_replicas: Some(auto.min_replicas),
+            max_replicas: auto.max_replicas,
+            metrics: Some(vec![MetricSpec {
+                type_: "Resource".to_owned(),
+                resource: Some(ResourceMetricSource {
+                    name: "cpu".to_owned(),
+                    target: MetricTarget {
+                        type_: "Utilization".to_owned(),
+                        average_utilization: Some(auto.target_cpu_utilization_percentage),
+                        ..MetricTarget::default()
+                    },
+                }),
+                ..MetricSpec::default()
+            }]),
+            ..HorizontalPodAutoscalerSpec::default()
+        }),
+        ..HorizontalPodAutoscaler::default()
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::crd::{ExternalRedis, SecretKeyRef};
+    use crate::resources::testing::{sentinel, standalone};
+
+    /// The rendered environment as `name -> value`, with secret and field references spelled
+    /// `secret:NAME/KEY` and `field:PATH`.
+    pub(crate) fn env_map(env: &[EnvVar]) -> BTreeMap<String, String> {
+        env.iter()
+            .map(|e| {
+                let value = match (&e.value, &e.value_from) {
+                    (Some(v), _) => v.clone(),
+                    (None, Some(from)) => match (&from.secret_key_ref, &from.field_ref) {
+                        (Some(s), _) => format!("secret:{}/{}", s.name, s.key),
+                        (None, Some(f)) => format!("field:{}", f.field_path),
+                        _ => String::new(),
+                    },
+                    (None, None) => String::new(),
+                };
+                (e.name.clone(), value)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn standalone_env_follows_the_configuration_contract() {
+        let env = env_map(&server_env(&standalone()));
+        let expected = BTreeMap::from(
+            [
+                ("POD_NAME", "field:metadata.name"),
+                ("CHAT_LISTEN_ADDR", "0.0.0.0:8080"),
+                ("CHAT_LOG_FORMAT", "json"),
+                ("CHAT_REDIS_URL", "redis://chat-redis:6379"),
+                ("CHAT_REDIS_PASSWORD", "secret:chat-redis-password/password"),
+                ("CHAT_KEY_PREFIX", "chat"),
+                ("CHAT_ALLOW_ANONYMOUS", "true"),
+                ("CHAT_HEARTBEAT_INTERVAL_MS", "2000"),
+                ("CHAT_SERVER_TTL_MS", "6000"),
+                ("CHAT_HISTORY_MAX_LEN", "1000"),
+                ("CHAT_SHUTDOWN_GRACE_SECS", "20"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        );
+        assert_eq!(env, expected);
+    }
+
+    #[test]
+    fn sentinel_env_lists_every_sentinel_and_the_master_name() {
+        let env = env_map(&server_env(&sentinel()));
+        assert_eq!(
+            env["CHAT_REDIS_SENTINELS"],
+            "chat-sentinel-0.chat-sentinel-headless.prod.svc:26379,\
+             chat-sentinel-1.chat-sentinel-headless.prod.svc:26379,\
+             chat-sentinel-2.chat-sentinel-headless.prod.svc:26379"
+        );
+        assert_eq!(env["CHAT_REDIS_SENTINEL_MASTER"], "mymaster");
+        assert_eq!(env["CHAT_REDIS_MIN_REPLICAS"], "1");
+        assert_eq!(
+            env["CHAT_REDIS_PASSWORD"],
+            "secret:chat-redis-password/password"
+        );
+        assert!(!env.contains_key("CHAT_REDIS_URL"));
+    }
+
+    #[test]
+    fn jwt_history_ttl_and_anonymous_access_reach_the_env() {
+        let mut cc = standalone();
+        cc.spec.server.jwt_secret_ref = Some(SecretKeyRef {
+            name: "jwt".into(),
+            key: "hs256".into(),
+        });
+        cc.spec.server.history.ttl_seconds = Some(3600);
+        let env = env_map(&server_env(&cc));
+        assert_eq!(env["CHAT_JWT_SECRET"], "secret:jwt/hs256");
+        assert_eq!(env["CHAT_ALLOW_ANONYMOUS"], "false");
+        assert_eq!(env["CHAT_HISTORY_TTL_SECS"], "3600");
+        cc.spec.server.allow_anonymous = Some(true);
+        assert_eq!(env_map(&server_env(&cc))["CHAT_ALLOW_ANONYMOUS"], "true");
+    }
+
+    #[test]
+    fn external_redis_points_the_servers_at_it() {
+        let mut cc = standalone();
+        cc.spec.redis.external = Some(ExternalRedis {
+            url: Some("redis://redis.example:6379".into()),
+            sentinels: None,
+            master_name: None,
+        });
+        let env = env_map(&server_env(&cc));
+        assert_eq!(env["CHAT_REDIS_URL"], "redis://redis.example:6379");
+        assert!(!env.contains_key("CHAT_REDIS_PASSWORD"));
+
+        let mut cc = sentinel();
+        cc.spec.redis.external = Some(ExternalRedis {
+            url: None,
+            sentinels: Some(vec!["a:26379".into(), "b:26379".into()]),
+            master_name: Some("primary".into()),
+        });
+        cc.spec.redis.password_secret_ref = Some(SecretKeyRef {
+            name: "ext".into(),
+            key: "pw".into(),
+        });
+        let env = env_map(&server_env(&cc));
+        assert_eq!(env["CHAT_REDIS_SENTINELS"], "a:26379,b:26379");
+        assert_eq!(env["CHAT_REDIS_SENTINEL_MASTER"], "primary");
+        assert_eq!(env["CHAT_REDIS_PASSWORD"], "secret:ext/pw");
+    }
+
+    #[test]
+    fn env_booleans_and_numbers_use_the_contract_spelling() {
+        for cc in [standalone(), sentinel()] {
+            for e in server_env(&cc) {
+                let Some(v) = e.value else { continue };
+                if e.name == "CHAT_ALLOW_ANONYMOUS" {
+                    assert!(v == "true" || v == "false");
+                }
+                if e.name.ends_with("_MS") || e.name.ends_with("_SECS") || e.name.ends_with("_LEN")
+                {
+                    assert!(v.parse::<u64>().is_ok(), "{} = {v}", e.name);
+                }
+            }
+        }
+    }
+
+    fn pod(d: &Deployment) -> PodSpec {
+        d.spec.clone().unwrap().template.spec.unwrap()
+    }
+
+    #[test]
+    fn the_deployment_is_named_labelled_and_owned() {
+        let d = deployment(&standalone());
+        assert_eq!(d.metadata.name.as_deref(), Some("chat-server"));
+        assert_eq!(d.metadata.namespace.as_deref(), Some("prod"));
+        assert_eq!(
+            d.metadata.owner_references.as_ref().unwrap()[0].name,
+            "chat"
+        );
+        let spec = d.spec.clone().unwrap();
+        assert_eq!(spec.replicas, Some(2));
+        let template_labels = spec.template.metadata.unwrap().labels.unwrap();
+        for (k, v) in spec.selector.match_labels.unwrap() {
+            assert_eq!(template_labels[&k], v);
+        }
+        assert_eq!(pod(&d).service_account_name.as_deref(), Some("chat-server"));
+    }
+
+    #[test]
+    fn server_pods_are_hardened() {
+        let p = pod(&deployment(&standalone()));
+        let psc = p.security_context.unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(psc.run_as_user, Some(SERVER_UID));
+        assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        let sc = p.containers[0].security_context.clone().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_owned()]));
+        assert_eq!(p.automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn server_probes_use_healthz_and_readyz_on_the_http_port() {
+        let c = pod(&deployment(&standalone())).containers[0].clone();
+        let path = |p: Option<Probe>| p.unwrap().http_get.unwrap().path.unwrap();
+        assert_eq!(path(c.liveness_probe.clone()), "/healthz");
+        assert_eq!(path(c.startup_probe.clone()), "/healthz");
+        assert_eq!(path(c.readiness_probe.clone()), "/readyz");
+        assert_eq!(c.ports.unwrap()[0].container_port, 8080);
+    }
+
+    #[test]
+    fn the_grace_period_outlasts_pre_stop_and_the_servers_own_drain() {
+        let mut cc = standalone();
+        cc.spec.server.shutdown_grace_seconds = 40;
+        let p = pod(&deployment(&cc));
+        let pre_stop = p.containers[0]
+            .lifecycle
+            .clone()
+            .unwrap()
+            .pre_stop
+            .unwrap()
+            .sleep
+            .unwrap()
+            .seconds;
+        assert!(p.termination_grace_period_seconds.unwrap() > pre_stop + 40);
+    }
+
+    #[test]
+    fn server_pods_spread_across_nodes() {
+        let p = pod(&deployment(&standalone()));
+        let spread = p.topology_spread_constraints.unwrap();
+        assert!(
+            spread
+                .iter()
+                .any(|t| t.topology_key == "kubernetes.io/hostname")
+        );
+    }
+
+    #[test]
+    fn scaling_the_cluster_sets_the_deployment_replicas() {
+        // `kubectl scale cc/chat --replicas=5` writes spec.server.replicas (the scale
+        // subresource's specReplicasPath); the next apply carries it to the Deployment.
+        let mut cc = standalone();
+        cc.spec.server.replicas = 5;
+        assert_eq!(deployment(&cc).spec.unwrap().replicas, Some(5));
+        cc.spec.server.replicas = 0;
+        assert_eq!(deployment(&cc).spec.unwrap().replicas, Some(0));
+    }
+
+    #[test]
+    fn autoscaling_adds_an_hpa_and_leaves_replicas_out_of_the_deployment() {
+        let mut cc = standalone();
+        assert!(horizontal_pod_autoscaler(&cc).is_none());
+        cc.spec.server.autoscaling.enabled = true;
+        let hpa = horizontal_pod_autoscaler(&cc).unwrap();
+        let spec = hpa.spec.unwrap();
+        assert_eq!(spec.scale_target_ref.name, "chat-server");
+        assert_eq!((spec.min_replicas, spec.max_replicas), (Some(2), 10));
+        let target = &spec.metrics.unwrap()[0].resource.clone().unwrap().target;
+        assert_eq!(target.average_utilization, Some(70));
+        assert_eq!(deployment(&cc).spec.unwrap().replicas, None);
+        let json = serde_json::to_value(deployment(&cc)).unwrap();
+        assert!(json["spec"].get("replicas").is_none());
+    }
+
+    #[test]
+    fn the_service_is_named_like_the_cluster_and_targets_the_http_port() {
+        let mut cc = standalone();
+        cc.spec.server.service.type_ = crate::crd::ServiceType::LoadBalancer;
+        cc.spec.server.service.annotations =
+            BTreeMap::from([("example.com/lb".to_owned(), "internal".to_owned())]);
+        let svc = service(&cc);
+        assert_eq!(svc.metadata.name.as_deref(), Some("chat"));
+        assert_eq!(
+            svc.metadata.annotations.unwrap()["example.com/lb"],
+            "internal"
+        );
+        let spec = svc.spec.unwrap();
+        assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+        assert_eq!(spec.ports.unwrap()[0].port, 80);
+    }
+
+    #[test]
+    fn the_pdb_and_service_account_belong_to_the_servers() {
+        let cc = standalone();
+        let pdb = pod_disruption_budget(&cc);
+        assert_eq!(pdb.metadata.name.as_deref(), Some("chat-server"));
+        assert_eq!(pdb.spec.unwrap().max_unavailable, Some(IntOrString::Int(1)));
+        let sa = service_account(&cc);
+        assert_eq!(sa.metadata.name.as_deref(), Some("chat-server"));
+        assert_eq!(sa.automount_service_account_token, Some(false));
+    }
+}
+
+/// The environment contract checked from both sides.
+///
+/// CROSS-CHECK WITH THE REAL PARSER GOES HERE: once `chat_server::config::Config::from_lookup`
+/// exists, add `chat-server` as a dev-dependency and feed it the rendered environment of every
+/// cluster shape below (a lookup over `env_map(&server_env(&cc))`, with secret references
+/// replaced by sample values and `field:metadata.name` by a pod name), asserting `Ok(_)` and
+/// the parsed values. Until then the names and spellings are checked against DESIGN.md.
+#[cfg(test)]
+mod chat_server_contract {
+    use super::tests::env_map;
+    use super::*;
+    use crate::crd::SecretKeyRef;
+    use crate::resources::testing::{sentinel, standalone};
+
+    /// Every variable DESIGN.md's "Configuration" section names.
+    const DESIGN_NAMES: &[&str] = &[
+        "CHAT_LISTEN_ADDR",
+        "CHAT_REDIS_URL",
+        "CHAT_REDIS_SENTINELS",
+        "CHAT_REDIS_SENTINEL_MASTER",
+        "CHAT_REDIS_PASSWORD",
+        "CHAT_REDIS_PASSWORD_FILE",
+        "CHAT_REDIS_MIN_REPLICAS",
+        "CHAT_KEY_PREFIX",
+        "CHAT_SERVER_ID",
+        "CHAT_JWT_SECRET",
+        "CHAT_JWT_PUBLIC_KEY_FILE",
+        "CHAT_ALLOW_ANONYMOUS",
+        "CHAT_ALLOWED_ORIGINS",
+        "CHAT_HEARTBEAT_INTERVAL_MS",
+        "CHAT_SERVER_TTL_MS",
+        "CHAT_HISTORY_MAX_LEN",
+        "CHAT_HISTORY_TTL_SECS",
+        "CHAT_MAX_FRAME_BYTES",
+        "CHAT_MAX_CONNECTIONS",
+        "CHAT_SHUTDOWN_GRACE_SECS",
+        "CHAT_LOG_FORMAT",
+        "RUST_LOG",
+        // Not a CHAT_ variable: the server's default for CHAT_SERVER_ID.
+        "POD_NAME",
+    ];
+
+    fn shapes() -> Vec<crate::crd::ChatCluster> {
+        let mut with_jwt = sentinel();
+        with_jwt.spec.server.jwt_secret_ref = Some(SecretKeyRef {
+            name: "jwt".into(),
+            key: "k".into(),
+        });
+        with_jwt.spec.server.history.ttl_seconds = Some(60);
+        vec![standalone(), sentinel(), with_jwt]
+    }
+
+    #[test]
+    fn every_rendered_variable_is_one_the_design_names() {
+        for cc in shapes() {
+            for name in env_map(&server_env(&cc)).keys() {
+                assert!(
+                    DESIGN_NAMES.contains(&name.as_str()),
+                    "{name} is not in DESIGN.md"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_server_id_is_left_to_pod_name_and_logs_are_json() {
+        for cc in shapes() {
+            let env = env_map(&server_env(&cc));
+            assert!(!env.contains_key("CHAT_SERVER_ID"));
+            assert_eq!(env["POD_NAME"], "field:metadata.name");
+            assert_eq!(env["CHAT_LOG_FORMAT"], "json");
+            assert_eq!(env["CHAT_LISTEN_ADDR"], "0.0.0.0:8080");
+        }
+    }
+
+    #[test]
+    fn exactly_one_way_to_reach_redis_is_configured() {
+        for cc in shapes() {
+            let env = env_map(&server_env(&cc));
+            assert_ne!(
+                env.contains_key("CHAT_REDIS_URL"),
+                env.contains_key("CHAT_REDIS_SENTINELS")
+            );
+            assert_eq!(
+                env.contains_key("CHAT_REDIS_SENTINELS"),
+                env.contains_key("CHAT_REDIS_SENTINEL_MASTER")
+            );
+        }
+    }
+}

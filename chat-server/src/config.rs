@@ -48,6 +48,11 @@ pub const VARS: &[Var] = &[
         None,
     ),
     var(
+        "CHAT_REDIS_SENTINEL_PASSWORD",
+        "password of the sentinels, if they require one",
+        None,
+    ),
+    var(
         "CHAT_REDIS_MIN_REPLICAS",
         "replicas that must hold a message before it is receipted (Sentinel: 1, else 0)",
         None,
@@ -194,6 +199,7 @@ pub struct Config {
     pub listen_addr: SocketAddr,
     pub backend: Backend,
     pub redis_password: Option<String>,
+    pub redis_sentinel_password: Option<String>,
     pub redis_min_replicas: u32,
     pub redis_wait: Duration,
     pub key_prefix: String,
@@ -374,6 +380,7 @@ impl Config {
             listen_addr,
             backend,
             redis_password,
+            redis_sentinel_password: get("CHAT_REDIS_SENTINEL_PASSWORD"),
             redis_min_replicas,
             redis_wait: millis(&get, "CHAT_REDIS_WAIT_MS", 0)?,
             key_prefix: get("CHAT_KEY_PREFIX").unwrap_or_else(|| "chat".into()),

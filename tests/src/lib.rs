@@ -354,6 +354,20 @@ impl Client {
         self.close.clone().flatten()
     }
 
+    /// Reads whatever arrives for `dur` and returns the longest silence between two WebSocket
+    /// messages (heart-beats or frames).
+    pub async fn longest_silence(&mut self, dur: Duration) -> Duration {
+        let end = tokio::time::Instant::now() + dur;
+        let mut last = tokio::time::Instant::now();
+        let mut longest = Duration::ZERO;
+        while let Ok(Some(Ok(_))) = tokio::time::timeout_at(end, self.ws.next()).await {
+            let now = tokio::time::Instant::now();
+            longest = longest.max(now - last);
+            last = now;
+        }
+        longest.max(end - last)
+    }
+
     /// Reads everything the server sent until the end; `true` if the connection did end.
     pub async fn expect_closed_or_error(&mut self) -> bool {
         tokio::time::timeout(Duration::from_secs(15), async {

@@ -1023,3 +1023,27 @@ async fn draining_closes_clients_with_a_reconnect_code_and_refuses_new_ones() {
         "left presence on the way out"
     );
 }
+
+#[tokio::test]
+async fn a_heart_beat_follows_the_last_write_so_the_client_never_waits_past_the_interval() {
+    let mut config = Config::for_tests();
+    config.stomp_heartbeat = (200, 0);
+    let s = TestServer::start(config).await;
+    let (mut c, _) = Client::connect(&s.ws_url(), &[("login", "l"), ("heart-beat", "0,200")]).await;
+    c.subscribe("0", ROOM, &[("x-presence", "false")]).await;
+    // Messages at odd moments, so writes fall just after the beat timer's ticks.
+    let url = s.ws_url();
+    let poster = tokio::spawn(async move {
+        let mut p = Client::login(&url, "p").await;
+        for i in 0..6 {
+            tokio::time::sleep(Duration::from_millis(130)).await;
+            p.send(SEND_ROOM, &format!("m{i}")).await;
+        }
+    });
+    let longest = c.longest_silence(Duration::from_millis(1500)).await;
+    poster.await.unwrap();
+    assert!(
+        longest <= Duration::from_millis(280),
+        "silent for {longest:?} with a 200 ms promise"
+    );
+}

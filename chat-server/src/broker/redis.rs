@@ -158,7 +158,7 @@ impl RedisBackend {
                         .collect(),
                     service_name: master.clone(),
                     username: None,
-                    password: None,
+                    password: config.redis_sentinel_password.clone(),
                 },
                 ..FredConfig::default()
             },

@@ -72,6 +72,11 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
+/// The largest WebSocket message read at all: 16 frames' worth, at least 1 MiB.
+fn transport_limit(max_frame: usize) -> usize {
+    max_frame.saturating_mul(16).max(1 << 20)
+}
+
 /// Decrements the connection count however the session ends.
 struct ConnectionGuard(Arc<AppState>);
 
@@ -121,9 +126,10 @@ async fn websocket(
     let max = app.config.max_frame_bytes;
     let tracker = app.tracker.clone();
     ws.protocols(["v12.stomp", "v11.stomp", "v10.stomp"])
-        // Room for a frame at the limit, so the codec (not the transport) answers an oversize frame.
-        .max_message_size(max + 4096)
-        .max_frame_size(max + 4096)
+        // Well above the frame limit, so the codec answers an oversize frame with a clean ERROR
+        // after reading it whole; only far larger messages fail in the transport.
+        .max_message_size(transport_limit(max))
+        .max_frame_size(transport_limit(max))
         .read_buffer_size(4096)
         .write_buffer_size(0)
         .on_upgrade(move |socket| {

@@ -186,7 +186,7 @@ struct Conn {
     tx: mpsc::Sender<Delivery>,
     kill: Arc<Kill>,
     outgoing: Vec<Message>,
-    wrote_since_tick: bool,
+    last_write: Instant,
     send_every: Option<Duration>,
     recv_timeout: Option<Duration>,
     last_recv: Instant,
@@ -249,7 +249,7 @@ async fn run_inner<S>(
         tx,
         kill: Arc::new(Kill::default()),
         outgoing: Vec::new(),
-        wrote_since_tick: false,
+        last_write: now,
         send_every: None,
         recv_timeout: Some(CONNECT_TIMEOUT),
         last_recv: now,
@@ -269,7 +269,9 @@ async fn run_inner<S>(
             let kill = c.kill.clone();
             tokio::select! {
                 biased;
-                ok = write_all(&mut socket, &mut c.outgoing) => if !ok {
+                ok = write_all(&mut socket, &mut c.outgoing) => if ok {
+                    c.last_write = Instant::now();
+                } else {
                     c.closing = Some(Close::Abort);
                 },
                 // Blocked on a client that does not read while its queue overflowed.
@@ -354,7 +356,7 @@ where
 
 async fn finish<S>(socket: &mut S, how: Close)
 where
-    S: Sink<Message, Error = axum::Error> + Unpin,
+    S: Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
     let frame = match how {
         Close::Abort => return,
@@ -371,6 +373,16 @@ where
         Duration::from_secs(2),
         socket.send(Message::Close(Some(frame))),
     )
+    .await;
+    // Wait (briefly) for the client's close: dropping a socket with unread input makes the kernel
+    // reset the connection, and a reset can destroy the ERROR frame the client has not read yet.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(msg)) = socket.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
     .await;
 }
 
@@ -411,12 +423,15 @@ impl Conn {
         if let Some(every) = self.send_every
             && now >= self.next_ping
         {
-            if !self.wrote_since_tick {
+            // A beat only when nothing else went out for a whole interval, measured from the
+            // last write, so the client never waits longer than it was promised.
+            if now.duration_since(self.last_write) + Duration::from_millis(5) >= every {
                 self.outgoing
                     .push(Message::Text(Utf8Bytes::from_static("\n")));
+                self.next_ping = now + every;
+            } else {
+                self.next_ping = self.last_write + every;
             }
-            self.wrote_since_tick = false;
-            self.next_ping = now + every;
         }
     }
 
@@ -430,7 +445,6 @@ impl Conn {
 
     fn push_bytes(&mut self, bytes: Bytes) {
         self.app.metrics.frames_sent.inc();
-        self.wrote_since_tick = true;
         match Utf8Bytes::try_from(bytes) {
             Ok(text) => self.outgoing.push(Message::Text(text)),
             Err(e) => warn!(error = %e, "dropped a frame that is not UTF-8"),

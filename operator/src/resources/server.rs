@@ -86,6 +86,10 @@ pub fn server_env(cc: &ChatCluster) -> Vec<EnvVar> {
     }
     if let Some((secret, key)) = redis_password_ref(cc) {
         env.push(env_secret("CHAT_REDIS_PASSWORD", &secret, &key));
+        // The sentinels this operator deploys require the same password as the data nodes.
+        if redis.external.is_none() && redis.mode == RedisMode::Sentinel {
+            env.push(env_secret("CHAT_REDIS_SENTINEL_PASSWORD", &secret, &key));
+        }
     }
     if let Some(n) = redis.effective_min_replicas_to_ack() {
         env.push(env_value("CHAT_REDIS_MIN_REPLICAS", n.to_string()));
@@ -568,11 +572,9 @@ pub(crate) mod tests {
 
 /// The environment contract checked from both sides.
 ///
-/// CROSS-CHECK WITH THE REAL PARSER GOES HERE: once `chat_server::config::Config::from_lookup`
-/// exists, add `chat-server` as a dev-dependency and feed it the rendered environment of every
-/// cluster shape below (a lookup over `env_map(&server_env(&cc))`, with secret references
-/// replaced by sample values and `field:metadata.name` by a pod name), asserting `Ok(_)` and
-/// the parsed values. Until then the names and spellings are checked against DESIGN.md.
+/// The rendered environment of every cluster shape goes through chat-server's own parser
+/// (`Config::from_lookup`), with secret references replaced by sample values and the downward
+/// API by a pod name, so the two sides cannot drift apart.
 #[cfg(test)]
 mod chat_server_contract {
     use super::tests::env_map;
@@ -588,6 +590,8 @@ mod chat_server_contract {
         "CHAT_REDIS_SENTINEL_MASTER",
         "CHAT_REDIS_PASSWORD",
         "CHAT_REDIS_PASSWORD_FILE",
+        // Beyond DESIGN.md: the operator's sentinels require a password too.
+        "CHAT_REDIS_SENTINEL_PASSWORD",
         "CHAT_REDIS_MIN_REPLICAS",
         "CHAT_KEY_PREFIX",
         "CHAT_SERVER_ID",
@@ -638,6 +642,66 @@ mod chat_server_contract {
             assert_eq!(env["POD_NAME"], "field:metadata.name");
             assert_eq!(env["CHAT_LOG_FORMAT"], "json");
             assert_eq!(env["CHAT_LISTEN_ADDR"], "0.0.0.0:8080");
+        }
+    }
+
+    /// What the kubelet would put in the environment: secrets and fields resolved.
+    fn resolved(cc: &crate::crd::ChatCluster) -> std::collections::BTreeMap<String, String> {
+        env_map(&server_env(cc))
+            .into_iter()
+            .map(|(k, v)| {
+                let v = if v.starts_with("secret:") {
+                    "a-sample-secret-of-enough-length".to_owned()
+                } else if v == "field:metadata.name" {
+                    "chat-server-7f9c-abcde".to_owned()
+                } else {
+                    v
+                };
+                (k, v)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chat_servers_own_parser_accepts_every_rendered_environment() {
+        use chat_server::config::{Backend, Config};
+        for cc in shapes() {
+            let env = resolved(&cc);
+            let config = Config::from_lookup(|name| env.get(name).cloned())
+                .unwrap_or_else(|e| panic!("{:?}: {e}", cc.spec.redis.mode));
+            assert_eq!(config.server_id, "chat-server-7f9c-abcde");
+            assert_eq!(config.listen_addr.to_string(), "0.0.0.0:8080");
+            assert_eq!(
+                config.redis_password.as_deref(),
+                Some("a-sample-secret-of-enough-length")
+            );
+            match config.backend {
+                Backend::Redis { url } => assert_eq!(url, env["CHAT_REDIS_URL"]),
+                Backend::Sentinel { sentinels, master } => {
+                    assert_eq!(
+                        sentinels.len(),
+                        env["CHAT_REDIS_SENTINELS"].split(',').count()
+                    );
+                    assert_eq!(master, "mymaster");
+                    assert!(config.redis_sentinel_password.is_some());
+                    assert!(config.redis_min_replicas >= 1);
+                }
+                Backend::Memory => panic!("a ChatCluster always has Redis"),
+            }
+            assert_eq!(
+                config.allow_anonymous,
+                cc.spec.server.jwt_secret_ref.is_none()
+            );
+            assert_eq!(
+                config.jwt_key.is_some(),
+                cc.spec.server.jwt_secret_ref.is_some()
+            );
+            for name in env.keys() {
+                assert!(
+                    chat_server::config::VARS.iter().any(|v| v.name == name) || name == "POD_NAME",
+                    "{name} is not a variable chat-server reads"
+                );
+            }
         }
     }
 

@@ -234,6 +234,38 @@ impl Client {
         self.wait_receipt(&receipt).await;
     }
 
+    /// SENDs and waits for the RECEIPT; `Err` with the ERROR frame (or `None` if the connection
+    /// ended) instead of panicking.
+    pub async fn try_send(
+        &mut self,
+        dest: &str,
+        body: &str,
+        wait: Duration,
+    ) -> Result<(), Option<Frame>> {
+        let receipt = format!("r-{}", rand_id());
+        let f = Frame::new(Command::Send)
+            .with_header("destination", dest)
+            .with_header("receipt", receipt.clone());
+        self.send_frame(&f.with_body(body.as_bytes().to_vec()))
+            .await;
+        let result = tokio::time::timeout(wait, async {
+            loop {
+                let Some(f) = self.read_raw().await else {
+                    return Err(None);
+                };
+                match f.command {
+                    Command::Receipt if f.header("receipt-id") == Some(receipt.as_str()) => {
+                        return Ok(());
+                    }
+                    Command::Error => return Err(Some(f)),
+                    _ => self.frames.push_back(f),
+                }
+            }
+        })
+        .await;
+        result.unwrap_or(Err(None))
+    }
+
     /// Waits for RECEIPT `id`; other frames are kept for `next_frame`. Panics on ERROR.
     pub async fn wait_receipt(&mut self, id: &str) {
         let mut kept = VecDeque::new();

@@ -119,6 +119,11 @@ pub struct RedisBackend {
     started: Instant,
     last_probe_ms: AtomicU64,
     last_heartbeat_ms: AtomicU64,
+    /// Counts reconnects of the command client: a WAIT speaks only for writes on its own
+    /// connection, so writes made before a reconnect cannot be acknowledged after it.
+    connection_gen: AtomicU64,
+    /// Replicas connected to the master, as last seen (refreshed every heartbeat).
+    replicas: std::sync::atomic::AtomicI64,
     registered: AtomicBool,
     ever_registered: AtomicBool,
     replicated: Option<mpsc::Sender<Pending>>,
@@ -214,6 +219,8 @@ impl RedisBackend {
             started: Instant::now(),
             last_probe_ms: AtomicU64::new(0),
             last_heartbeat_ms: AtomicU64::new(0),
+            connection_gen: AtomicU64::new(0),
+            replicas: std::sync::atomic::AtomicI64::new(i64::from(config.redis_min_replicas)),
             registered: AtomicBool::new(false),
             ever_registered: AtomicBool::new(false),
             replicated: (config.redis_min_replicas > 0).then_some(tx),
@@ -229,6 +236,7 @@ impl RedisBackend {
         tokio::spawn(backend.clone().messages());
         tokio::spawn(backend.clone().reconcile());
         tokio::spawn(backend.clone().reconnects());
+        tokio::spawn(backend.clone().count_connections());
         tokio::spawn(backend.clone().housekeeping());
         if config.redis_min_replicas > 0 {
             tokio::spawn(backend.clone().replicated_publisher(rx));
@@ -393,6 +401,21 @@ impl RedisBackend {
         }
     }
 
+    async fn count_connections(self: Arc<Self>) {
+        let mut rx = self.client.reconnect_rx();
+        loop {
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                r = rx.recv() => match r {
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        self.connection_gen.fetch_add(1, Ordering::AcqRel);
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+
     async fn catch_up_all(self: Arc<Self>) {
         let rooms: Vec<(String, (String, u64))> = self
             .last_seen
@@ -443,6 +466,11 @@ impl RedisBackend {
             }
             let _: Result<(), _> = self.client.publish(self.probe_channel(), "probe").await;
             self.check_probe().await;
+            if self.min_replicas > 0
+                && let Some(c) = self.connected_replicas().await
+            {
+                self.replicas.store(c, Ordering::Release);
+            }
         }
     }
 
@@ -538,6 +566,7 @@ impl RedisBackend {
                 () = self.stop.cancelled() => return,
                 n = rx.recv_many(&mut batch, 256) => if n == 0 { return },
             }
+            let generation = self.connection_gen.load(Ordering::Acquire);
             let mut written = Vec::with_capacity(batch.len());
             for mut p in batch.drain(..) {
                 let mut args = self.append_args(&p.room, std::mem::take(&mut p.body));
@@ -560,12 +589,8 @@ impl RedisBackend {
             if written.is_empty() {
                 continue;
             }
-            let timeout = i64::try_from(self.wait.as_millis()).unwrap_or(i64::MAX);
-            let acked: Result<i64, _> = self
-                .client
-                .wait(i64::from(self.min_replicas), timeout)
-                .await;
-            let ok = matches!(acked, Ok(n) if n >= i64::from(self.min_replicas));
+            let ok = self.await_replicas().await
+                && self.connection_gen.load(Ordering::Acquire) == generation;
             for (p, raw, ev) in written {
                 if !ok {
                     // In the Stream but not provably on a replica: no RECEIPT. Subscribers get it
@@ -583,6 +608,43 @@ impl RedisBackend {
                     .send(published.map(|_| ev).map_err(|e| unavailable(&e)));
             }
         }
+    }
+
+    /// Waits until the writes so far are on `min_replicas` replicas — or on every replica the
+    /// master has, when it has fewer (right after a failover the new master may have none:
+    /// then there is nothing to wait for, as with Redis's own `min-replicas-to-write`).
+    async fn await_replicas(&self) -> bool {
+        let need = i64::from(self.min_replicas);
+        let deadline = Instant::now() + self.wait;
+        loop {
+            let known = self.replicas.load(Ordering::Acquire);
+            let want = need.min(known);
+            if want == 0 {
+                return true;
+            }
+            let acked: Result<i64, _> = self.client.wait(want, 500).await;
+            if matches!(acked, Ok(n) if n >= want) {
+                return true;
+            }
+            // Short: perhaps the master changed or lost replicas. Look again, then retry.
+            if let Some(c) = self.connected_replicas().await {
+                self.replicas.store(c, Ordering::Release);
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+        }
+    }
+
+    async fn connected_replicas(&self) -> Option<i64> {
+        let info: String = self
+            .client
+            .info(Some(fred::types::InfoKind::Replication))
+            .await
+            .ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("connected_slaves:"))
+            .and_then(|n| n.trim().parse().ok())
     }
 
     async fn join_script(&self, room: &str, member: &Member) -> Result<bool, BackendError> {
@@ -862,9 +924,8 @@ impl Services {
     /// The clustered backend on Redis.
     pub async fn redis(config: &Config) -> Result<Services, BackendError> {
         let hub = Hub::new();
+        // The first heartbeat runs at once in the background; readiness waits for it.
         let backend = RedisBackend::start(config, hub.clone()).await?;
-        // Register before serving, so readiness is true as soon as we can take clients.
-        backend.heartbeat_once().await;
         Ok(Services {
             hub,
             broker: backend.clone(),

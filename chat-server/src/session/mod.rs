@@ -931,11 +931,9 @@ impl Conn {
         state.subs.push(sub.clone());
         let join = presence && !state.presence;
         state.presence |= presence;
-        let wants_replay = since.is_some() || history.is_some();
         if first_here {
-            if wants_replay {
-                state.seq.hold();
-            }
+            // Held until the subscription knows where it starts (see the op below).
+            state.seq.hold();
             self.services.hub.add_room(&room, listener);
         }
         self.subs.insert(id.to_owned(), Subscription { dest });
@@ -958,7 +956,23 @@ impl Conn {
                         events: page.events,
                     }
                 }),
-                (None, None) => Ok(Replay::None),
+                // Live from the room's current offset: whatever comes after it is delivered
+                // in offset order, even when Pub/Sub hands two publishers' events over swapped.
+                // A room that does not exist yet is created, so it has an epoch and offset 0.
+                (None, None) => match services.history.info(&room).await {
+                    Ok(None) => match services.history.create_room(&room).await {
+                        Ok(_) => services.history.info(&room).await,
+                        Err(e) => Err(e),
+                    },
+                    other => other,
+                }
+                .map(|info| match info {
+                    Some(i) => Replay::Events {
+                        baseline: (i.epoch, i.last_offset),
+                        events: Vec::new(),
+                    },
+                    None => Replay::None,
+                }),
             };
             let replay = match replay {
                 Ok(r) => r,
@@ -1059,7 +1073,12 @@ impl Conn {
         };
         let only_sub = state.subs.len() == 1;
         match replay {
-            Replay::None => {}
+            Replay::None => {
+                if only_sub {
+                    let (events, gap) = state.seq.release(None, Vec::new());
+                    self.deliver_released(room, events, gap);
+                }
+            }
             Replay::NotRecovered(info) => {
                 self.app.metrics.not_recovered.inc();
                 let frame = not_recovered_frame(&info, sub, &self.app.config.server_id);

@@ -125,7 +125,7 @@ impl Client {
             req.headers_mut()
                 .insert("Origin", HeaderValue::from_str(o).unwrap());
         }
-        let (ws, resp) = tokio_tungstenite::connect_async(req).await?;
+        let (ws, resp) = tokio_tungstenite::connect_async_with_config(req, None, true).await?;
         let protocol = resp
             .headers()
             .get("Sec-WebSocket-Protocol")

@@ -363,3 +363,42 @@ async fn a_publish_is_one_redis_round_trip_whatever_the_fan_out() {
     );
     assert_eq!(calls("xadd"), 20);
 }
+
+#[tokio::test]
+async fn a_retried_publish_of_the_same_message_is_stored_and_delivered_once() {
+    use chat_server::broker::redis::RedisBackend;
+    use chat_server::broker::{Broker, History};
+    use chat_server::model::{Draft, EventKind, Sender};
+    let redis = RedisServer::start(RedisOpts::default());
+    let mut config = chat_server::Config::for_tests();
+    config.backend = chat_server::config::Backend::Redis { url: redis.url() };
+    let backend = RedisBackend::start(&config, chat_server::hub::Hub::new())
+        .await
+        .unwrap();
+    let draft = Draft::new(
+        EventKind::Chat,
+        Sender {
+            id: "u".into(),
+            name: "U".into(),
+        },
+        "once".into(),
+        "s",
+    );
+    let first = backend.publish("retry", draft.clone()).await.unwrap();
+    let other = backend
+        .publish(
+            "retry",
+            Draft {
+                id: "another".into(),
+                ..draft.clone()
+            },
+        )
+        .await
+        .unwrap();
+    // What a client library does when the reply to the first call was lost.
+    let again = backend.publish("retry", draft).await.unwrap();
+    assert_eq!((first.offset(), other.offset(), again.offset()), (1, 2, 1));
+    let page = backend.read_after("retry", 0, 10).await.unwrap();
+    assert_eq!(page.events.len(), 2);
+    assert_eq!(page.info.last_offset, 2, "no offset was spent on the retry");
+}

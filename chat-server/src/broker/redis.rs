@@ -94,6 +94,7 @@ fn unavailable(e: &Error) -> BackendError {
 struct Pending {
     room: String,
     body: String,
+    id: String,
     reply: oneshot::Sender<Result<Arc<RoomEvent>, BackendError>>,
 }
 
@@ -570,7 +571,7 @@ impl RedisBackend {
             let mut written = Vec::with_capacity(batch.len());
             for mut p in batch.drain(..) {
                 let mut args = self.append_args(&p.room, std::mem::take(&mut p.body));
-                args.push("0".into());
+                args.extend(["0".into(), std::mem::take(&mut p.id)]);
                 let r: Result<String, _> = self
                     .scripts
                     .publish
@@ -719,6 +720,7 @@ impl Broker for RedisBackend {
             tx.send(Pending {
                 room: room.to_owned(),
                 body,
+                id: draft.id,
                 reply,
             })
             .await
@@ -728,7 +730,7 @@ impl Broker for RedisBackend {
                 .map_err(|_| BackendError::Unavailable("publisher stopped".into()))?;
         }
         let mut args = self.append_args(room, body);
-        args.push("1".into());
+        args.extend(["1".into(), draft.id]);
         let raw: String = self
             .scripts
             .publish

@@ -77,7 +77,12 @@ async fn main() {
         let room = i % args.rooms;
         in_room[room] += 1;
         let mut c = Client::login(url, &format!("load-sub-{i}")).await;
-        c.subscribe("0", &format!("/topic/room/{}", room_name(room)), &[("x-presence", "false")]).await;
+        c.subscribe(
+            "0",
+            &format!("/topic/room/{}", room_name(room)),
+            &[("x-presence", "false")],
+        )
+        .await;
         let sub = sub.clone();
         tasks.push(tokio::spawn(async move {
             while let Ok(Some(f)) = c.next_frame_within(Duration::from_secs(5)).await {
@@ -85,7 +90,9 @@ async fn main() {
                     continue;
                 }
                 let now = micros(start);
-                let (Some(t), Some(seq)) = (f.header("x-t"), f.header("x-seq")) else { continue };
+                let (Some(t), Some(seq)) = (f.header("x-t"), f.header("x-seq")) else {
+                    continue;
+                };
                 let t: u64 = t.parse().unwrap_or(now);
                 let (p, n) = seq.split_once('.').unwrap();
                 let (p, n): (u64, u64) = (p.parse().unwrap(), n.parse().unwrap());
@@ -101,20 +108,31 @@ async fn main() {
                     }
                 }
                 s.received += 1;
-                s.latencies_us.push(u32::try_from(now.saturating_sub(t)).unwrap_or(u32::MAX));
+                s.latencies_us
+                    .push(u32::try_from(now.saturating_sub(t)).unwrap_or(u32::MAX));
             }
         }));
     }
-    eprintln!("{} subscribers in {} room(s) on {} instance(s)", args.clients, args.rooms, args.urls.len());
+    eprintln!(
+        "{} subscribers in {} room(s) on {} instance(s)",
+        args.clients,
+        args.rooms,
+        args.urls.len()
+    );
 
     // Publishers.
-    let sent_per_room: Arc<Vec<AtomicU64>> = Arc::new((0..args.rooms).map(|_| AtomicU64::new(0)).collect());
+    let sent_per_room: Arc<Vec<AtomicU64>> =
+        Arc::new((0..args.rooms).map(|_| AtomicU64::new(0)).collect());
     let content = "x".repeat(args.body);
     let per_pub_rate = args.rate / args.publishers as f64;
     let deadline = start + Duration::from_secs_f64(args.duration) + start.elapsed();
     let mut pubs = Vec::new();
     for p in 0..args.publishers {
-        let pub_urls = if args.publish_urls.is_empty() { &args.urls } else { &args.publish_urls };
+        let pub_urls = if args.publish_urls.is_empty() {
+            &args.urls
+        } else {
+            &args.publish_urls
+        };
         let url = pub_urls[p % pub_urls.len()].clone();
         let content = content.clone();
         let sent = sent_per_room.clone();
@@ -143,7 +161,12 @@ async fn main() {
                 }
             }
             // A receipt closes the publisher's stream: everything before it was accepted.
-            c.send_with(&format!("/app/room/{}", room_names[0]), "done", &[("x-t", "0"), ("x-seq", &format!("{DONE}.0"))]).await;
+            c.send_with(
+                &format!("/app/room/{}", room_names[0]),
+                "done",
+                &[("x-t", "0"), ("x-seq", &format!("{DONE}.0"))],
+            )
+            .await;
             n
         }));
     }
@@ -154,7 +177,11 @@ async fn main() {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let total: u64 = subs.iter().map(|s| s.lock().unwrap().received).sum();
-                eprintln!("t={:>5.1}s deliveries/s={:>9}", start.elapsed().as_secs_f64(), total - last);
+                eprintln!(
+                    "t={:>5.1}s deliveries/s={:>9}",
+                    start.elapsed().as_secs_f64(),
+                    total - last
+                );
                 last = total;
             }
         })
@@ -179,7 +206,11 @@ async fn main() {
         reordered += s.reordered;
         lat.extend(&s.latencies_us);
     }
-    let expected: u64 = sent_per_room.iter().zip(&in_room).map(|(s, n)| s.load(Ordering::Relaxed) * n).sum();
+    let expected: u64 = sent_per_room
+        .iter()
+        .zip(&in_room)
+        .map(|(s, n)| s.load(Ordering::Relaxed) * n)
+        .sum();
     lat.sort_unstable();
     let pct = |q: f64| -> f64 {
         if lat.is_empty() {
@@ -195,7 +226,13 @@ async fn main() {
     println!("| deliveries expected / received | {expected} / {received} |");
     println!("| lost / duplicates / order violations | {lost} / {dups} / {reordered} |");
     println!("| deliveries/s | {rate:.0} |");
-    println!("| latency p50 / p90 / p99 / max (ms) | {:.2} / {:.2} / {:.2} / {:.2} |", pct(0.5), pct(0.9), pct(0.99), pct(1.0));
+    println!(
+        "| latency p50 / p90 / p99 / max (ms) | {:.2} / {:.2} / {:.2} / {:.2} |",
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        pct(1.0)
+    );
     if let Some(path) = args.json {
         let v = serde_json::json!({
             "published": sent_total, "expected": expected, "received": received, "lost": lost,

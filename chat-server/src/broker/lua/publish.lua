@@ -1,2 +1,2 @@
--- ARGV: prefix, room, body, new_epoch, maxlen, ttl, publish ('1' or '0')
-return append(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+-- ARGV: prefix, room, body, new_epoch, maxlen, ttl, publish ('1' or '0'), message id
+return append(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])

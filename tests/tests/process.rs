@@ -137,3 +137,48 @@ async fn rs256_and_es256_tokens_verify_against_a_public_key_file_and_hs_confusio
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn sigterm_still_stops_the_server_when_its_log_pipes_are_closed() {
+    let port = chat_tests::free_port();
+    let mut child = Proc::new(chat_server_bin())
+        .env_clear()
+        .env("CHAT_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("CHAT_SHUTDOWN_GRACE_SECS", "2")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+        .await
+        .is_err()
+    {
+        assert!(std::time::Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The reader of both pipes goes away: every later log line fails to write.
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let _ = Client::login(&format!("ws://127.0.0.1:{port}/ws"), "x").await;
+    assert!(
+        Proc::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server ignored SIGTERM with its log pipes closed");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

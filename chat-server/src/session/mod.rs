@@ -462,7 +462,13 @@ impl Conn {
         if self.closing.is_some() {
             return;
         }
-        let mut f = Frame::error(message, detail);
+        // The header alone should tell what was wrong (many clients show only it).
+        let header = if detail.is_empty() {
+            message.to_owned()
+        } else {
+            format!("{message}: {detail}")
+        };
+        let mut f = Frame::error(&header, detail);
         if let Some(r) = receipt {
             f = f.with_header("receipt-id", r);
         }

@@ -132,6 +132,11 @@ pub const VARS: &[Var] = &[
         Some("200"),
     ),
     var(
+        "CHAT_USER_SEND_RATE",
+        "SEND frames per second per user over all their connections here (0: unlimited)",
+        Some("400"),
+    ),
+    var(
         "CHAT_STOMP_HEARTBEAT_MS",
         "STOMP heart-beat the server offers: send,receive",
         Some("10000,10000"),
@@ -218,6 +223,7 @@ pub struct Config {
     pub max_subscriptions: usize,
     pub outbound_queue: usize,
     pub send_rate: u32,
+    pub user_send_rate: u32,
     /// (what the server can send, what it wants to receive), in ms; 0 is "none".
     pub stomp_heartbeat: (u64, u64),
     pub shutdown_grace: Duration,
@@ -399,6 +405,7 @@ impl Config {
             max_subscriptions: positive(&get, "CHAT_MAX_SUBSCRIPTIONS")?,
             outbound_queue: positive(&get, "CHAT_OUTBOUND_QUEUE")?,
             send_rate: parse_num(&get, "CHAT_SEND_RATE")?.unwrap_or(200),
+            user_send_rate: parse_num(&get, "CHAT_USER_SEND_RATE")?.unwrap_or(400),
             stomp_heartbeat,
             shutdown_grace: Duration::from_secs(
                 parse_num(&get, "CHAT_SHUTDOWN_GRACE_SECS")?.unwrap_or(20),

@@ -8,6 +8,7 @@ pub mod broker;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod limit;
 pub mod metrics;
 pub mod model;
 pub mod server;

@@ -50,12 +50,16 @@ pub struct AppState {
     /// Random per process start, so session ids never repeat across restarts.
     pub boot: String,
     pub connections: AtomicUsize,
+    /// SEND rate per user over all their connections on this instance.
+    pub user_limiter: crate::limit::UserLimiter,
     next_session: AtomicU64,
 }
 
 impl AppState {
     pub fn new(config: Config, services: Services) -> Result<Arc<AppState>, ServerError> {
+        let user_limiter = crate::limit::UserLimiter::new(config.user_send_rate);
         Ok(Arc::new(AppState {
+            user_limiter,
             auth: Authenticator::new(&config)?,
             config: Arc::new(config),
             services,

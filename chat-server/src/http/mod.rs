@@ -102,7 +102,9 @@ async fn websocket(
             .get(header::ORIGIN)
             .and_then(|o| o.to_str().ok())
             .map(|o| o.trim_end_matches('/'));
-        let allowed = origin.is_some_and(|o| {
+        // Browsers always send Origin, and it is browsers this protects (pages of other sites);
+        // other clients may send none, and could forge any.
+        let allowed = origin.is_none_or(|o| {
             app.config
                 .allowed_origins
                 .iter()

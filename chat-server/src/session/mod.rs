@@ -191,8 +191,7 @@ struct Conn {
     recv_timeout: Option<Duration>,
     last_recv: Instant,
     next_ping: Instant,
-    tokens: f64,
-    last_refill: Instant,
+    bucket: crate::limit::TokenBucket,
     closing: Option<Close>,
 }
 
@@ -254,8 +253,7 @@ async fn run_inner<S>(
         recv_timeout: Some(CONNECT_TIMEOUT),
         last_recv: now,
         next_ping: now + CONNECT_TIMEOUT,
-        tokens: f64::from(app.config.send_rate.max(1)) * 2.0,
-        last_refill: now,
+        bucket: crate::limit::TokenBucket::full(app.config.send_rate, now),
         closing: None,
         app,
     };
@@ -664,22 +662,21 @@ impl Conn {
         self.identity = Some(identity);
     }
 
-    fn take_token(&mut self) -> bool {
+    /// The connection's and the user's send budgets both allow one more message.
+    fn take_token(&mut self) -> Result<(), String> {
         let rate = self.app.config.send_rate;
-        if rate == 0 {
-            return true;
+        if !self.bucket.take(rate, Instant::now()) {
+            return Err(format!("at most {rate} messages per second per connection"));
         }
-        let now = Instant::now();
-        let rate = f64::from(rate);
-        self.tokens = (self.tokens + now.duration_since(self.last_refill).as_secs_f64() * rate)
-            .min(rate * 2.0);
-        self.last_refill = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
+        if let Some(id) = &self.identity
+            && !self.app.user_limiter.take(&id.user_id)
+        {
+            return Err(format!(
+                "at most {} messages per second per user",
+                self.app.config.user_send_rate
+            ));
         }
+        Ok(())
     }
 
     fn on_send(&mut self, frame: Frame, receipt: Option<String>) {
@@ -708,12 +705,8 @@ impl Conn {
             }
             return self.receipt(receipt);
         }
-        if !self.take_token() {
-            return self.fail(
-                "rate limit exceeded",
-                &format!("at most {} messages per second", self.app.config.send_rate),
-                receipt.as_deref(),
-            );
+        if let Err(e) = self.take_token() {
+            return self.fail("rate limit exceeded", &e, receipt.as_deref());
         }
         match self.prepare_send(&frame) {
             Ok(p) => {

@@ -211,3 +211,60 @@ async fn a_ping_flood_is_answered_without_disturbing_the_room() {
         .await;
     assert_eq!(reqwest::get(s.url("/healthz")).await.unwrap().status(), 200);
 }
+
+/// A REST request of a bad kind gets a 4xx with a JSON `{"error"}`, and chat goes on.
+async fn rest_case(
+    method: reqwest::Method,
+    path: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+    status: u16,
+) {
+    let s = TestServer::start(config()).await;
+    let mut watcher = Client::login(&s.ws_url(), "watcher").await;
+    watcher
+        .subscribe("w", ROOM, &[("x-presence", "false")])
+        .await;
+    let mut req = reqwest::Client::new()
+        .request(method, s.url(path))
+        .body(body);
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    let r = req.send().await.unwrap();
+    assert_eq!(r.status().as_u16(), status, "{path}");
+    let v: serde_json::Value = r.json().await.expect("a JSON error body");
+    assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+    let mut poster = Client::login(&s.ws_url(), "poster").await;
+    poster.send(SEND, "after").await;
+    assert_eq!(next_chat(&mut watcher).await["content"], "after");
+}
+
+macro_rules! rest_battery {
+    ($($name:ident: $method:ident $path:expr, $ct:expr, $body:expr => $status:expr;)*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                rest_case(reqwest::Method::$method, $path, $ct, $body, $status).await;
+            }
+        )*
+    };
+}
+
+const JSON: Option<&str> = Some("application/json");
+
+rest_battery! {
+    rest_a_body_that_is_not_json: POST "/api/rooms", JSON, b"{oops".to_vec() => 400;
+    rest_json_with_unknown_fields: POST "/api/rooms", JSON, br#"{"id":"a","admin":true}"#.to_vec() => 400;
+    rest_a_body_without_a_content_type: POST "/api/rooms", None, br#"{"id":"a"}"#.to_vec() => 400;
+    rest_a_body_over_the_limit: POST "/api/rooms/lobby/messages", JSON, vec![b' '; 20_000] => 413;
+    rest_a_message_with_empty_content: POST "/api/rooms/lobby/messages", JSON, br#"{"content":"  "}"#.to_vec() => 400;
+    rest_a_message_that_is_not_utf8: POST "/api/rooms/lobby/messages", Some("text/plain"), vec![0xff, 0xfe, 0x41] => 400;
+    rest_an_invalid_room_id: GET "/api/rooms/no%20spaces/messages", None, Vec::new() => 400;
+    rest_a_room_id_with_broken_percent_encoding: GET "/api/rooms/%ff%fe", None, Vec::new() => 400;
+    rest_a_since_that_is_not_a_number: GET "/api/rooms/lobby/messages?since=soon", None, Vec::new() => 400;
+    rest_a_limit_far_too_large: GET "/api/rooms/lobby/messages?limit=99999999999999999999", None, Vec::new() => 400;
+    rest_an_unknown_query_parameter: GET "/api/rooms/lobby/messages?drop=table", None, Vec::new() => 400;
+    rest_an_unknown_path: GET "/api/nothing/here", None, Vec::new() => 404;
+    rest_a_wrong_method: DELETE "/api/rooms/lobby", None, Vec::new() => 405;
+}

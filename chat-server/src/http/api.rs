@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{FromRequest, FromRequestParts, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -34,6 +35,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl IntoResponse for ApiError {
@@ -46,6 +49,7 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         };
         let mut resp = (status, axum::Json(json!({ "error": self.to_string() }))).into_response();
         if status == StatusCode::UNAUTHORIZED {
@@ -62,6 +66,53 @@ impl From<BackendError> for ApiError {
     fn from(e: BackendError) -> Self {
         tracing::warn!(error = %e, "backend call failed");
         ApiError::Unavailable("message store unavailable, try again".into())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError::BadRequest(format!("bad path: {}", r.body_text()))
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge("request body too large".into())
+        } else {
+            ApiError::BadRequest(format!("bad body: {}", r.body_text()))
+        }
+    }
+}
+
+/// The `{id}` of a room URL; a malformed one is a JSON 400 like every other error.
+struct RoomId(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RoomId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(r)| RoomId(r))
+            .map_err(ApiError::from)
+    }
+}
+
+/// A request body; one over the limit is a JSON 413.
+struct Body(Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        Bytes::from_request(req, state)
+            .await
+            .map(Body)
+            .map_err(ApiError::from)
     }
 }
 
@@ -146,7 +197,7 @@ fn json_body<T: serde::de::DeserializeOwned>(
 async fn create_room(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<Response, ApiError> {
     let req: CreateRoom = json_body(&headers, &body)?;
     room_access(&app, &headers, &req.id)?;
@@ -160,7 +211,7 @@ async fn create_room(
 async fn get_room(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(room): Path<String>,
+    RoomId(room): RoomId,
 ) -> Result<Response, ApiError> {
     room_access(&app, &headers, &room)?;
     let info = app
@@ -189,7 +240,7 @@ const MAX_PAGE: usize = 1000;
 async fn history(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(room): Path<String>,
+    RoomId(room): RoomId,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     room_access(&app, &headers, &room)?;
@@ -221,8 +272,8 @@ async fn history(
 async fn publish(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(room): Path<String>,
-    body: Bytes,
+    RoomId(room): RoomId,
+    Body(body): Body,
 ) -> Result<Response, ApiError> {
     let id = room_access(&app, &headers, &room)?;
     if headers.get(header::AUTHORIZATION).is_none() && !app.config.allow_anonymous {
@@ -249,7 +300,7 @@ async fn publish(
 async fn presence(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(room): Path<String>,
+    RoomId(room): RoomId,
 ) -> Result<Response, ApiError> {
     room_access(&app, &headers, &room)?;
     let members = app.services.presence.members(&room).await?;

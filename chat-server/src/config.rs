@@ -360,14 +360,12 @@ impl Config {
         }
         let stomp_heartbeat = get("CHAT_STOMP_HEARTBEAT_MS")
             .map(|s| {
-                let mut it = s.split(',').map(|p| p.trim().parse::<u64>());
-                match (it.next(), it.next(), it.next()) {
-                    (Some(Ok(a)), Some(Ok(b)), None) => Ok((a, b)),
-                    _ => Err(bad(
+                crate::stomp::parse_heart_beat(&s).ok_or_else(|| {
+                    bad(
                         "CHAT_STOMP_HEARTBEAT_MS",
                         "expected two numbers: send,receive",
-                    )),
-                }
+                    )
+                })
             })
             .transpose()?
             .unwrap_or((10_000, 10_000));

@@ -42,8 +42,8 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("chat");
-        let m = Metrics {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("chat"),
             connections: Gauge::default(),
             connections_total: Counter::default(),
             connections_refused: Counter::default(),
@@ -59,76 +59,77 @@ impl Metrics {
             not_recovered: Counter::default(),
             errors: Family::default(),
             publish_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
-            registry: Registry::default(),
         };
-        registry.register(
+        m.registry.register(
             "connections",
             "Open WebSocket connections",
             m.connections.clone(),
         );
-        registry.register(
+        m.registry.register(
             "connections_opened",
             "WebSocket connections accepted",
             m.connections_total.clone(),
         );
-        registry.register(
+        m.registry.register(
             "connections_refused",
             "Connections refused (limit, draining, origin)",
             m.connections_refused.clone(),
         );
-        registry.register(
+        m.registry.register(
             "frames_received",
             "STOMP frames received",
             m.frames_received.clone(),
         );
-        registry.register("frames_sent", "STOMP frames sent", m.frames_sent.clone());
-        registry.register(
+        m.registry
+            .register("frames_sent", "STOMP frames sent", m.frames_sent.clone());
+        m.registry.register(
             "messages_published",
             "Room messages accepted by the broker",
             m.messages_published.clone(),
         );
-        registry.register(
+        m.registry.register(
             "direct_messages",
             "Direct messages accepted by the broker",
             m.direct_messages.clone(),
         );
-        registry.register(
+        m.registry.register(
             "deliveries",
             "MESSAGE frames written to subscribers",
             m.deliveries.clone(),
         );
-        registry.register(
+        m.registry.register(
             "slow_consumers",
             "Connections dropped because their queue was full",
             m.slow_consumers.clone(),
         );
-        registry.register(
+        m.registry.register(
             "heartbeat_timeouts",
             "Connections dropped for silence past their heart-beat",
             m.heartbeat_timeouts.clone(),
         );
-        registry.register(
+        m.registry.register(
             "replayed",
             "Events replayed from history on recovery",
             m.replayed.clone(),
         );
-        registry.register(
+        m.registry.register(
             "gaps_filled",
             "Live gaps filled from history",
             m.gaps_filled.clone(),
         );
-        registry.register(
+        m.registry.register(
             "not_recovered",
             "Recoveries refused (epoch changed or history too short)",
             m.not_recovered.clone(),
         );
-        registry.register("errors", "ERROR frames sent, by reason", m.errors.clone());
-        registry.register(
+        m.registry
+            .register("errors", "ERROR frames sent, by reason", m.errors.clone());
+        m.registry.register(
             "publish_seconds",
             "Time for the broker to accept a message",
             m.publish_seconds.clone(),
         );
-        Metrics { registry, ..m }
+        m
     }
 
     pub fn error(&self, reason: &'static str) {

@@ -165,16 +165,16 @@ impl RoomEvent {
             server_id: &record.server_id,
         })
         .unwrap_or_default();
-        let mut frame = Frame::new(Command::Message)
-            .with_header("destination", format!("/topic/room/{}", record.room_id))
-            .with_header("message-id", record.id.clone())
-            .with_header("content-type", "application/json")
-            .with_header("x-offset", record.offset.to_string())
-            .with_header("x-epoch", record.epoch.clone());
-        for (k, v) in &record.headers {
-            frame = frame.with_header(k.clone(), v.clone());
-        }
-        let wire = tail_of(&frame.with_body(body));
+        let wire = message_wire(
+            format!("/topic/room/{}", record.room_id),
+            &record.id,
+            [
+                ("x-offset", record.offset.to_string()),
+                ("x-epoch", record.epoch.clone()),
+            ],
+            &record.headers,
+            body,
+        );
         Arc::new(RoomEvent { record, wire })
     }
 
@@ -243,20 +243,41 @@ impl DirectEvent {
             server_id: &record.server_id,
         })
         .unwrap_or_default();
-        let mut frame = Frame::new(Command::Message)
-            .with_header("destination", "/user/queue/messages")
-            .with_header("message-id", record.id.clone())
-            .with_header("content-type", "application/json");
-        for (k, v) in &record.headers {
-            frame = frame.with_header(k.clone(), v.clone());
-        }
-        let wire = tail_of(&frame.with_body(body));
+        let wire = message_wire(
+            "/user/queue/messages".into(),
+            &record.id,
+            [],
+            &record.headers,
+            body,
+        );
         Arc::new(DirectEvent { record, wire })
     }
 
     pub fn frame_for(&self, subscription: &str, out: &mut BytesMut) {
         write_with_subscription(&self.wire, subscription, out);
     }
+}
+
+/// A MESSAGE frame's wire form without its command line and `subscription` header: the
+/// contract headers, then `extra`, then the sender's own headers, then the JSON body.
+fn message_wire<const N: usize>(
+    destination: String,
+    id: &str,
+    extra: [(&'static str, String); N],
+    user_headers: &[(String, String)],
+    body: Vec<u8>,
+) -> Bytes {
+    let mut frame = Frame::new(Command::Message)
+        .with_header("destination", destination)
+        .with_header("message-id", id)
+        .with_header("content-type", "application/json");
+    for (k, v) in extra {
+        frame = frame.with_header(k, v);
+    }
+    for (k, v) in user_headers {
+        frame = frame.with_header(k.clone(), v.clone());
+    }
+    tail_of(&frame.with_body(body))
 }
 
 /// Encodes `frame` and keeps everything after its command line.

@@ -260,10 +260,6 @@ pub struct MemoryRegistry;
 
 #[async_trait]
 impl Registry for MemoryRegistry {
-    async fn heartbeat(&self) -> Result<bool, BackendError> {
-        Ok(true)
-    }
-
     async fn deregister(&self) -> Result<(), BackendError> {
         Ok(())
     }

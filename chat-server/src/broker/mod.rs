@@ -126,10 +126,9 @@ pub trait Presence: Send + Sync + 'static {
 }
 
 #[async_trait]
+/// An instance's membership of the cluster; renewing it (heartbeats) and reaping dead instances
+/// are the implementation's own background work.
 pub trait Registry: Send + Sync + 'static {
-    /// Announces this instance (and renews it); `false` when it had been reaped meanwhile.
-    async fn heartbeat(&self) -> Result<bool, BackendError>;
-
     /// Removes this instance on a clean shutdown.
     async fn deregister(&self) -> Result<(), BackendError>;
 

@@ -887,11 +887,6 @@ impl Presence for RedisBackend {
 
 #[async_trait]
 impl Registry for RedisBackend {
-    async fn heartbeat(&self) -> Result<bool, BackendError> {
-        self.heartbeat_once().await;
-        Ok(self.registered.load(Ordering::Acquire))
-    }
-
     async fn deregister(&self) -> Result<(), BackendError> {
         self.registered.store(false, Ordering::Release);
         let result: Result<(), Error> = async {

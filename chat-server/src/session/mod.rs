@@ -25,12 +25,13 @@ pub use sequencer::{Sequencer, Verdict};
 
 use crate::broker::{BackendError, HistoryPage, Member, RoomInfo, Services};
 use crate::hub::{Delivery, Kill, Listener, Topic};
+use crate::metrics::Metrics;
 use crate::model::{
     DirectRecord, Draft, EventKind, EventRecord, Identity, RoomEvent, Sender, is_valid_id,
     now_rfc3339, parse_message_body,
 };
 use crate::server::AppState;
-use crate::stomp::{Command, Decoded, Decoder, Frame, Limits, encode};
+use crate::stomp::{Command, Decoded, Decoder, Frame, Limits, encode, parse_heart_beat};
 
 /// Frames read ahead while an earlier frame's broker call is still running.
 const MAX_QUEUED_FRAMES: usize = 64;
@@ -442,11 +443,7 @@ impl Conn {
     }
 
     fn push_bytes(&mut self, bytes: Bytes) {
-        self.app.metrics.frames_sent.inc();
-        match Utf8Bytes::try_from(bytes) {
-            Ok(text) => self.outgoing.push(Message::Text(text)),
-            Err(e) => warn!(error = %e, "dropped a frame that is not UTF-8"),
-        }
+        push_frame(&mut self.outgoing, &self.app.metrics, bytes);
     }
 
     fn receipt(&mut self, receipt: Option<String>) {
@@ -470,20 +467,11 @@ impl Conn {
         if let Some(r) = receipt {
             f = f.with_header("receipt-id", r);
         }
-        self.app.metrics.error(error_reason(message));
+        self.app.metrics.error(message);
         debug!(message, detail, "closing with ERROR");
         self.send(&f);
         self.closing = Some(Close::Normal);
         self.queue.clear();
-    }
-
-    fn write_room_event(&mut self, subs: &[Arc<str>], ev: &RoomEvent) {
-        for sub in subs {
-            let mut buf = BytesMut::new();
-            ev.frame_for(sub, &mut buf);
-            self.push_bytes(buf.freeze());
-        }
-        self.app.metrics.deliveries.inc_by(subs.len() as u64);
     }
 
     // ----- input -----
@@ -617,7 +605,7 @@ impl Conn {
             self.closing = Some(Close::Normal);
             return;
         };
-        let (cx, cy) = match frame.header("heart-beat").map(parse_heartbeat) {
+        let (cx, cy) = match frame.header("heart-beat").map(parse_heart_beat) {
             None => (0, 0),
             Some(Some(hb)) => hb,
             Some(None) => {
@@ -1099,9 +1087,15 @@ impl Conn {
                 } else {
                     // The room was live already: this subscription alone gets what it missed.
                     let upto = state.seq.last().map_or(0, |(_, o)| o);
-                    let subs = [sub.clone()];
                     for ev in events.iter().filter(|e| e.offset() <= upto) {
-                        self.write_room_event(&subs, ev);
+                        deliver(
+                            &mut self.outgoing,
+                            &self.app.metrics,
+                            std::slice::from_ref(sub),
+                            |s, b| {
+                                ev.frame_for(s, b);
+                            },
+                        );
                     }
                 }
             }
@@ -1117,9 +1111,13 @@ impl Conn {
         let Some(state) = self.rooms.get(room) else {
             return;
         };
-        let subs = state.subs.clone();
         for ev in &events {
-            self.write_room_event(&subs, ev);
+            deliver(
+                &mut self.outgoing,
+                &self.app.metrics,
+                &state.subs,
+                |s, b| ev.frame_for(s, b),
+            );
         }
         if let Some((after, until)) = gap {
             self.start_fill(room, after, until);
@@ -1134,11 +1132,14 @@ impl Conn {
                 };
                 match state.seq.offer(&ev) {
                     Verdict::Deliver => {
-                        let subs = std::mem::take(&mut state.subs);
-                        self.write_room_event(&subs, &ev);
-                        if let Some(state) = self.rooms.get_mut(ev.room()) {
-                            state.subs = subs;
-                        }
+                        deliver(
+                            &mut self.outgoing,
+                            &self.app.metrics,
+                            &state.subs,
+                            |s, b| {
+                                ev.frame_for(s, b);
+                            },
+                        );
                     }
                     Verdict::Duplicate => {}
                     Verdict::Held => {
@@ -1153,14 +1154,14 @@ impl Conn {
                 }
             }
             Delivery::Direct(ev) => {
-                let subs = std::mem::take(&mut self.user_subs);
-                for sub in &subs {
-                    let mut buf = BytesMut::new();
-                    ev.frame_for(sub, &mut buf);
-                    self.push_bytes(buf.freeze());
-                }
-                self.app.metrics.deliveries.inc_by(subs.len() as u64);
-                self.user_subs = subs;
+                deliver(
+                    &mut self.outgoing,
+                    &self.app.metrics,
+                    &self.user_subs,
+                    |s, b| {
+                        ev.frame_for(s, b);
+                    },
+                );
             }
         }
     }
@@ -1271,14 +1272,28 @@ impl Conn {
     }
 }
 
-fn parse_heartbeat(v: &str) -> Option<(u64, u64)> {
-    let (a, b) = v.split_once(',')?;
-    Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+/// Queues one frame for the client (text: every frame this server makes is UTF-8).
+fn push_frame(outgoing: &mut Vec<Message>, metrics: &Metrics, bytes: Bytes) {
+    metrics.frames_sent.inc();
+    match Utf8Bytes::try_from(bytes) {
+        Ok(text) => outgoing.push(Message::Text(text)),
+        Err(e) => warn!(error = %e, "dropped a frame that is not UTF-8"),
+    }
 }
 
-/// Short, fixed metric labels for ERROR reasons.
-fn error_reason(message: &'static str) -> &'static str {
-    message
+/// Queues one event's MESSAGE frame for each subscription in `subs`.
+fn deliver(
+    outgoing: &mut Vec<Message>,
+    metrics: &Metrics,
+    subs: &[Arc<str>],
+    frame_for: impl Fn(&str, &mut BytesMut),
+) {
+    for sub in subs {
+        let mut buf = BytesMut::new();
+        frame_for(sub, &mut buf);
+        push_frame(outgoing, metrics, buf.freeze());
+    }
+    metrics.deliveries.inc_by(subs.len() as u64);
 }
 
 enum Prepared {
@@ -1415,13 +1430,5 @@ mod tests {
         assert!(parse_destination("/topic/room/a/b").is_err());
         assert!(parse_destination("/queue/x").is_err());
         assert!(parse_destination(&format!("/topic/room/{}", "x".repeat(129))).is_err());
-    }
-
-    #[test]
-    fn heart_beat_headers_are_two_numbers() {
-        assert_eq!(parse_heartbeat("100,200"), Some((100, 200)));
-        assert_eq!(parse_heartbeat(" 0 , 0 "), Some((0, 0)));
-        assert_eq!(parse_heartbeat("100"), None);
-        assert_eq!(parse_heartbeat("a,b"), None);
     }
 }

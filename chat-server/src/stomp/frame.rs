@@ -160,6 +160,12 @@ impl Frame {
     }
 }
 
+/// Reads a `heart-beat` value, two whole numbers `x,y` in milliseconds.
+pub fn parse_heart_beat(v: &str) -> Option<(u64, u64)> {
+    let (a, b) = v.split_once(',')?;
+    Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,5 +222,13 @@ mod tests {
         assert_eq!(frame.header("message"), Some("bad frame"));
         assert_eq!(frame.header("content-type"), Some("text/plain"));
         assert_eq!(&frame.body[..], b"line 3 has no colon");
+    }
+
+    #[test]
+    fn heart_beat_headers_are_two_numbers() {
+        assert_eq!(parse_heart_beat("100,200"), Some((100, 200)));
+        assert_eq!(parse_heart_beat(" 0 , 0 "), Some((0, 0)));
+        assert_eq!(parse_heart_beat("100"), None);
+        assert_eq!(parse_heart_beat("a,b"), None);
     }
 }

@@ -9,4 +9,4 @@ pub mod frame;
 pub mod headers;
 
 pub use codec::{Decoded, Decoder, FrameError, Limits, encode};
-pub use frame::{Command, Frame};
+pub use frame::{Command, Frame, parse_heart_beat};

@@ -66,17 +66,32 @@ impl ServerProcess {
     }
 
     pub async fn wait_healthy(&self, within: Duration) {
+        self.wait_for("/healthz", "healthy", within).await;
+    }
+
+    /// Waits until `/readyz` is 200 (Redis reachable and the instance registered).
+    pub async fn wait_ready(&self, within: Duration) {
+        self.wait_for("/readyz", "ready", within).await;
+    }
+
+    pub async fn is_ready(&self) -> bool {
+        reqwest::get(self.url("/readyz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    }
+
+    async fn wait_for(&self, path: &str, what: &str, within: Duration) {
         let deadline = Instant::now() + within;
         let client = reqwest::Client::new();
         loop {
-            if let Ok(r) = client.get(self.url("/healthz")).send().await
+            if let Ok(r) = client.get(self.url(path)).send().await
                 && r.status().is_success()
             {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "server {} did not become healthy",
+                "server {} did not become {what}",
                 self.id
             );
             tokio::time::sleep(Duration::from_millis(50)).await;

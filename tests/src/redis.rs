@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -39,13 +39,8 @@ const LOG_TAIL_LINES: usize = 40;
 const PORT_ATTEMPTS: usize = 5;
 
 /// A port that was free on 127.0.0.1 a moment ago (bound to port 0, read, released).
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
-    listener
-        .local_addr()
-        .expect("local address of a bound listener")
-        .port()
-}
+/// A free TCP port on 127.0.0.1 (the crate's one helper).
+pub use crate::free_port;
 
 // ---------------------------------------------------------------------------------------------
 // RESP

@@ -26,22 +26,8 @@ fn env(redis: &RedisServer) -> Vec<(&'static str, String)> {
 async fn instance(id: &str, env: &[(&'static str, String)]) -> ServerProcess {
     let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let p = ServerProcess::start(id, &pairs).await;
-    wait_ready(&p, Duration::from_secs(10)).await;
+    p.wait_ready(Duration::from_secs(10)).await;
     p
-}
-
-async fn ready(p: &ServerProcess) -> bool {
-    reqwest::get(p.url("/readyz"))
-        .await
-        .is_ok_and(|r| r.status() == 200)
-}
-
-async fn wait_ready(p: &ServerProcess, within: Duration) {
-    let deadline = Instant::now() + within;
-    while !ready(p).await {
-        assert!(Instant::now() < deadline, "{} never became ready", p.id);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn presence(p: &ServerProcess, room: &str) -> Vec<serde_json::Value> {
@@ -203,7 +189,7 @@ async fn an_instance_paused_past_its_ttl_comes_back_and_restores_its_presence_on
         (join["type"].as_str(), join["sender"]["id"].as_str()),
         (Some("JOIN"), Some("sleeper"))
     );
-    wait_ready(&b, Duration::from_secs(5)).await;
+    b.wait_ready(Duration::from_secs(5)).await;
     let members = presence(&a, "lobby").await;
     assert_eq!(members.len(), 1, "no duplicate presence: {members:?}");
     assert_eq!(members[0]["userId"], "sleeper");
@@ -227,7 +213,7 @@ async fn a_redis_restart_without_persistence_changes_the_epoch_and_chat_goes_on(
     drop(c);
 
     redis.restart();
-    wait_ready(&a, Duration::from_secs(10)).await;
+    a.wait_ready(Duration::from_secs(10)).await;
     let mut c = Client::login(&a.ws_url(), "ann").await;
     c.send(SEND, "after").await;
     let mut back = Client::login(&a.ws_url(), "back").await;
@@ -260,7 +246,7 @@ async fn with_redis_down_sends_fail_clearly_readiness_drops_and_everything_recov
     redis.kill9();
     let down = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while ready(&a).await {
+    while a.is_ready().await {
         assert!(
             Instant::now() < deadline,
             "readiness stayed green with Redis down"
@@ -286,7 +272,7 @@ async fn with_redis_down_sends_fail_clearly_readiness_drops_and_everything_recov
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(down.elapsed())).await;
     redis.restart();
     assert_eq!(redis.port, port);
-    wait_ready(&a, Duration::from_secs(15)).await;
+    a.wait_ready(Duration::from_secs(15)).await;
     let mut c = Client::login(&a.ws_url(), "sender").await;
     c.send(SEND, "back").await;
     let ev = sub.next_event().await;

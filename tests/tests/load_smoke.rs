@@ -20,14 +20,7 @@ async fn chat_load_across_two_instances_loses_nothing() {
     let a = ServerProcess::start("load-a", &pairs).await;
     let b = ServerProcess::start("load-b", &pairs).await;
     for p in [&a, &b] {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !reqwest::get(p.url("/readyz"))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            assert!(std::time::Instant::now() < deadline, "{} not ready", p.id);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        p.wait_ready(Duration::from_secs(10)).await;
     }
     let bin = chat_server_bin().with_file_name("chat-load");
     let json = std::env::temp_dir().join(format!("chat-load-smoke-{}.json", std::process::id()));

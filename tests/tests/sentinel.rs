@@ -18,20 +18,6 @@ const PASSWORD: &str = "sentinel-test-password";
 /// A delivered message: its offset, content, and when it arrived.
 type Seen = (u64, String, Instant);
 
-async fn wait_ready(p: &ServerProcess, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        if reqwest::get(p.url("/readyz"))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{} never became ready", p.id);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Sends `prefix-0..n` one after another with receipts, reconnecting after an ERROR; returns
 /// the receipted ones with the time each receipt came.
 async fn publisher(
@@ -72,8 +58,8 @@ async fn a_master_killed_mid_stream_loses_no_receipted_message_and_delivery_resu
     let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let a = ServerProcess::start("a", &pairs).await;
     let b = ServerProcess::start("b", &pairs).await;
-    wait_ready(&a, Duration::from_secs(15)).await;
-    wait_ready(&b, Duration::from_secs(15)).await;
+    a.wait_ready(Duration::from_secs(15)).await;
+    b.wait_ready(Duration::from_secs(15)).await;
 
     // Subscribers on both instances record every message with its arrival time.
     let seen: Arc<Mutex<Vec<Vec<Seen>>>> = Arc::default();

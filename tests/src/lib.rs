@@ -163,6 +163,22 @@ impl Client {
         Client::connect(url, &[("login", login)]).await.0
     }
 
+    /// Connects anonymously as `login` without panicking: `None` if the WebSocket or the
+    /// CONNECTED reply doesn't come within `wait` (what a client does while an instance is down).
+    pub async fn try_login(url: &str, login: &str, wait: Duration) -> Option<Client> {
+        let attempt = async {
+            let mut c = Client::open_with(url, &["v12.stomp"], None).await.ok()?;
+            let f = Frame::new(Command::Connect)
+                .with_header("accept-version", "1.2")
+                .with_header("host", "localhost")
+                .with_header("login", login);
+            c.send_frame(&f).await;
+            let reply = c.read_raw().await?;
+            (reply.command == Command::Connected).then_some(c)
+        };
+        tokio::time::timeout(wait, attempt).await.ok().flatten()
+    }
+
     pub async fn stomp_connect(&mut self, headers: &[(&str, &str)]) -> Frame {
         let mut f = Frame::new(Command::Connect)
             .with_header("accept-version", "1.2")

@@ -83,6 +83,15 @@ impl Scripts {
 const REAP_BATCH: usize = 1000;
 /// Rooms the REST listing shows at most.
 const MAX_ROOMS: usize = 1000;
+/// After a heartbeat that succeeded at `after` (ms) following one at `before` with more than
+/// two intervals between them, the time until which this instance must not reap: one server
+/// TTL, so every live instance has heartbeated again first. `None` when nothing was missed.
+fn reap_grace(before: u64, after: u64, every: Duration, ttl: Duration) -> Option<u64> {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    (before > 0 && after > before && after - before > 2 * ms(every))
+        .then(|| after.saturating_add(ms(ttl)))
+}
+
 /// Records read per catch-up step.
 const CATCH_UP_BATCH: usize = 1000;
 
@@ -120,6 +129,10 @@ pub struct RedisBackend {
     started: Instant,
     last_probe_ms: AtomicU64,
     last_heartbeat_ms: AtomicU64,
+    /// No reaping before this time (ms since start): set after this instance itself could not
+    /// heartbeat for a while, since the others most likely could not either (a failover, Redis
+    /// paused or unreachable) and their registry entries look expired for no fault of theirs.
+    reap_not_before_ms: AtomicU64,
     /// Counts reconnects of the command client: a WAIT speaks only for writes on its own
     /// connection, so writes made before a reconnect cannot be acknowledged after it.
     connection_gen: AtomicU64,
@@ -220,6 +233,7 @@ impl RedisBackend {
             started: Instant::now(),
             last_probe_ms: AtomicU64::new(0),
             last_heartbeat_ms: AtomicU64::new(0),
+            reap_not_before_ms: AtomicU64::new(0),
             connection_gen: AtomicU64::new(0),
             replicas: std::sync::atomic::AtomicI64::new(i64::from(config.redis_min_replicas)),
             registered: AtomicBool::new(false),
@@ -425,7 +439,8 @@ impl RedisBackend {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        for (room, (epoch, mut after)) in rooms {
+        for (room, (mut epoch, mut after)) in rooms {
+            let mut restarted = false;
             loop {
                 let page = match self
                     .read(&room, "after", &format!("{}-0", after + 1), CATCH_UP_BATCH)
@@ -438,7 +453,14 @@ impl RedisBackend {
                     }
                 };
                 if page.info.epoch != epoch {
-                    break;
+                    // The room's history was lost (Redis restarted empty, or the room expired)
+                    // and a new epoch began: what was published in it so far is all missed.
+                    if restarted || page.info.epoch.is_empty() {
+                        break;
+                    }
+                    info!(room, "new epoch: catching up from its start");
+                    (epoch, after, restarted) = (page.info.epoch, 0, true);
+                    continue;
                 }
                 let n = page.events.len();
                 for ev in &page.events {
@@ -461,8 +483,19 @@ impl RedisBackend {
                 () = self.stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            let before = self.last_heartbeat_ms.load(Ordering::Acquire);
             self.heartbeat_once().await;
-            if let Err(e) = self.reap_once().await {
+            let after = self.last_heartbeat_ms.load(Ordering::Acquire);
+            if let Some(until) = reap_grace(before, after, self.heartbeat_every, self.server_ttl) {
+                warn!(
+                    silent_ms = after - before,
+                    "could not heartbeat for a while: no reaping for one server TTL"
+                );
+                self.reap_not_before_ms.store(until, Ordering::Release);
+            }
+            if self.millis() >= self.reap_not_before_ms.load(Ordering::Acquire)
+                && let Err(e) = self.reap_once().await
+            {
                 debug!(error = %e, "reaper round failed");
             }
             let _: Result<(), _> = self.client.publish(self.probe_channel(), "probe").await;
@@ -930,5 +963,24 @@ impl Services {
             presence: backend.clone(),
             registry: backend,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reaping_pauses_for_one_ttl_after_this_instance_missed_heartbeats() {
+        let (every, ttl) = (Duration::from_millis(300), Duration::from_millis(1500));
+        // On time (or one late tick): no grace.
+        assert_eq!(reap_grace(1000, 1300, every, ttl), None);
+        assert_eq!(reap_grace(1000, 1600, every, ttl), None);
+        // A failed heartbeat round (after == before) decides nothing yet.
+        assert_eq!(reap_grace(1000, 1000, every, ttl), None);
+        // The first heartbeat: nothing to compare with.
+        assert_eq!(reap_grace(0, 500, every, ttl), None);
+        // 2.3 s without a heartbeat (a Sentinel failover): no reaping until 1.5 s after it.
+        assert_eq!(reap_grace(1000, 3300, every, ttl), Some(4800));
     }
 }

@@ -4,7 +4,8 @@
 //! gap repair). The sequencer keeps the last offset delivered and its epoch. An event at or below
 //! it is a duplicate; one that skips ahead opens a gap: the sequencer starts holding live events
 //! and asks for the missing range from history; `release` then delivers the history and the held
-//! events in order. A new epoch means history was lost: delivery restarts from that event.
+//! events in order. A new epoch means history was lost: delivery restarts from the new epoch's
+//! first offset (a gap from 0 if the first event seen of it is later than offset 1).
 
 use std::sync::Arc;
 
@@ -65,6 +66,17 @@ impl Sequencer {
                     let after = *last;
                     self.held = Some(vec![ev.clone()]);
                     Verdict::Gap { after, until: off }
+                }
+            }
+            // A new epoch: the room's history was lost and offsets started again at 1. Whatever
+            // of the new epoch came before this event (it may arrive late, from a catch-up
+            // read) is fetched first.
+            Some(_) if off > 1 => {
+                self.last = Some((ev.epoch().to_owned(), 0));
+                self.held = Some(vec![ev.clone()]);
+                Verdict::Gap {
+                    after: 0,
+                    until: off,
                 }
             }
             _ => {
@@ -180,11 +192,31 @@ mod tests {
     }
 
     #[test]
-    fn a_new_epoch_restarts_delivery_from_that_event() {
+    fn a_new_epoch_restarts_delivery_from_its_first_offset() {
         let mut s = Sequencer::default();
         s.offer(&ev("old", 40));
         assert_eq!(s.offer(&ev("new", 1)), Verdict::Deliver);
         assert_eq!(s.offer(&ev("new", 2)), Verdict::Deliver);
         assert_eq!(s.last(), Some(("new", 2)));
+    }
+
+    #[test]
+    fn a_new_epoch_seen_first_past_offset_1_fetches_its_beginning() {
+        // After a Redis restart, live Pub/Sub may bring offset 3 of the new epoch before the
+        // catch-up read brings 1 and 2.
+        let mut s = Sequencer::default();
+        s.offer(&ev("old", 40));
+        assert_eq!(s.offer(&ev("new", 3)), Verdict::Gap { after: 0, until: 3 });
+        assert_eq!(s.offer(&ev("new", 1)), Verdict::Held);
+        let (out, gap) = s.release(None, vec![ev("new", 1), ev("new", 2)]);
+        assert_eq!(offsets(&out), vec![1, 2, 3]);
+        assert_eq!(gap, None);
+        assert_eq!(s.last(), Some(("new", 3)));
+    }
+
+    #[test]
+    fn the_first_event_of_a_session_is_delivered_whatever_its_offset() {
+        let mut s = Sequencer::default();
+        assert_eq!(s.offer(&ev("e", 17)), Verdict::Deliver);
     }
 }

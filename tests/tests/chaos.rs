@@ -1,0 +1,606 @@
+//! Chaos under load with real processes: three chat-server instances on one Redis (or on a
+//! Sentinel-managed master and replica), a steady load of receipted publishes from every
+//! instance, readers with presence on every instance, and one fault in the middle:
+//!
+//! - `kill -9` of an instance,
+//! - SIGSTOP of an instance for longer than its registry TTL, then SIGCONT,
+//! - `kill -9` of the Redis master with Sentinel (failover to the replica),
+//! - a Redis restart (no persistence: the data is gone, the epoch changes).
+//!
+//! For each: receipted messages lost (must be 0) at readers that stayed connected, duplicates
+//! (0), receipted messages out of order (0), the longest gap in deliveries at those readers
+//! (how long until delivery resumed), and the LEAVE events seen for the sessions of a dead
+//! instance (exactly one each) and for live sessions (none). Each test prints a table row; the
+//! README's reliability section holds the figures of one run.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use chat_server::stomp::Command;
+use chat_tests::process::ServerProcess;
+use chat_tests::redis::{RedisOpts, RedisServer, SentinelCluster};
+use chat_tests::{Client, body};
+
+const ROOM: &str = "/topic/room/chaos";
+const SEND: &str = "/app/room/chaos";
+const PASSWORD: &str = "chaos-test-password";
+/// Readers (with presence) per instance.
+const READERS: usize = 2;
+/// Pause between a publisher's receipted SENDs: ~50 msg/s per instance, 150 msg/s in all.
+const GAP: Duration = Duration::from_millis(20);
+/// How long a publisher waits for a RECEIPT before it gives the message up and reconnects.
+const RECEIPT_WAIT: Duration = Duration::from_secs(3);
+
+/// The faults run one at a time: each starts its own processes, and a loaded machine would
+/// blur the timing figures (and could delay heart-beats past the registry TTL).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The registry settings of every instance: heart-beat every 300 ms, reaped after 1.5 s.
+fn registry_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("CHAT_HEARTBEAT_INTERVAL_MS", "300".into()),
+        ("CHAT_SERVER_TTL_MS", "1500".into()),
+        ("CHAT_SEND_RATE", "0".into()),
+    ]
+}
+
+async fn instances(env: &[(&'static str, String)]) -> Vec<ServerProcess> {
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut out = Vec::new();
+    for id in ["a", "b", "c"] {
+        out.push(ServerProcess::start(id, &pairs).await);
+    }
+    for p in &out {
+        p.wait_ready(Duration::from_secs(15)).await;
+    }
+    out
+}
+
+/// What one reader saw: chat messages in arrival order, and presence events.
+#[derive(Default)]
+struct ReaderLog {
+    instance: usize,
+    user: String,
+    chats: Vec<(String, Instant)>,
+    /// `offset@epoch` of each chat message, beside `chats`.
+    positions: Vec<String>,
+    leaves: Vec<String>,
+    /// SYSTEM messages (history not recoverable from a position).
+    system: Vec<String>,
+    /// Every JOIN and LEAVE in arrival order, for the failure messages.
+    presence: Vec<String>,
+    /// The connection ended before the run did.
+    ended: bool,
+}
+
+/// Reads until `stop`; returns what it saw and the still open connection (dropping it here would
+/// make the other readers, still reading, see its LEAVE).
+async fn reader(
+    mut c: Client,
+    instance: usize,
+    user: String,
+    stop: Arc<AtomicBool>,
+) -> (ReaderLog, Client) {
+    let mut log = ReaderLog {
+        instance,
+        user,
+        ..ReaderLog::default()
+    };
+    while !stop.load(Ordering::Relaxed) {
+        match c.next_frame_within(Duration::from_millis(100)).await {
+            Err(_) => continue,
+            Ok(None) => {
+                log.ended = true;
+                break;
+            }
+            Ok(Some(f)) if f.command == Command::Message => {
+                let ev = body(&f);
+                let who = ev["sender"]["id"].as_str().unwrap_or_default().to_owned();
+                match ev["type"].as_str() {
+                    Some(t @ ("LEAVE" | "JOIN")) => {
+                        log.presence.push(format!(
+                            "{t} {who} @{} (server {})",
+                            ev["offset"], ev["serverId"]
+                        ));
+                        if t == "LEAVE" {
+                            log.leaves.push(who);
+                        }
+                    }
+                    Some("SYSTEM") => log.system.push(format!(
+                        "{} at {}@{}",
+                        ev["content"],
+                        f.header("x-offset").unwrap_or("?"),
+                        f.header("x-epoch").unwrap_or("?")
+                    )),
+                    _ => {
+                        log.chats
+                            .push((ev["content"].as_str().unwrap().to_owned(), Instant::now()));
+                        log.positions.push(format!(
+                            "{}@{}",
+                            f.header("x-offset").unwrap_or("?"),
+                            f.header("x-epoch").unwrap_or("?")
+                        ));
+                    }
+                }
+            }
+            Ok(Some(_)) => {}
+        }
+    }
+    (log, c)
+}
+
+/// Sends `{prefix}-{n}` with a receipt every [`GAP`] until `stop`; after an ERROR, a lost
+/// connection or a missing receipt it gives that message up and reconnects, to its own
+/// instance first and then to the next ones (what a client behind a load balancer does).
+/// Returns the receipted messages in order.
+async fn publisher(urls: Vec<String>, first: usize, stop: Arc<AtomicBool>) -> Vec<String> {
+    let prefix = ["A", "B", "C"][first];
+    let mut receipted = Vec::new();
+    let mut at = first;
+    let mut c = Client::try_login(&urls[at], prefix, Duration::from_secs(2)).await;
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let Some(client) = c.as_mut() else {
+            at = (at + 1) % urls.len();
+            c = Client::try_login(&urls[at], prefix, Duration::from_secs(1)).await;
+            continue;
+        };
+        let text = format!("{prefix}-{n}");
+        n += 1;
+        match client.try_send(SEND, &text, RECEIPT_WAIT).await {
+            Ok(()) => receipted.push(text),
+            Err(_) => {
+                // Give this message up; try the same instance again first.
+                c = Client::try_login(&urls[at], prefix, Duration::from_secs(1)).await;
+            }
+        }
+        tokio::time::sleep(GAP).await;
+    }
+    receipted
+}
+
+/// The load: readers with presence on every instance, a publisher starting on each.
+struct Load {
+    stop_publishers: Arc<AtomicBool>,
+    stop_readers: Arc<AtomicBool>,
+    readers: Vec<tokio::task::JoinHandle<(ReaderLog, Client)>>,
+    publishers: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    async fn start(urls: &[String]) -> Load {
+        let stop_readers = Arc::new(AtomicBool::new(false));
+        let stop_publishers = Arc::new(AtomicBool::new(false));
+        let mut readers = Vec::new();
+        for (i, url) in urls.iter().enumerate() {
+            for k in 0..READERS {
+                let user = format!("r-{i}-{k}");
+                let mut c = Client::login(url, &user).await;
+                c.subscribe("0", ROOM, &[]).await;
+                readers.push(tokio::spawn(reader(c, i, user, stop_readers.clone())));
+            }
+        }
+        // Let every reader see every JOIN before the clock starts.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let publishers = (0..urls.len())
+            .map(|i| tokio::spawn(publisher(urls.to_vec(), i, stop_publishers.clone())))
+            .collect();
+        Load {
+            stop_publishers,
+            stop_readers,
+            readers,
+            publishers,
+        }
+    }
+
+    /// Stops the publishers, lets the last deliveries arrive, then stops the readers; the
+    /// connections close only once every reader has stopped.
+    async fn finish(self) -> (Vec<ReaderLog>, Vec<Vec<String>>) {
+        self.stop_publishers.store(true, Ordering::Relaxed);
+        let mut receipted = Vec::new();
+        for p in self.publishers {
+            receipted.push(p.await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        self.stop_readers.store(true, Ordering::Relaxed);
+        let mut logs = Vec::new();
+        let mut open = Vec::new();
+        for r in self.readers {
+            let (log, c) = r.await.unwrap();
+            logs.push(log);
+            open.push(c);
+        }
+        drop(open);
+        (logs, receipted)
+    }
+}
+
+/// The figures of one fault.
+struct Report {
+    fault: &'static str,
+    receipted: usize,
+    lost: usize,
+    duplicates: usize,
+    out_of_order: usize,
+    longest_gap: Duration,
+    leaves_of_dead: String,
+    leaves_of_live: usize,
+}
+
+impl Report {
+    fn print(&self) {
+        println!(
+            "| {} | {} | {} | {} | {} | {} ms | {} | {} |",
+            self.fault,
+            self.receipted,
+            self.lost,
+            self.duplicates,
+            self.out_of_order,
+            self.longest_gap.as_millis(),
+            self.leaves_of_dead,
+            self.leaves_of_live
+        );
+    }
+}
+
+/// Checks what the readers on `watched` instances saw against the receipted messages.
+/// `dead`: the instance whose sessions should each get exactly one LEAVE (from every watched
+/// reader); every other session must get none.
+fn judge(
+    fault: &'static str,
+    logs: &[ReaderLog],
+    receipted: &[Vec<String>],
+    watched: &[usize],
+    dead: Option<usize>,
+    window: (Instant, Instant),
+) -> Report {
+    let all_receipted: Vec<&String> = receipted.iter().flatten().collect();
+    let dead_users: HashSet<String> = dead
+        .map(|d| {
+            (0..READERS)
+                .map(|k| format!("r-{d}-{k}"))
+                .collect::<HashSet<_>>()
+        })
+        .unwrap_or_default();
+    let mut report = Report {
+        fault,
+        receipted: all_receipted.len(),
+        lost: 0,
+        duplicates: 0,
+        out_of_order: 0,
+        longest_gap: Duration::ZERO,
+        leaves_of_dead: "-".into(),
+        leaves_of_live: 0,
+    };
+    let mut dead_leave_counts = Vec::new();
+    for log in logs.iter().filter(|l| watched.contains(&l.instance)) {
+        assert!(!log.ended, "reader {} was disconnected", log.user);
+        let mut count: HashMap<&str, usize> = HashMap::new();
+        for (t, _) in &log.chats {
+            *count.entry(t.as_str()).or_default() += 1;
+        }
+        let dups: Vec<String> = log
+            .chats
+            .iter()
+            .zip(&log.positions)
+            .filter(|((t, _), _)| count[t.as_str()] > 1)
+            .map(|((t, _), p)| format!("{t} at {p}"))
+            .collect();
+        if !dups.is_empty() {
+            println!("reader {} got duplicates: {dups:?}", log.user);
+        }
+        report.duplicates += count
+            .values()
+            .filter(|n| **n > 1)
+            .map(|n| n - 1)
+            .sum::<usize>();
+        let lost: Vec<&&String> = all_receipted
+            .iter()
+            .filter(|t| !count.contains_key(t.as_str()))
+            .collect();
+        if let Some(first) = lost.first() {
+            // Where the others got it, and what this reader got around that offset.
+            let at = logs
+                .iter()
+                .find_map(|l| {
+                    l.chats
+                        .iter()
+                        .position(|c| &c.0 == **first)
+                        .map(|i| l.positions[i].clone())
+                })
+                .unwrap_or_default();
+            let offset: u64 = at.split('@').next().unwrap_or("0").parse().unwrap_or(0);
+            let near: Vec<&String> = log
+                .positions
+                .iter()
+                .filter(|p| {
+                    let o: u64 = p.split('@').next().unwrap_or("0").parse().unwrap_or(0);
+                    o + 3 >= offset && o <= offset + 3
+                })
+                .collect();
+            println!(
+                "reader {} (instance {}) lost {} receipted: {:?}; the first was {at} elsewhere; this reader got {near:?} around it; SYSTEM messages: {:?}",
+                log.user,
+                log.instance,
+                lost.len(),
+                &lost[..lost.len().min(12)],
+                log.system
+            );
+        }
+        report.lost += lost.len();
+        // Receipted messages of one publisher arrive in the order they were sent.
+        for sent in receipted {
+            let wanted: HashSet<&String> = sent.iter().collect();
+            let arrived: Vec<&String> = log
+                .chats
+                .iter()
+                .map(|(t, _)| t)
+                .filter(|t| wanted.contains(t))
+                .collect();
+            let seq = |t: &str| -> u64 { t.rsplit('-').next().unwrap().parse().unwrap() };
+            report.out_of_order += arrived
+                .windows(2)
+                .filter(|w| seq(w[0]) >= seq(w[1]))
+                .count();
+        }
+        // From the fault on: the first gap is the time until delivery resumed.
+        let times: Vec<Instant> = std::iter::once(window.0)
+            .chain(
+                log.chats
+                    .iter()
+                    .map(|c| c.1)
+                    .filter(|t| *t >= window.0 && *t <= window.1),
+            )
+            .collect();
+        let gap = times
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or(window.1 - window.0);
+        report.longest_gap = report.longest_gap.max(gap);
+        for u in &dead_users {
+            dead_leave_counts.push(log.leaves.iter().filter(|l| *l == u).count());
+        }
+        report.leaves_of_live += log
+            .leaves
+            .iter()
+            .filter(|l| !dead_users.contains(*l))
+            .count();
+    }
+    if dead.is_some() && (dead_leave_counts.iter().any(|n| *n != 1) || report.leaves_of_live > 0) {
+        for log in logs.iter().filter(|l| watched.contains(&l.instance)) {
+            println!("{} saw {:#?}", log.user, log.presence);
+        }
+    }
+    if dead.is_some() {
+        let exactly_one = dead_leave_counts.iter().all(|n| *n == 1);
+        report.leaves_of_dead = format!(
+            "{} of {} ({})",
+            dead_leave_counts.iter().sum::<usize>(),
+            dead_leave_counts.len(),
+            if exactly_one {
+                "one each"
+            } else {
+                "NOT one each"
+            }
+        );
+    }
+    report.print();
+    report
+}
+
+fn assert_clean(r: &Report, min_receipted: usize) {
+    assert!(
+        r.receipted >= min_receipted,
+        "{}: only {} receipted",
+        r.fault,
+        r.receipted
+    );
+    assert_eq!(r.lost, 0, "{}: receipted messages lost", r.fault);
+    assert_eq!(r.duplicates, 0, "{}: duplicates", r.fault);
+    assert_eq!(
+        r.out_of_order, 0,
+        "{}: receipted messages out of order",
+        r.fault
+    );
+    assert_eq!(r.leaves_of_live, 0, "{}: LEAVE for a live session", r.fault);
+}
+
+fn urls(ps: &[ServerProcess]) -> Vec<String> {
+    ps.iter().map(ServerProcess::ws_url).collect()
+}
+
+fn header() {
+    println!(
+        "| fault | receipted | lost | duplicates | out of order | longest delivery gap | LEAVEs of the dead instance's sessions | LEAVEs of live sessions |"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_an_instance_under_load() {
+    let _one = SERIAL.lock().await;
+    let redis = RedisServer::start(RedisOpts::default());
+    let mut env = registry_env();
+    env.push(("CHAT_REDIS_URL", redis.url()));
+    let mut ps = instances(&env).await;
+    let load = Load::start(&urls(&ps)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fault = Instant::now();
+    ps[2].signal("KILL");
+    let _ = ps[2].wait_exit(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let end = Instant::now();
+    let (logs, receipted) = load.finish().await;
+    header();
+    let r = judge(
+        "instance kill -9",
+        &logs,
+        &receipted,
+        &[0, 1],
+        Some(2),
+        (fault, end),
+    );
+    assert_clean(&r, 300);
+    assert_eq!(
+        r.leaves_of_dead, "8 of 8 (one each)",
+        "each of the 4 readers on the survivors saw one LEAVE per dead session (2)"
+    );
+    // Delivery from the other instances' publishers never stopped.
+    assert!(
+        r.longest_gap < Duration::from_secs(1),
+        "{:?}",
+        r.longest_gap
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigstop_of_an_instance_past_its_ttl_then_sigcont() {
+    let _one = SERIAL.lock().await;
+    let redis = RedisServer::start(RedisOpts::default());
+    let mut env = registry_env();
+    env.push(("CHAT_REDIS_URL", redis.url()));
+    let ps = instances(&env).await;
+    let load = Load::start(&urls(&ps)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fault = Instant::now();
+    ps[1].signal("STOP");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ps[1].signal("CONT");
+    ps[1].wait_ready(Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let end = Instant::now();
+    let (logs, receipted) = load.finish().await;
+    header();
+    // Readers on the paused instance stayed connected: they too must have everything.
+    let all = judge(
+        "instance SIGSTOP 3 s + SIGCONT (all readers)",
+        &logs,
+        &receipted,
+        &[0, 1, 2],
+        None,
+        (fault, end),
+    );
+    assert_eq!((all.lost, all.duplicates, all.out_of_order), (0, 0, 0));
+    let others = judge(
+        "instance SIGSTOP 3 s + SIGCONT",
+        &logs,
+        &receipted,
+        &[0, 2],
+        Some(1),
+        (fault, end),
+    );
+    assert_clean(&others, 300);
+    assert_eq!(others.leaves_of_dead, "8 of 8 (one each)");
+    // And each paused session came back with exactly one JOIN, seen by the others.
+    for log in logs.iter().filter(|l| l.instance != 1) {
+        for k in 0..READERS {
+            let u = format!("r-1-{k}");
+            let after_leave = log
+                .presence
+                .iter()
+                .skip_while(|p| !p.starts_with(&format!("LEAVE {u} ")))
+                .filter(|p| p.starts_with(&format!("JOIN {u} ")))
+                .count();
+            assert_eq!(
+                after_leave, 1,
+                "{} saw {u} come back after SIGCONT with one JOIN: {:#?}",
+                log.user, log.presence
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_master_kill_9_with_sentinel_failover() {
+    let _one = SERIAL.lock().await;
+    let mut cluster = SentinelCluster::start(1, 3, Some(PASSWORD));
+    let mut env = registry_env();
+    env.extend([
+        ("CHAT_REDIS_SENTINELS", cluster.sentinel_addrs()),
+        ("CHAT_REDIS_PASSWORD", PASSWORD.to_owned()),
+        ("CHAT_REDIS_WAIT_MS", "10000".to_owned()),
+    ]);
+    let ps = instances(&env).await;
+    let load = Load::start(&urls(&ps)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let old = cluster.current_master_port();
+    let fault = Instant::now();
+    let new = tokio::task::block_in_place(|| {
+        cluster.data_node_mut(old).kill9();
+        cluster.wait_for_new_master(old, Duration::from_secs(20))
+    });
+    println!(
+        "master {old} killed; {new} elected after {:?}",
+        fault.elapsed()
+    );
+    for p in &ps {
+        p.wait_ready(Duration::from_secs(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let end = Instant::now();
+    let (logs, receipted) = load.finish().await;
+    header();
+    let r = judge(
+        "Redis master kill -9 (Sentinel)",
+        &logs,
+        &receipted,
+        &[0, 1, 2],
+        None,
+        (fault, end),
+    );
+    assert_clean(&r, 150);
+    assert!(
+        r.longest_gap < Duration::from_secs(10),
+        "{:?}",
+        r.longest_gap
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_without_persistence() {
+    let _one = SERIAL.lock().await;
+    let mut redis = RedisServer::start(RedisOpts::default());
+    let mut env = registry_env();
+    env.push(("CHAT_REDIS_URL", redis.url()));
+    let ps = instances(&env).await;
+    let load = Load::start(&urls(&ps)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fault = Instant::now();
+    tokio::task::block_in_place(|| redis.restart());
+    for p in &ps {
+        p.wait_ready(Duration::from_secs(20)).await;
+    }
+    println!(
+        "Redis back and every instance ready after {:?}",
+        fault.elapsed()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let end = Instant::now();
+    // Every instance put its sessions' presence back into the empty Redis.
+    let members: serde_json::Value = reqwest::get(ps[0].url("/api/rooms/chaos/presence"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (logs, receipted) = load.finish().await;
+    header();
+    let r = judge(
+        "Redis restart (no persistence)",
+        &logs,
+        &receipted,
+        &[0, 1, 2],
+        None,
+        (fault, end),
+    );
+    assert_clean(&r, 150);
+    assert_eq!(
+        members["members"].as_array().map(Vec::len),
+        Some(3 * READERS),
+        "presence was restored in the new Redis: {members}; keys: {}",
+        redis.cli(&["KEYS", "*"])
+    );
+}

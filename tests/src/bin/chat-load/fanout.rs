@@ -1,0 +1,475 @@
+//! The fan-out scenario: subscribers in rooms, publishers sending timed and numbered messages,
+//! optional slow consumers that never read.
+//!
+//! Each subscriber runs one cheap loop in its own task: read a WebSocket message, scan its
+//! header block for `x-t` and `x-seq`, count it in task-local [`SubStats`]. It ends by itself
+//! once every publisher's closing message arrived (they follow each publisher's last message in
+//! every room), or when told to stop after the drain period; either way its stats come back
+//! through its join handle. Publishers are paced (`--rate M`) or closed-loop (`--rate 0`: at
+//! most `--window` receipted SENDs outstanding each), and close with a receipted DONE message
+//! in every room.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::net::{self, ConnError, Spec, Ws};
+use crate::report::{Outcome, Slow};
+use crate::stats::{Progress, SubStats, Totals};
+use crate::wire::{self, DONE, Inbound};
+use crate::{Args, Ctx, ProgressLine};
+
+/// How long a publisher waits for one receipt before giving up.
+const RECEIPT_WAIT: Duration = Duration::from_secs(30);
+/// How often a subscriber adds its count to the shared progress counter (µs).
+const FLUSH_US: u64 = 100_000;
+/// A slow consumer that sends nothing for this long (once read again) is still connected.
+const SLOW_QUIET: Duration = Duration::from_millis(500);
+/// Slow consumers get a small receive window, so the server's queue for them fills sooner.
+const SLOW_RECV_BUFFER: u32 = 16 << 10;
+
+pub async fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
+    let rooms: Arc<[String]> = (0..args.rooms).map(|r| ctx.room_name(r)).collect();
+    let connect_start = Instant::now();
+    let subscribers = open(
+        args,
+        ctx,
+        (0..args.clients).map(|i| Spec {
+            index: i,
+            target: ctx.urls[i % ctx.urls.len()].clone(),
+            login: format!("load-sub-{i}"),
+            room: Some(rooms[i % rooms.len()].clone()),
+            presence: args.presence,
+            recv_buffer: None,
+        }),
+    )
+    .await?;
+    let connect_seconds = connect_start.elapsed().as_secs_f64();
+    let mut in_room = vec![0u64; rooms.len()];
+    for i in 0..subscribers.len() {
+        in_room[i % rooms.len()] += 1;
+    }
+    let slow = open(
+        args,
+        ctx,
+        (0..args.slow).map(|j| Spec {
+            index: args.clients + j,
+            target: ctx.urls[j % ctx.urls.len()].clone(),
+            login: format!("load-slow-{j}"),
+            room: Some(rooms[0].clone()),
+            presence: false,
+            recv_buffer: Some(SLOW_RECV_BUFFER),
+        }),
+    )
+    .await?;
+    let publishers = open(
+        args,
+        ctx,
+        (0..args.publishers).map(|p| Spec {
+            index: args.clients + args.slow + p,
+            target: ctx.publish_urls[p % ctx.publish_urls.len()].clone(),
+            login: format!("load-pub-{p}"),
+            room: None,
+            presence: false,
+            recv_buffer: None,
+        }),
+    )
+    .await?;
+    eprintln!(
+        "{} subscribers ({} slow) in {} room(s) on {} instance(s), {} publisher(s), connected in {connect_seconds:.2}s",
+        args.clients,
+        args.slow,
+        rooms.len(),
+        ctx.urls.len(),
+        args.publishers,
+    );
+
+    let stop = CancellationToken::new();
+    let received = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut subs = JoinSet::new();
+    for ws in subscribers {
+        subs.spawn(subscribe(
+            ws,
+            args.publishers,
+            ctx.start,
+            stop.clone(),
+            received.clone(),
+        ));
+    }
+    let progress = ProgressLine::spawn(ctx.start, {
+        let (sent, received) = (sent.clone(), received.clone());
+        let (mut last_sent, mut last_received) = (0, 0);
+        move || {
+            let (s, r) = (
+                sent.load(Ordering::Relaxed),
+                received.load(Ordering::Relaxed),
+            );
+            let line = format!(
+                "sent/s={:>8} deliveries/s={:>9}",
+                s - last_sent,
+                r - last_received
+            );
+            (last_sent, last_received) = (s, r);
+            line
+        }
+    });
+
+    let publish_start = Instant::now();
+    let deadline = publish_start + Duration::from_secs_f64(args.duration);
+    let pace = if args.rate > 0.0 {
+        Pace::Every(Duration::from_secs_f64(args.publishers as f64 / args.rate))
+    } else {
+        Pace::Window(args.window)
+    };
+    let body: Arc<str> = "x".repeat(args.body).into();
+    let mut pubs = JoinSet::new();
+    for (p, ws) in publishers.into_iter().enumerate() {
+        let publisher = Publisher {
+            p: p as u64,
+            rooms: rooms.clone(),
+            body: body.clone(),
+            start: ctx.start,
+            deadline,
+            pace,
+            sent: sent.clone(),
+        };
+        pubs.spawn(publisher.run(ws));
+    }
+    let mut sent_per_room = vec![0u64; rooms.len()];
+    let mut publish_errors = Vec::new();
+    while let Some(joined) = pubs.join_next().await {
+        let r = joined.map_err(|e| anyhow::anyhow!("a publisher task failed: {e}"))?;
+        for (total, n) in sent_per_room.iter_mut().zip(&r.sent) {
+            *total += n;
+        }
+        if let Some(e) = r.error {
+            publish_errors.push(e);
+        }
+    }
+    let published_for = publish_start.elapsed();
+
+    // Subscribers end by themselves once every DONE arrived; the drain bounds the wait.
+    let drain_until = tokio::time::Instant::now() + Duration::from_secs_f64(args.drain);
+    let mut totals = Totals::default();
+    let mut subscribers_closed = 0u64;
+    let mut collect = |r: Result<SubOutcome, tokio::task::JoinError>| match r {
+        Ok(o) => {
+            totals.add(&o.stats);
+            subscribers_closed += u64::from(o.closed);
+        }
+        Err(e) => eprintln!("chat-load: a subscriber task failed: {e}"),
+    };
+    loop {
+        match tokio::time::timeout_at(drain_until, subs.join_next()).await {
+            Ok(Some(r)) => collect(r),
+            Ok(None) => break,
+            Err(_) => {
+                stop.cancel();
+                while let Some(r) = subs.join_next().await {
+                    collect(r);
+                }
+                break;
+            }
+        }
+    }
+    stop.cancel();
+    progress.stop().await;
+
+    let slow = check_slow(slow).await;
+    for e in &publish_errors {
+        eprintln!("chat-load: publisher failed: {e}");
+    }
+    if subscribers_closed > 0 {
+        eprintln!("chat-load: the server closed {subscribers_closed} subscriber(s)");
+    }
+    let published: u64 = sent_per_room.iter().sum();
+    let expected: u64 = sent_per_room.iter().zip(&in_room).map(|(s, n)| s * n).sum();
+    Ok(Outcome {
+        published,
+        expected,
+        totals,
+        published_for,
+        connections: (args.clients + args.slow + args.publishers) as u64,
+        connect_seconds,
+        slow,
+        failures: publish_errors.len() as u64 + subscribers_closed,
+    })
+}
+
+/// Opens `specs`; any failure fails the run (a missing subscriber would skew every count).
+async fn open(
+    args: &Args,
+    ctx: &Ctx,
+    specs: impl Iterator<Item = Spec>,
+) -> anyhow::Result<Vec<Ws>> {
+    let results = net::open_all(
+        ctx.dialer,
+        specs.collect(),
+        args.connect_concurrency,
+        Arc::default(),
+    )
+    .await;
+    let (ok, failed) = net::successes(results);
+    if failed.count > 0 {
+        anyhow::bail!("{failed}");
+    }
+    Ok(ok)
+}
+
+/// What a subscriber task hands back.
+struct SubOutcome {
+    stats: SubStats,
+    /// The server ended the connection (ERROR or close) before the run did.
+    closed: bool,
+}
+
+/// One subscriber's receive loop (the hot path: no lock, no allocation per message).
+async fn subscribe(
+    mut ws: Ws,
+    publishers: usize,
+    start: Instant,
+    stop: CancellationToken,
+    received: Arc<AtomicU64>,
+) -> SubOutcome {
+    let mut stats = SubStats::new(publishers);
+    let mut closed = false;
+    let (mut flushed, mut last_flush) = (0u64, 0u64);
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
+    loop {
+        // Reading first: while messages flow the stop signal is not even polled.
+        let msg = tokio::select! {
+            biased;
+            msg = ws.next() => msg,
+            () = &mut stopped => break,
+        };
+        let msg = match msg {
+            Some(Ok(Message::Close(_)) | Err(_)) | None => {
+                closed = true;
+                break;
+            }
+            Some(Ok(msg)) => msg,
+        };
+        let Some(bytes) = net::payload(&msg) else {
+            continue;
+        };
+        match wire::classify(bytes) {
+            Inbound::Message {
+                t: Some(t),
+                seq: Some((p, n)),
+            } => {
+                if p == DONE {
+                    if stats.done(n) == Progress::AllDone {
+                        break;
+                    }
+                    continue;
+                }
+                let now = crate::micros(start);
+                stats.record(p, n, t, now);
+                if now.saturating_sub(last_flush) >= FLUSH_US {
+                    received.fetch_add(stats.received - flushed, Ordering::Relaxed);
+                    (flushed, last_flush) = (stats.received, now);
+                }
+            }
+            Inbound::Error { message } => {
+                eprintln!("chat-load: a subscriber got ERROR: {message}");
+                closed = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    received.fetch_add(stats.received - flushed, Ordering::Relaxed);
+    SubOutcome { stats, closed }
+}
+
+/// How a publisher spaces its SENDs.
+#[derive(Debug, Clone, Copy)]
+enum Pace {
+    /// One SEND per interval, without receipts (catching up in a burst when late).
+    Every(Duration),
+    /// As fast as receipts come back, with at most this many outstanding.
+    Window(usize),
+}
+
+struct Publisher {
+    p: u64,
+    rooms: Arc<[String]>,
+    body: Arc<str>,
+    start: Instant,
+    deadline: Instant,
+    pace: Pace,
+    /// Shared progress counter, added to once per batch.
+    sent: Arc<AtomicU64>,
+}
+
+/// What a publisher did: SENDs per room, and what stopped it early, if anything.
+struct Published {
+    sent: Vec<u64>,
+    error: Option<ConnError>,
+}
+
+impl Publisher {
+    async fn run(self, mut ws: Ws) -> Published {
+        let mut sent = vec![0u64; self.rooms.len()];
+        let mut receipts = Receipts::default();
+        let mut result = match self.pace {
+            Pace::Every(every) => self.paced(&mut ws, every, &mut sent).await,
+            Pace::Window(window) => {
+                self.windowed(&mut ws, window, &mut sent, &mut receipts)
+                    .await
+            }
+        };
+        if result.is_ok() {
+            result = self.close(&mut ws, &mut receipts).await;
+        }
+        Published {
+            sent,
+            error: result.err(),
+        }
+    }
+
+    fn frame(&self, n: u64, sent: &mut [u64], receipt: Option<u64>) -> Message {
+        let room = (n as usize + self.p as usize) % self.rooms.len();
+        sent[room] += 1;
+        Message::text(
+            wire::Send {
+                room: &self.rooms[room],
+                t: crate::micros(self.start),
+                publisher: self.p,
+                n,
+                receipt,
+                body: &self.body,
+            }
+            .encode(),
+        )
+    }
+
+    async fn paced(&self, ws: &mut Ws, every: Duration, sent: &mut [u64]) -> Result<(), ConnError> {
+        let mut n = 0u64;
+        let mut next = Instant::now();
+        loop {
+            let now = Instant::now();
+            if now >= self.deadline {
+                return Ok(());
+            }
+            let first = n;
+            while next <= now {
+                ws.feed(self.frame(n, sent, None)).await?;
+                n += 1;
+                next += every;
+            }
+            ws.flush().await?;
+            self.sent.fetch_add(n - first, Ordering::Relaxed);
+            tokio::time::sleep_until(next.min(self.deadline).into()).await;
+        }
+    }
+
+    async fn windowed(
+        &self,
+        ws: &mut Ws,
+        window: usize,
+        sent: &mut [u64],
+        receipts: &mut Receipts,
+    ) -> Result<(), ConnError> {
+        // Refill in batches (half a window) so each write carries several frames.
+        let refill_below = window - (window / 2).max(1);
+        let mut n = 0u64;
+        while Instant::now() < self.deadline {
+            if receipts.outstanding() <= refill_below {
+                let first = n;
+                while receipts.outstanding() < window {
+                    let id = receipts.next_id();
+                    ws.feed(self.frame(n, sent, Some(id))).await?;
+                    n += 1;
+                }
+                ws.flush().await?;
+                self.sent.fetch_add(n - first, Ordering::Relaxed);
+            }
+            receipts.wait_one(ws).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the closing message to every room and waits for every receipt still due.
+    async fn close(&self, ws: &mut Ws, receipts: &mut Receipts) -> Result<(), ConnError> {
+        for room in self.rooms.iter() {
+            let done = wire::Send {
+                room,
+                t: crate::micros(self.start),
+                publisher: DONE,
+                n: self.p,
+                receipt: Some(receipts.next_id()),
+                body: "done",
+            };
+            ws.feed(Message::text(done.encode())).await?;
+        }
+        ws.flush().await?;
+        while receipts.outstanding() > 0 {
+            receipts.wait_one(ws).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Receipts a publisher asked for and got (the server answers in order).
+#[derive(Debug, Default)]
+struct Receipts {
+    asked: u64,
+    got: u64,
+}
+
+impl Receipts {
+    fn next_id(&mut self) -> u64 {
+        self.asked += 1;
+        self.asked
+    }
+
+    fn outstanding(&self) -> usize {
+        usize::try_from(self.asked - self.got).unwrap_or(usize::MAX)
+    }
+
+    /// Reads until the next RECEIPT; ERROR or the end of the connection is an error.
+    async fn wait_one(&mut self, ws: &mut Ws) -> Result<(), ConnError> {
+        tokio::time::timeout(
+            RECEIPT_WAIT,
+            net::expect(ws, |f| matches!(f, Inbound::Receipt { .. })),
+        )
+        .await
+        .unwrap_or(Err(ConnError::Timeout(RECEIPT_WAIT)))?;
+        self.got += 1;
+        Ok(())
+    }
+}
+
+/// Reads every slow consumer now: one the server dropped ends (after whatever was buffered);
+/// one still connected goes quiet once caught up.
+async fn check_slow(slow: Vec<Ws>) -> Slow {
+    let clients = slow.len() as u64;
+    let mut set = JoinSet::new();
+    for mut ws in slow {
+        set.spawn(async move {
+            loop {
+                match tokio::time::timeout(SLOW_QUIET, ws.next()).await {
+                    Err(_) => return false,
+                    Ok(Some(Ok(Message::Close(_)) | Err(_)) | None) => return true,
+                    Ok(Some(Ok(_))) => {}
+                }
+            }
+        });
+    }
+    let mut disconnected = 0;
+    while let Some(r) = set.join_next().await {
+        disconnected += u64::from(r.unwrap_or(false));
+    }
+    Slow {
+        clients,
+        disconnected,
+    }
+}

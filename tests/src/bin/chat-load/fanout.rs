@@ -30,6 +30,8 @@ const RECEIPT_WAIT: Duration = Duration::from_secs(30);
 const FLUSH_US: u64 = 100_000;
 /// A slow consumer that sends nothing for this long (once read again) is still connected.
 const SLOW_QUIET: Duration = Duration::from_millis(500);
+/// How long a connection's close may take at the end.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Slow consumers get a small receive window, so the server's queue for them fills sooner.
 const SLOW_RECV_BUFFER: u32 = 16 << 10;
 
@@ -286,6 +288,9 @@ async fn subscribe(
         }
     }
     received.fetch_add(stats.received - flushed, Ordering::Relaxed);
+    if !closed {
+        let _ = tokio::time::timeout(CLOSE_WAIT, ws.close(None)).await;
+    }
     SubOutcome { stats, closed }
 }
 
@@ -328,6 +333,9 @@ impl Publisher {
         };
         if result.is_ok() {
             result = self.close(&mut ws, &mut receipts).await;
+        }
+        if result.is_ok() {
+            let _ = tokio::time::timeout(CLOSE_WAIT, ws.close(None)).await;
         }
         Published {
             sent,

@@ -114,12 +114,11 @@ async fn chat_load_across_two_instances_loses_nothing() {
 }
 
 #[tokio::test]
-async fn closed_loop_publishing_keeps_the_window_and_loses_nothing() {
+async fn closed_loop_publishing_on_receipts_or_echoes_loses_nothing() {
     let server = memory_server("load-closed", &[]).await;
     let url = server.ws_url();
-    let (_, v) = run_chat_load(
-        "closed",
-        &[
+    for ack in [None, Some("--echo")] {
+        let mut args = vec![
             "--url",
             &url,
             "--clients",
@@ -134,12 +133,13 @@ async fn closed_loop_publishing_keeps_the_window_and_loses_nothing() {
             "8",
             "--duration",
             "1",
-        ],
-    )
-    .await;
-    assert!(v["published"].as_u64().unwrap() > 16, "{v}");
-    assert_nothing_lost(&v);
-    assert!(v["latency_ms"]["p50"].as_f64().unwrap() > 0.0, "{v}");
+        ];
+        args.extend(ack);
+        let (_, v) = run_chat_load("closed", &args).await;
+        assert!(v["published"].as_u64().unwrap() > 16, "{v}");
+        assert_nothing_lost(&v);
+        assert!(v["latency_ms"]["p50"].as_f64().unwrap() > 0.0, "{v}");
+    }
 }
 
 #[tokio::test]

@@ -6,8 +6,13 @@
 //! once every publisher's closing message arrived (they follow each publisher's last message in
 //! every room), or when told to stop after the drain period; either way its stats come back
 //! through its join handle. Publishers are paced (`--rate M`) or closed-loop (`--rate 0`: at
-//! most `--window` receipted SENDs outstanding each), and close with a receipted DONE message
-//! in every room.
+//! most `--window` SENDs outstanding each, until their RECEIPT or, with `--echo`, until they
+//! come back on the publisher's own subscription), and close with a receipted DONE message in
+//! every room.
+//!
+//! A RECEIPT says the broker accepted a message, not that it was fanned out: against a server
+//! that answers before delivering, a receipt window does not keep subscribers' queues short.
+//! `--echo` closes the loop on delivery instead.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -82,6 +87,14 @@ pub async fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
         }),
     )
     .await?;
+    let mut publishers = publishers;
+    if args.echo {
+        for ws in &mut publishers {
+            for (r, room) in rooms.iter().enumerate() {
+                net::subscribe(ws, r, room, false).await?;
+            }
+        }
+    }
     eprintln!(
         "{} subscribers ({} slow) in {} room(s) on {} instance(s), {} publisher(s), connected in {connect_seconds:.2}s",
         args.clients,
@@ -127,7 +140,10 @@ pub async fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
     let pace = if args.rate > 0.0 {
         Pace::Every(Duration::from_secs_f64(args.publishers as f64 / args.rate))
     } else {
-        Pace::Window(args.window)
+        Pace::Window {
+            size: args.window,
+            echo: args.echo,
+        }
     };
     let body: Arc<str> = "x".repeat(args.body).into();
     let mut pubs = JoinSet::new();
@@ -299,8 +315,9 @@ async fn subscribe(
 enum Pace {
     /// One SEND per interval, without receipts (catching up in a burst when late).
     Every(Duration),
-    /// As fast as receipts come back, with at most this many outstanding.
-    Window(usize),
+    /// As fast as acknowledgements come back, with at most `size` outstanding: RECEIPTs, or
+    /// with `echo` the publisher's own messages on its subscriptions.
+    Window { size: usize, echo: bool },
 }
 
 struct Publisher {
@@ -323,13 +340,23 @@ struct Published {
 impl Publisher {
     async fn run(self, mut ws: Ws) -> Published {
         let mut sent = vec![0u64; self.rooms.len()];
-        let mut receipts = Receipts::default();
+        let mut window = Window::default();
         let mut result = match self.pace {
             Pace::Every(every) => self.paced(&mut ws, every, &mut sent).await,
-            Pace::Window(window) => {
-                self.windowed(&mut ws, window, &mut sent, &mut receipts)
+            Pace::Window { size, echo } => {
+                let ack = if echo {
+                    Ack::Echo(self.p)
+                } else {
+                    Ack::Receipt
+                };
+                self.windowed(&mut ws, size, ack, &mut sent, &mut window)
                     .await
             }
+        };
+        // The receipts still due: the closing messages', and the SENDs' in receipt mode.
+        let mut receipts = match self.pace {
+            Pace::Window { echo: false, .. } => window,
+            _ => Window::default(),
         };
         if result.is_ok() {
             result = self.close(&mut ws, &mut receipts).await;
@@ -382,31 +409,33 @@ impl Publisher {
     async fn windowed(
         &self,
         ws: &mut Ws,
-        window: usize,
+        size: usize,
+        ack: Ack,
         sent: &mut [u64],
-        receipts: &mut Receipts,
+        window: &mut Window,
     ) -> Result<(), ConnError> {
         // Refill in batches (half a window) so each write carries several frames.
-        let refill_below = window - (window / 2).max(1);
+        let refill_below = size - (size / 2).max(1);
         let mut n = 0u64;
         while Instant::now() < self.deadline {
-            if receipts.outstanding() <= refill_below {
+            if window.outstanding() <= refill_below {
                 let first = n;
-                while receipts.outstanding() < window {
-                    let id = receipts.next_id();
-                    ws.feed(self.frame(n, sent, Some(id))).await?;
+                while window.outstanding() < size {
+                    let id = window.next_id();
+                    let receipt = (ack == Ack::Receipt).then_some(id);
+                    ws.feed(self.frame(n, sent, receipt)).await?;
                     n += 1;
                 }
                 ws.flush().await?;
                 self.sent.fetch_add(n - first, Ordering::Relaxed);
             }
-            receipts.wait_one(ws).await?;
+            window.wait_one(ws, ack).await?;
         }
         Ok(())
     }
 
     /// Sends the closing message to every room and waits for every receipt still due.
-    async fn close(&self, ws: &mut Ws, receipts: &mut Receipts) -> Result<(), ConnError> {
+    async fn close(&self, ws: &mut Ws, receipts: &mut Window) -> Result<(), ConnError> {
         for room in self.rooms.iter() {
             let done = wire::Send {
                 room,
@@ -420,20 +449,29 @@ impl Publisher {
         }
         ws.flush().await?;
         while receipts.outstanding() > 0 {
-            receipts.wait_one(ws).await?;
+            receipts.wait_one(ws, Ack::Receipt).await?;
         }
         Ok(())
     }
 }
 
-/// Receipts a publisher asked for and got (the server answers in order).
+/// What acknowledges a publisher's frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ack {
+    /// Its RECEIPT (the server answers in order).
+    Receipt,
+    /// A message of publisher `p` arriving on its own subscriptions (delivered in order).
+    Echo(u64),
+}
+
+/// Frames a publisher sent that need acknowledging, and the acknowledgements it got.
 #[derive(Debug, Default)]
-struct Receipts {
+struct Window {
     asked: u64,
     got: u64,
 }
 
-impl Receipts {
+impl Window {
     fn next_id(&mut self) -> u64 {
         self.asked += 1;
         self.asked
@@ -443,14 +481,16 @@ impl Receipts {
         usize::try_from(self.asked - self.got).unwrap_or(usize::MAX)
     }
 
-    /// Reads until the next RECEIPT; ERROR or the end of the connection is an error.
-    async fn wait_one(&mut self, ws: &mut Ws) -> Result<(), ConnError> {
-        tokio::time::timeout(
-            RECEIPT_WAIT,
-            net::expect(ws, |f| matches!(f, Inbound::Receipt { .. })),
-        )
-        .await
-        .unwrap_or(Err(ConnError::Timeout(RECEIPT_WAIT)))?;
+    /// Reads until the next acknowledgement; ERROR or the end of the connection is an error.
+    async fn wait_one(&mut self, ws: &mut Ws, ack: Ack) -> Result<(), ConnError> {
+        let acks = |f: &Inbound<'_>| match (ack, f) {
+            (Ack::Receipt, Inbound::Receipt { .. }) => true,
+            (Ack::Echo(p), Inbound::Message { seq, .. }) => seq.is_some_and(|(q, _)| q == p),
+            _ => false,
+        };
+        tokio::time::timeout(RECEIPT_WAIT, net::expect(ws, acks))
+            .await
+            .unwrap_or(Err(ConnError::Timeout(RECEIPT_WAIT)))?;
         self.got += 1;
         Ok(())
     }

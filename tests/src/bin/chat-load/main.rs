@@ -4,7 +4,8 @@
 //! - `fanout` (default): `--clients` subscribers spread round-robin over the `--url`s and over
 //!   `--rooms` rooms, and `--publishers` connections (on the `--publish-url`s if given) that
 //!   publish `--rate` messages per second in total (0: as fast as receipts allow, at most
-//!   `--window` outstanding per publisher) with `--body` bytes of content. Every SEND carries
+//!   `--window` outstanding per publisher; `--echo` waits for delivery instead of receipts)
+//!   with `--body` bytes of content. Every SEND carries
 //!   its publish time (`x-t`, microseconds since this process started) and a per-publisher
 //!   sequence number (`x-seq: p.n`), so subscribers measure latency, losses, duplicates and
 //!   order violations. `--slow N` adds subscribers in room 0 that never read.
@@ -62,9 +63,13 @@ pub struct Args {
     /// Messages per second in total (0: as fast as possible, closed-loop).
     #[arg(long, default_value_t = 100.0)]
     rate: f64,
-    /// With `--rate 0`: receipted SENDs each publisher keeps outstanding at most.
+    /// With `--rate 0`: SENDs each publisher keeps outstanding at most (until their RECEIPT).
     #[arg(long, default_value_t = 64)]
     window: usize,
+    /// With `--rate 0`: a SEND is outstanding until it comes back on the publisher's own
+    /// subscription to its rooms (closes the loop on delivery, not on the broker's receipt).
+    #[arg(long)]
+    echo: bool,
     /// Seconds of publishing.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -116,6 +121,9 @@ impl Args {
         ];
         if let Some((name, _)) = seconds.iter().find(|(_, v)| !(v.is_finite() && *v >= 0.0)) {
             return Err(format!("{name} must be a number >= 0"));
+        }
+        if self.echo && self.rate > 0.0 {
+            return Err("--echo applies to --rate 0 only".into());
         }
         if self.mode != Mode::Fanout && self.slow > 0 {
             return Err("--slow applies to --mode fanout only".into());

@@ -153,9 +153,7 @@ impl Dialer {
             ws.send(Message::text(wire::connect(&spec.login))).await?;
             expect(&mut ws, |f| matches!(f, Inbound::Connected)).await?;
             if let Some(room) = &spec.room {
-                ws.send(Message::text(wire::subscribe(room, spec.presence, "sub")))
-                    .await?;
-                expect(&mut ws, |f| matches!(f, Inbound::Receipt { id: b"sub" })).await?;
+                subscribe(&mut ws, 0, room, spec.presence).await?;
             }
             Ok(ws)
         };
@@ -176,6 +174,23 @@ pub struct Spec {
     pub room: Option<String>,
     pub presence: bool,
     pub recv_buffer: Option<u32>,
+}
+
+/// SUBSCRIBEs `id` to `room` and waits for the receipt.
+pub async fn subscribe(
+    ws: &mut Ws,
+    id: usize,
+    room: &str,
+    presence: bool,
+) -> Result<(), ConnError> {
+    let receipt = format!("sub-{id}");
+    ws.send(Message::text(wire::subscribe(id, room, presence, &receipt)))
+        .await?;
+    expect(
+        ws,
+        |f| matches!(f, Inbound::Receipt { id } if *id == receipt.as_bytes()),
+    )
+    .await
 }
 
 /// The bytes of a text or binary WebSocket message.

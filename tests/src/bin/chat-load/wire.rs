@@ -99,10 +99,10 @@ pub fn connect(login: &str) -> String {
     format!("CONNECT\naccept-version:1.2\nhost:localhost\nlogin:{login}\nheart-beat:0,0\n\n\0")
 }
 
-/// SUBSCRIBE to a room's topic, confirmed by RECEIPT `receipt`.
-pub fn subscribe(room: &str, presence: bool, receipt: &str) -> String {
+/// SUBSCRIBE `id` to a room's topic, confirmed by RECEIPT `receipt`.
+pub fn subscribe(id: usize, room: &str, presence: bool, receipt: &str) -> String {
     format!(
-        "SUBSCRIBE\nid:0\ndestination:/topic/room/{room}\nx-presence:{presence}\nreceipt:{receipt}\n\n\0"
+        "SUBSCRIBE\nid:{id}\ndestination:/topic/room/{room}\nx-presence:{presence}\nreceipt:{receipt}\n\n\0"
     )
 }
 
@@ -233,7 +233,8 @@ mod tests {
         assert_eq!(c.header("login"), Some("load-sub-1"));
         assert_eq!(c.header("heart-beat"), Some("0,0"));
 
-        let s = decode(&subscribe("load-1-0", false, "s"));
+        let s = decode(&subscribe(3, "load-1-0", false, "s"));
+        assert_eq!(s.header("id"), Some("3"));
         assert_eq!(s.header("destination"), Some("/topic/room/load-1-0"));
         assert_eq!(s.header("x-presence"), Some("false"));
         assert_eq!(s.header("receipt"), Some("s"));

@@ -216,7 +216,8 @@ pub async fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
         connections: (args.clients + args.slow + args.publishers) as u64,
         connect_seconds,
         slow,
-        failures: publish_errors.len() as u64 + subscribers_closed,
+        connect_errors: 0,
+        dropped: publish_errors.len() as u64 + subscribers_closed,
     })
 }
 

@@ -71,7 +71,8 @@ pub async fn run(args: &Args, ctx: &Ctx, hold: Duration) -> anyhow::Result<Outco
     Ok(Outcome {
         connections,
         connect_seconds,
-        failures: failed.count + closed.load(Ordering::Relaxed),
+        connect_errors: failed.count,
+        dropped: closed.load(Ordering::Relaxed),
         ..Outcome::default()
     })
 }

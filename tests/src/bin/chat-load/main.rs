@@ -99,6 +99,7 @@ pub struct Args {
     threads: usize,
     /// Write the results as JSON here.
     #[arg(long)]
+    #[serde(skip)]
     json: Option<String>,
 }
 

@@ -42,6 +42,93 @@ const SLOW_RECV_BUFFER: u32 = 16 << 10;
 
 pub async fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
     let rooms: Arc<[String]> = (0..args.rooms).map(|r| ctx.room_name(r)).collect();
+    let conns = connect(args, ctx, &rooms).await?;
+    eprintln!(
+        "{} subscribers ({} slow) in {} room(s) on {} instance(s), {} publisher(s), connected in {:.2}s",
+        args.clients,
+        args.slow,
+        rooms.len(),
+        ctx.urls.len(),
+        args.publishers,
+        conns.connect_seconds,
+    );
+
+    let stop = CancellationToken::new();
+    let received = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut subs = JoinSet::new();
+    for ws in conns.subscribers {
+        subs.spawn(subscribe(
+            ws,
+            args.publishers,
+            ctx.start,
+            stop.clone(),
+            received.clone(),
+        ));
+    }
+    let progress = ProgressLine::spawn(ctx.start, {
+        let (sent, received) = (sent.clone(), received.clone());
+        let (mut last_sent, mut last_received) = (0, 0);
+        move || {
+            let (s, r) = (
+                sent.load(Ordering::Relaxed),
+                received.load(Ordering::Relaxed),
+            );
+            let line = format!(
+                "sent/s={:>8} deliveries/s={:>9}",
+                s - last_sent,
+                r - last_received
+            );
+            (last_sent, last_received) = (s, r);
+            line
+        }
+    });
+
+    let publish_start = Instant::now();
+    let published = publish(args, ctx, &rooms, conns.publishers, publish_start, sent).await?;
+    let published_for = publish_start.elapsed();
+    // Subscribers end by themselves once every DONE arrived; the drain bounds the wait.
+    let (totals, subscribers_closed) =
+        collect(subs, &stop, Duration::from_secs_f64(args.drain)).await;
+    progress.stop().await;
+
+    let slow = check_slow(conns.slow).await;
+    for e in &published.errors {
+        eprintln!("chat-load: publisher failed: {e}");
+    }
+    if subscribers_closed > 0 {
+        eprintln!("chat-load: the server closed {subscribers_closed} subscriber(s)");
+    }
+    let sent_per_room = &published.sent_per_room;
+    Ok(Outcome {
+        published: sent_per_room.iter().sum(),
+        expected: sent_per_room
+            .iter()
+            .zip(&conns.in_room)
+            .map(|(s, n)| s * n)
+            .sum(),
+        totals,
+        published_for,
+        connections: (args.clients + args.slow + args.publishers) as u64,
+        connect_seconds: conns.connect_seconds,
+        slow,
+        connect_errors: 0,
+        dropped: published.errors.len() as u64 + subscribers_closed,
+    })
+}
+
+/// Every connection of a fan-out run, subscribed.
+struct Connections {
+    subscribers: Vec<Ws>,
+    /// Subscribers per room.
+    in_room: Vec<u64>,
+    /// Time to open and subscribe the subscribers.
+    connect_seconds: f64,
+    slow: Vec<Ws>,
+    publishers: Vec<Ws>,
+}
+
+async fn connect(args: &Args, ctx: &Ctx, rooms: &[String]) -> anyhow::Result<Connections> {
     let connect_start = Instant::now();
     let subscribers = open(
         args,
@@ -74,7 +161,7 @@ pub async fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
         }),
     )
     .await?;
-    let publishers = open(
+    let mut publishers = open(
         args,
         ctx,
         (0..args.publishers).map(|p| Spec {
@@ -87,7 +174,6 @@ pub async fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
         }),
     )
     .await?;
-    let mut publishers = publishers;
     if args.echo {
         for ws in &mut publishers {
             for (r, room) in rooms.iter().enumerate() {
@@ -95,48 +181,31 @@ pub async fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
             }
         }
     }
-    eprintln!(
-        "{} subscribers ({} slow) in {} room(s) on {} instance(s), {} publisher(s), connected in {connect_seconds:.2}s",
-        args.clients,
-        args.slow,
-        rooms.len(),
-        ctx.urls.len(),
-        args.publishers,
-    );
+    Ok(Connections {
+        subscribers,
+        in_room,
+        connect_seconds,
+        slow,
+        publishers,
+    })
+}
 
-    let stop = CancellationToken::new();
-    let received = Arc::new(AtomicU64::new(0));
-    let sent = Arc::new(AtomicU64::new(0));
-    let mut subs = JoinSet::new();
-    for ws in subscribers {
-        subs.spawn(subscribe(
-            ws,
-            args.publishers,
-            ctx.start,
-            stop.clone(),
-            received.clone(),
-        ));
-    }
-    let progress = ProgressLine::spawn(ctx.start, {
-        let (sent, received) = (sent.clone(), received.clone());
-        let (mut last_sent, mut last_received) = (0, 0);
-        move || {
-            let (s, r) = (
-                sent.load(Ordering::Relaxed),
-                received.load(Ordering::Relaxed),
-            );
-            let line = format!(
-                "sent/s={:>8} deliveries/s={:>9}",
-                s - last_sent,
-                r - last_received
-            );
-            (last_sent, last_received) = (s, r);
-            line
-        }
-    });
+/// What all publishers did together.
+struct PublishTotals {
+    sent_per_room: Vec<u64>,
+    errors: Vec<ConnError>,
+}
 
-    let publish_start = Instant::now();
-    let deadline = publish_start + Duration::from_secs_f64(args.duration);
+/// Runs every publisher for `--duration` from `start`, then waits for their closing receipts.
+async fn publish(
+    args: &Args,
+    ctx: &Ctx,
+    rooms: &Arc<[String]>,
+    publishers: Vec<Ws>,
+    start: Instant,
+    sent: Arc<AtomicU64>,
+) -> anyhow::Result<PublishTotals> {
+    let deadline = start + Duration::from_secs_f64(args.duration);
     let pace = if args.rate > 0.0 {
         Pace::Every(Duration::from_secs_f64(args.publishers as f64 / args.rate))
     } else {
@@ -159,66 +228,57 @@ pub async fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
         };
         pubs.spawn(publisher.run(ws));
     }
-    let mut sent_per_room = vec![0u64; rooms.len()];
-    let mut publish_errors = Vec::new();
+    let mut totals = PublishTotals {
+        sent_per_room: vec![0; rooms.len()],
+        errors: Vec::new(),
+    };
     while let Some(joined) = pubs.join_next().await {
         let r = joined.map_err(|e| anyhow::anyhow!("a publisher task failed: {e}"))?;
-        for (total, n) in sent_per_room.iter_mut().zip(&r.sent) {
+        for (total, n) in totals.sent_per_room.iter_mut().zip(&r.sent) {
             *total += n;
         }
-        if let Some(e) = r.error {
-            publish_errors.push(e);
-        }
+        totals.errors.extend(r.error);
     }
-    let published_for = publish_start.elapsed();
+    Ok(totals)
+}
 
-    // Subscribers end by themselves once every DONE arrived; the drain bounds the wait.
-    let drain_until = tokio::time::Instant::now() + Duration::from_secs_f64(args.drain);
+/// Adds up the subscribers' stats as they end, stopping the rest after `drain`; the totals and
+/// how many the server closed.
+async fn collect(
+    mut subs: JoinSet<SubOutcome>,
+    stop: &CancellationToken,
+    drain: Duration,
+) -> (Totals, u64) {
+    let drain_until = tokio::time::Instant::now() + drain;
     let mut totals = Totals::default();
-    let mut subscribers_closed = 0u64;
-    let mut collect = |r: Result<SubOutcome, tokio::task::JoinError>| match r {
-        Ok(o) => {
-            totals.add(&o.stats);
-            subscribers_closed += u64::from(o.closed);
-        }
-        Err(e) => eprintln!("chat-load: a subscriber task failed: {e}"),
-    };
+    let mut closed = 0u64;
     loop {
-        match tokio::time::timeout_at(drain_until, subs.join_next()).await {
-            Ok(Some(r)) => collect(r),
-            Ok(None) => break,
-            Err(_) => {
+        let next = if stop.is_cancelled() {
+            Some(subs.join_next().await)
+        } else {
+            tokio::time::timeout_at(drain_until, subs.join_next())
+                .await
+                .ok()
+        };
+        let joined = match next {
+            Some(Some(joined)) => joined,
+            Some(None) => break,
+            // Time is up: the rest stop now and hand back what they have.
+            None => {
                 stop.cancel();
-                while let Some(r) = subs.join_next().await {
-                    collect(r);
-                }
-                break;
+                continue;
             }
+        };
+        match joined {
+            Ok(o) => {
+                totals.add(&o.stats);
+                closed += u64::from(o.closed);
+            }
+            Err(e) => eprintln!("chat-load: a subscriber task failed: {e}"),
         }
     }
     stop.cancel();
-    progress.stop().await;
-
-    let slow = check_slow(slow).await;
-    for e in &publish_errors {
-        eprintln!("chat-load: publisher failed: {e}");
-    }
-    if subscribers_closed > 0 {
-        eprintln!("chat-load: the server closed {subscribers_closed} subscriber(s)");
-    }
-    let published: u64 = sent_per_room.iter().sum();
-    let expected: u64 = sent_per_room.iter().zip(&in_room).map(|(s, n)| s * n).sum();
-    Ok(Outcome {
-        published,
-        expected,
-        totals,
-        published_for,
-        connections: (args.clients + args.slow + args.publishers) as u64,
-        connect_seconds,
-        slow,
-        connect_errors: 0,
-        dropped: publish_errors.len() as u64 + subscribers_closed,
-    })
+    (totals, closed)
 }
 
 /// Opens `specs`; any failure fails the run (a missing subscriber would skew every count).

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 
 use crate::stomp::{self, Command, Frame};
@@ -148,7 +148,7 @@ struct RoomBody<'a> {
 pub struct RoomEvent {
     pub record: EventRecord,
     /// The MESSAGE frame without its command line and `subscription` header.
-    wire: Bytes,
+    wire: Box<str>,
 }
 
 impl RoomEvent {
@@ -190,9 +190,10 @@ impl RoomEvent {
         &self.record.room_id
     }
 
-    /// The bytes of this event's MESSAGE frame for one subscription.
-    pub fn frame_for(&self, subscription: &str, out: &mut BytesMut) {
-        write_with_subscription(&self.wire, subscription, out);
+    /// This event's MESSAGE frame for one subscription. A `String`, so the WebSocket text
+    /// message is made from it without checking its UTF-8 again for every subscriber.
+    pub fn frame_for(&self, subscription: &str) -> String {
+        with_subscription(&self.wire, subscription)
     }
 }
 
@@ -228,7 +229,7 @@ struct DirectBody<'a> {
 #[derive(Debug)]
 pub struct DirectEvent {
     pub record: DirectRecord,
-    wire: Bytes,
+    wire: Box<str>,
 }
 
 impl DirectEvent {
@@ -253,8 +254,8 @@ impl DirectEvent {
         Arc::new(DirectEvent { record, wire })
     }
 
-    pub fn frame_for(&self, subscription: &str, out: &mut BytesMut) {
-        write_with_subscription(&self.wire, subscription, out);
+    pub fn frame_for(&self, subscription: &str) -> String {
+        with_subscription(&self.wire, subscription)
     }
 }
 
@@ -266,7 +267,7 @@ fn message_wire<const N: usize>(
     extra: [(&'static str, String); N],
     user_headers: &[(String, String)],
     body: Vec<u8>,
-) -> Bytes {
+) -> Box<str> {
     let mut frame = Frame::new(Command::Message)
         .with_header("destination", destination)
         .with_header("message-id", id)
@@ -280,20 +281,22 @@ fn message_wire<const N: usize>(
     tail_of(&frame.with_body(body))
 }
 
-/// Encodes `frame` and keeps everything after its command line.
-fn tail_of(frame: &Frame) -> Bytes {
+/// Encodes `frame` and keeps everything after its command line, as text (checked once here:
+/// the headers are `str`s and the body is serialized JSON).
+fn tail_of(frame: &Frame) -> Box<str> {
     let mut buf = BytesMut::with_capacity(256 + frame.body.len());
     stomp::encode(frame, &mut buf);
     let skip = buf.iter().position(|b| *b == b'\n').map_or(0, |p| p + 1);
-    buf.freeze().slice(skip..)
+    String::from_utf8_lossy(&buf[skip..]).into()
 }
 
-fn write_with_subscription(tail: &[u8], subscription: &str, out: &mut BytesMut) {
-    out.reserve(24 + subscription.len() + tail.len());
-    out.extend_from_slice(b"MESSAGE\nsubscription:");
-    stomp::headers::escape_into(subscription, out);
-    out.extend_from_slice(b"\n");
-    out.extend_from_slice(tail);
+fn with_subscription(tail: &str, subscription: &str) -> String {
+    let mut out = String::with_capacity(24 + subscription.len() + tail.len());
+    out.push_str("MESSAGE\nsubscription:");
+    stomp::headers::escape_into_string(subscription, &mut out);
+    out.push('\n');
+    out.push_str(tail);
+    out
 }
 
 /// The body of a SEND (or REST publish): JSON `{"content": "...", "type": "CHAT"}` or plain text.
@@ -388,8 +391,7 @@ mod tests {
     #[test]
     fn a_room_event_frame_decodes_with_every_contract_header_and_body_field() {
         let ev = RoomEvent::new(record(7));
-        let mut out = BytesMut::new();
-        ev.frame_for("sub:0", &mut out);
+        let mut out = BytesMut::from(ev.frame_for("sub:0").as_bytes());
         let mut dec = stomp::Decoder::new(stomp::Limits::default());
         let Some(stomp::Decoded::Frame(f)) = dec.decode(&mut out).unwrap() else {
             panic!("no frame")

@@ -98,9 +98,7 @@ impl Server {
         };
         let app = AppState::new(config, services)?;
         let addr = app.config.listen_addr;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::Bind { addr, source })?;
+        let listener = listen(addr).map_err(|source| ServerError::Bind { addr, source })?;
         Ok(Server { listener, app })
     }
 
@@ -160,3 +158,19 @@ impl Server {
         served.map_err(ServerError::Serve)
     }
 }
+
+/// Binds the listening socket with a backlog of [`LISTEN_BACKLOG`] (capped by the kernel's
+/// `somaxconn`); the default of the standard library and mio is 128, which drops SYNs during a
+/// reconnect storm and makes those clients wait a second for the retry.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+const LISTEN_BACKLOG: u32 = 4096;

@@ -19,6 +19,10 @@ use crate::server::AppState;
 
 /// The chat page, built into the binary: it needs nothing from the network.
 const INDEX_HTML: &str = include_str!("../../static/index.html");
+/// WebSocket read buffer per connection (client frames are small; larger ones take more reads).
+const READ_BUFFER: usize = 4096;
+/// Bytes of frames gathered before a write; a flush writes whatever is gathered.
+const WRITE_BUFFER: usize = 16 * 1024;
 
 pub fn router(app: Arc<AppState>) -> Router {
     let body_limit = app.config.max_frame_bytes;
@@ -132,8 +136,11 @@ async fn websocket(
         // after reading it whole; only far larger messages fail in the transport.
         .max_message_size(transport_limit(max))
         .max_frame_size(transport_limit(max))
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
+        // Small per-connection buffers: most connections are idle most of the time.
+        .read_buffer_size(READ_BUFFER)
+        // Frames are fed in batches and flushed once: buffered, a batch goes out in one write
+        // instead of one `sendto` per frame.
+        .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| {
             tracker.track_future(async move {
                 let _guard = guard;

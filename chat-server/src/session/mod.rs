@@ -1092,9 +1092,7 @@ impl Conn {
                             &mut self.outgoing,
                             &self.app.metrics,
                             std::slice::from_ref(sub),
-                            |s, b| {
-                                ev.frame_for(s, b);
-                            },
+                            |s| ev.frame_for(s),
                         );
                     }
                 }
@@ -1112,12 +1110,9 @@ impl Conn {
             return;
         };
         for ev in &events {
-            deliver(
-                &mut self.outgoing,
-                &self.app.metrics,
-                &state.subs,
-                |s, b| ev.frame_for(s, b),
-            );
+            deliver(&mut self.outgoing, &self.app.metrics, &state.subs, |s| {
+                ev.frame_for(s)
+            });
         }
         if let Some((after, until)) = gap {
             self.start_fill(room, after, until);
@@ -1132,14 +1127,9 @@ impl Conn {
                 };
                 match state.seq.offer(&ev) {
                     Verdict::Deliver => {
-                        deliver(
-                            &mut self.outgoing,
-                            &self.app.metrics,
-                            &state.subs,
-                            |s, b| {
-                                ev.frame_for(s, b);
-                            },
-                        );
+                        deliver(&mut self.outgoing, &self.app.metrics, &state.subs, |s| {
+                            ev.frame_for(s)
+                        });
                     }
                     Verdict::Duplicate => {}
                     Verdict::Held => {
@@ -1158,9 +1148,7 @@ impl Conn {
                     &mut self.outgoing,
                     &self.app.metrics,
                     &self.user_subs,
-                    |s, b| {
-                        ev.frame_for(s, b);
-                    },
+                    |s| ev.frame_for(s),
                 );
             }
         }
@@ -1286,13 +1274,12 @@ fn deliver(
     outgoing: &mut Vec<Message>,
     metrics: &Metrics,
     subs: &[Arc<str>],
-    frame_for: impl Fn(&str, &mut BytesMut),
+    frame_for: impl Fn(&str) -> String,
 ) {
     for sub in subs {
-        let mut buf = BytesMut::new();
-        frame_for(sub, &mut buf);
-        push_frame(outgoing, metrics, buf.freeze());
+        outgoing.push(Message::Text(frame_for(sub).into()));
     }
+    metrics.frames_sent.inc_by(subs.len() as u64);
     metrics.deliveries.inc_by(subs.len() as u64);
 }
 

@@ -28,6 +28,23 @@ pub fn escape_into(text: &str, out: &mut BytesMut) {
     }
 }
 
+/// [`escape_into`] for text being built as a `String`.
+pub fn escape_into_string(text: &str, out: &mut String) {
+    if !text.bytes().any(needs_escape) {
+        out.push_str(text);
+        return;
+    }
+    for c in text.chars() {
+        match c {
+            '\r' => out.push_str("\\r"),
+            '\n' => out.push_str("\\n"),
+            ':' => out.push_str("\\c"),
+            '\\' => out.push_str("\\\\"),
+            other => out.push(other),
+        }
+    }
+}
+
 /// Writes `text` to `out` unescaped (CONNECT/CONNECTED). CR and LF, and a colon in a name, are
 /// written as spaces, since they cannot be represented.
 pub fn write_verbatim(text: &str, is_name: bool, out: &mut BytesMut) {

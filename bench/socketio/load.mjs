@@ -286,6 +286,9 @@ async function fanout() {
   const roomNames = Array.from({ length: rooms }, (_, r) => roomName(r));
   const pubStart = nowUs();
   const deadline = pubStart + args.duration * 1e6;
+  // Markers for scripts/bench, which reads the servers' CPU time at each.
+  process.stdout.write('PUBLISH start\n');
+  const endMarker = setTimeout(() => process.stdout.write('PUBLISH end\n'), args.duration * 1000);
   const everyUs = args.rate > 0 ? (1e6 * publishers) / args.rate : 0;
 
   let lastTotal = 0;

@@ -20,7 +20,7 @@ use crate::server::AppState;
 /// The chat page, built into the binary: it needs nothing from the network.
 const INDEX_HTML: &str = include_str!("../../static/index.html");
 /// WebSocket read buffer per connection (client frames are small; larger ones take more reads).
-const READ_BUFFER: usize = 4096;
+const READ_BUFFER: usize = 512;
 /// Bytes of frames gathered before a write; a flush writes whatever is gathered.
 const WRITE_BUFFER: usize = 16 * 1024;
 

@@ -261,11 +261,18 @@ async fn run_inner<S>(
     let tick: Sleep = tokio::time::sleep_until(c.next_deadline());
     tokio::pin!(tick);
     let drain = c.app.drain.clone();
+    // Made once and polled again on every turn: a fresh waiter per turn would lock the shared
+    // drain token's waiter list twice per delivery in every session.
+    let kill = c.kill.clone();
+    let killed = kill.wait();
+    tokio::pin!(killed);
+    let drained = drain.cancelled();
+    tokio::pin!(drained);
+    let (mut kill_seen, mut drain_seen) = (false, false);
 
     loop {
         c.pump();
         if !c.outgoing.is_empty() {
-            let kill = c.kill.clone();
             tokio::select! {
                 biased;
                 ok = write_all(&mut socket, &mut c.outgoing) => if ok {
@@ -274,7 +281,10 @@ async fn run_inner<S>(
                     c.closing = Some(Close::Abort);
                 },
                 // Blocked on a client that does not read while its queue overflowed.
-                () = kill.wait() => c.slow_consumer(),
+                () = &mut killed, if !kill_seen => {
+                    kill_seen = true;
+                    c.slow_consumer();
+                }
             }
         }
         if let Some(how) = c.closing {
@@ -288,8 +298,12 @@ async fn run_inner<S>(
         }
         tokio::select! {
             biased;
-            () = c.kill.wait() => c.slow_consumer(),
-            () = drain.cancelled() => {
+            () = &mut killed, if !kill_seen => {
+                kill_seen = true;
+                c.slow_consumer();
+            }
+            () = &mut drained, if !drain_seen => {
+                drain_seen = true;
                 c.closing = Some(Close::Restart);
             }
             done = poll_op(&mut c.op), if c.op.is_some() => {

@@ -85,8 +85,18 @@ pub async fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
     });
 
     let publish_start = Instant::now();
+    // Markers for scripts/bench, which reads the servers' CPU time at each: the publishing
+    // window, without connecting before it or the closing DONE messages after it.
+    println!("PUBLISH start");
+    let window = Duration::from_secs_f64(args.duration);
+    let end_marker = tokio::spawn(async move {
+        tokio::time::sleep(window).await;
+        println!("PUBLISH end");
+    });
     let published = publish(args, ctx, &rooms, conns.publishers, publish_start, sent).await?;
-    let published_for = publish_start.elapsed();
+    // Publishers stop at the deadline; what follows is the DONE round.
+    let published_for = publish_start.elapsed().min(window);
+    let _ = end_marker.await;
     // Subscribers end by themselves once every DONE arrived; the drain bounds the wait.
     let (totals, subscribers_closed) =
         collect(subs, &stop, Duration::from_secs_f64(args.drain)).await;

@@ -261,18 +261,11 @@ async fn run_inner<S>(
     let tick: Sleep = tokio::time::sleep_until(c.next_deadline());
     tokio::pin!(tick);
     let drain = c.app.drain.clone();
-    // Made once and polled again on every turn: a fresh waiter per turn would lock the shared
-    // drain token's waiter list twice per delivery in every session.
-    let kill = c.kill.clone();
-    let killed = kill.wait();
-    tokio::pin!(killed);
-    let drained = drain.cancelled();
-    tokio::pin!(drained);
-    let (mut kill_seen, mut drain_seen) = (false, false);
 
     loop {
         c.pump();
         if !c.outgoing.is_empty() {
+            let kill = c.kill.clone();
             tokio::select! {
                 biased;
                 ok = write_all(&mut socket, &mut c.outgoing) => if ok {
@@ -281,10 +274,7 @@ async fn run_inner<S>(
                     c.closing = Some(Close::Abort);
                 },
                 // Blocked on a client that does not read while its queue overflowed.
-                () = &mut killed, if !kill_seen => {
-                    kill_seen = true;
-                    c.slow_consumer();
-                }
+                () = kill.wait() => c.slow_consumer(),
             }
         }
         if let Some(how) = c.closing {
@@ -298,12 +288,8 @@ async fn run_inner<S>(
         }
         tokio::select! {
             biased;
-            () = &mut killed, if !kill_seen => {
-                kill_seen = true;
-                c.slow_consumer();
-            }
-            () = &mut drained, if !drain_seen => {
-                drain_seen = true;
+            () = c.kill.wait() => c.slow_consumer(),
+            () = drain.cancelled() => {
                 c.closing = Some(Close::Restart);
             }
             done = poll_op(&mut c.op), if c.op.is_some() => {
@@ -514,6 +500,10 @@ impl Conn {
                     return;
                 }
             }
+        }
+        // Most connections are idle most of the time: hold no input buffer between frames.
+        if self.inbuf.is_empty() {
+            self.inbuf = BytesMut::new();
         }
     }
 

@@ -59,6 +59,14 @@ async fn instances(env: &[(&'static str, String)]) -> Vec<ServerProcess> {
     out
 }
 
+/// Three instances on `env` under a steady load for 2 s: ready for the fault.
+async fn under_load(env: &[(&'static str, String)]) -> (Vec<ServerProcess>, Load) {
+    let ps = instances(env).await;
+    let load = Load::start(&urls(&ps)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    (ps, load)
+}
+
 /// What one reader saw: chat messages in arrival order, and presence events.
 #[derive(Default)]
 struct ReaderLog {
@@ -214,6 +222,9 @@ impl Load {
             open.push(c);
         }
         drop(open);
+        println!(
+            "| fault | receipted | lost | duplicates | out of order | longest delivery gap | LEAVEs of the dead instance's sessions | LEAVEs of live sessions |"
+        );
         (logs, receipted)
     }
 }
@@ -413,28 +424,19 @@ fn urls(ps: &[ServerProcess]) -> Vec<String> {
     ps.iter().map(ServerProcess::ws_url).collect()
 }
 
-fn header() {
-    println!(
-        "| fault | receipted | lost | duplicates | out of order | longest delivery gap | LEAVEs of the dead instance's sessions | LEAVEs of live sessions |"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_an_instance_under_load() {
     let _one = SERIAL.lock().await;
     let redis = RedisServer::start(RedisOpts::default());
     let mut env = registry_env();
     env.push(("CHAT_REDIS_URL", redis.url()));
-    let mut ps = instances(&env).await;
-    let load = Load::start(&urls(&ps)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (mut ps, load) = under_load(&env).await;
     let fault = Instant::now();
     ps[2].signal("KILL");
     let _ = ps[2].wait_exit(Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let end = Instant::now();
     let (logs, receipted) = load.finish().await;
-    header();
     let r = judge(
         "instance kill -9",
         &logs,
@@ -462,9 +464,7 @@ async fn sigstop_of_an_instance_past_its_ttl_then_sigcont() {
     let redis = RedisServer::start(RedisOpts::default());
     let mut env = registry_env();
     env.push(("CHAT_REDIS_URL", redis.url()));
-    let ps = instances(&env).await;
-    let load = Load::start(&urls(&ps)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (ps, load) = under_load(&env).await;
     let fault = Instant::now();
     ps[1].signal("STOP");
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -473,7 +473,6 @@ async fn sigstop_of_an_instance_past_its_ttl_then_sigcont() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let end = Instant::now();
     let (logs, receipted) = load.finish().await;
-    header();
     // Readers on the paused instance stayed connected: they too must have everything.
     let all = judge(
         "instance SIGSTOP 3 s + SIGCONT (all readers)",
@@ -523,9 +522,7 @@ async fn redis_master_kill_9_with_sentinel_failover() {
         ("CHAT_REDIS_PASSWORD", PASSWORD.to_owned()),
         ("CHAT_REDIS_WAIT_MS", "10000".to_owned()),
     ]);
-    let ps = instances(&env).await;
-    let load = Load::start(&urls(&ps)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (ps, load) = under_load(&env).await;
     let old = cluster.current_master_port();
     let fault = Instant::now();
     let new = tokio::task::block_in_place(|| {
@@ -542,7 +539,6 @@ async fn redis_master_kill_9_with_sentinel_failover() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let end = Instant::now();
     let (logs, receipted) = load.finish().await;
-    header();
     let r = judge(
         "Redis master kill -9 (Sentinel)",
         &logs,
@@ -565,9 +561,7 @@ async fn redis_restart_without_persistence() {
     let mut redis = RedisServer::start(RedisOpts::default());
     let mut env = registry_env();
     env.push(("CHAT_REDIS_URL", redis.url()));
-    let ps = instances(&env).await;
-    let load = Load::start(&urls(&ps)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (ps, load) = under_load(&env).await;
     let fault = Instant::now();
     tokio::task::block_in_place(|| redis.restart());
     for p in &ps {
@@ -587,7 +581,6 @@ async fn redis_restart_without_persistence() {
         .await
         .unwrap();
     let (logs, receipted) = load.finish().await;
-    header();
     let r = judge(
         "Redis restart (no persistence)",
         &logs,

@@ -533,20 +533,34 @@ async fn redis_master_kill_9_with_sentinel_failover() {
         "master {old} killed; {new} elected after {:?}",
         fault.elapsed()
     );
-    for p in &ps {
-        p.wait_ready(Duration::from_secs(20)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let end = Instant::now();
+    let end = recovered(&ps, fault).await;
     let (logs, receipted) = load.finish().await;
-    let r = judge(
+    judge_redis_fault(
         "Redis master kill -9 (Sentinel)",
         &logs,
         &receipted,
-        &[0, 1, 2],
-        None,
         (fault, end),
     );
+}
+
+/// Waits until every instance is ready again, then 3 s more of load; the end of the window.
+async fn recovered(ps: &[ServerProcess], fault: Instant) -> Instant {
+    for p in ps {
+        p.wait_ready(Duration::from_secs(20)).await;
+    }
+    println!("every instance ready {:?} after the fault", fault.elapsed());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    Instant::now()
+}
+
+/// A Redis fault kills no session: every reader must have everything, and delivery resumes.
+fn judge_redis_fault(
+    fault: &'static str,
+    logs: &[ReaderLog],
+    receipted: &[Vec<String>],
+    window: (Instant, Instant),
+) {
+    let r = judge(fault, logs, receipted, &[0, 1, 2], None, window);
     assert_clean(&r, 150);
     assert!(
         r.longest_gap < Duration::from_secs(10),
@@ -564,15 +578,7 @@ async fn redis_restart_without_persistence() {
     let (ps, load) = under_load(&env).await;
     let fault = Instant::now();
     tokio::task::block_in_place(|| redis.restart());
-    for p in &ps {
-        p.wait_ready(Duration::from_secs(20)).await;
-    }
-    println!(
-        "Redis back and every instance ready after {:?}",
-        fault.elapsed()
-    );
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let end = Instant::now();
+    let end = recovered(&ps, fault).await;
     // Every instance put its sessions' presence back into the empty Redis.
     let members: serde_json::Value = reqwest::get(ps[0].url("/api/rooms/chaos/presence"))
         .await
@@ -581,15 +587,12 @@ async fn redis_restart_without_persistence() {
         .await
         .unwrap();
     let (logs, receipted) = load.finish().await;
-    let r = judge(
+    judge_redis_fault(
         "Redis restart (no persistence)",
         &logs,
         &receipted,
-        &[0, 1, 2],
-        None,
         (fault, end),
     );
-    assert_clean(&r, 150);
     assert_eq!(
         members["members"].as_array().map(Vec::len),
         Some(3 * READERS),

@@ -175,10 +175,6 @@ def start_socketio(name, workdir, redis_port):
     return proc
 
 
-def redis_cpu_seconds(redis):
-    return redis.cpu_seconds()
-
-
 def tempdir(prefix):
     return tempfile.mkdtemp(prefix=prefix)
 

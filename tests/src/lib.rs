@@ -168,11 +168,7 @@ impl Client {
     pub async fn try_login(url: &str, login: &str, wait: Duration) -> Option<Client> {
         let attempt = async {
             let mut c = Client::open_with(url, &["v12.stomp"], None).await.ok()?;
-            let f = Frame::new(Command::Connect)
-                .with_header("accept-version", "1.2")
-                .with_header("host", "localhost")
-                .with_header("login", login);
-            c.send_frame(&f).await;
+            c.send_frame(&connect_frame(&[("login", login)])).await;
             let reply = c.read_raw().await?;
             (reply.command == Command::Connected).then_some(c)
         };
@@ -180,13 +176,7 @@ impl Client {
     }
 
     pub async fn stomp_connect(&mut self, headers: &[(&str, &str)]) -> Frame {
-        let mut f = Frame::new(Command::Connect)
-            .with_header("accept-version", "1.2")
-            .with_header("host", "localhost");
-        for (k, v) in headers {
-            f = f.with_header(*k, *v);
-        }
-        self.send_frame(&f).await;
+        self.send_frame(&connect_frame(headers)).await;
         self.next_frame().await.expect("a reply to CONNECT")
     }
 
@@ -445,6 +435,17 @@ impl Client {
             .await;
         self.wait_receipt(r).await;
     }
+}
+
+/// A STOMP 1.2 CONNECT with `headers` added.
+fn connect_frame(headers: &[(&str, &str)]) -> Frame {
+    let mut f = Frame::new(Command::Connect)
+        .with_header("accept-version", "1.2")
+        .with_header("host", "localhost");
+    for (k, v) in headers {
+        f = f.with_header(*k, *v);
+    }
+    f
 }
 
 pub fn body(f: &Frame) -> serde_json::Value {

@@ -67,21 +67,58 @@ async fn under_load(env: &[(&'static str, String)]) -> (Vec<ServerProcess>, Load
     (ps, load)
 }
 
-/// What one reader saw: chat messages in arrival order, and presence events.
+/// A chat message as one reader got it.
+struct Chat {
+    text: String,
+    at: Instant,
+    offset: u64,
+    epoch: String,
+}
+
+/// A JOIN or LEAVE as one reader got it.
+struct PresenceEvent {
+    kind: String,
+    user: String,
+    offset: u64,
+    server: String,
+}
+
+/// What one reader saw: chat messages and presence events, each in arrival order.
 #[derive(Default)]
 struct ReaderLog {
     instance: usize,
     user: String,
-    chats: Vec<(String, Instant)>,
-    /// `offset@epoch` of each chat message, beside `chats`.
-    positions: Vec<String>,
-    leaves: Vec<String>,
+    chats: Vec<Chat>,
     /// SYSTEM messages (history not recoverable from a position).
     system: Vec<String>,
-    /// Every JOIN and LEAVE in arrival order, for the failure messages.
-    presence: Vec<String>,
+    presence: Vec<PresenceEvent>,
     /// The connection ended before the run did.
     ended: bool,
+}
+
+impl std::fmt::Display for PresenceEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} @{} (server {})",
+            self.kind, self.user, self.offset, self.server
+        )
+    }
+}
+
+impl ReaderLog {
+    /// The JOINs and LEAVEs it saw, one per line, for failure messages.
+    fn presence_lines(&self) -> String {
+        self.presence.iter().map(|p| format!("\n  {p}")).collect()
+    }
+
+    /// LEAVE events for `user`.
+    fn leaves_of(&self, user: &str) -> usize {
+        self.presence
+            .iter()
+            .filter(|p| p.kind == "LEAVE" && p.user == user)
+            .count()
+    }
 }
 
 /// Reads until `stop`; returns what it saw and the still open connection (dropping it here would
@@ -106,32 +143,23 @@ async fn reader(
             }
             Ok(Some(f)) if f.command == Command::Message => {
                 let ev = body(&f);
-                let who = ev["sender"]["id"].as_str().unwrap_or_default().to_owned();
+                let offset = ev["offset"].as_u64().unwrap_or_default();
                 match ev["type"].as_str() {
-                    Some(t @ ("LEAVE" | "JOIN")) => {
-                        log.presence.push(format!(
-                            "{t} {who} @{} (server {})",
-                            ev["offset"], ev["serverId"]
-                        ));
-                        if t == "LEAVE" {
-                            log.leaves.push(who);
-                        }
-                    }
-                    Some("SYSTEM") => log.system.push(format!(
-                        "{} at {}@{}",
-                        ev["content"],
-                        f.header("x-offset").unwrap_or("?"),
-                        f.header("x-epoch").unwrap_or("?")
-                    )),
-                    _ => {
-                        log.chats
-                            .push((ev["content"].as_str().unwrap().to_owned(), Instant::now()));
-                        log.positions.push(format!(
-                            "{}@{}",
-                            f.header("x-offset").unwrap_or("?"),
-                            f.header("x-epoch").unwrap_or("?")
-                        ));
-                    }
+                    Some(kind @ ("LEAVE" | "JOIN")) => log.presence.push(PresenceEvent {
+                        kind: kind.to_owned(),
+                        user: ev["sender"]["id"].as_str().unwrap_or_default().to_owned(),
+                        offset,
+                        server: ev["serverId"].as_str().unwrap_or_default().to_owned(),
+                    }),
+                    Some("SYSTEM") => log
+                        .system
+                        .push(format!("{} at {offset}@{}", ev["content"], ev["epoch"])),
+                    _ => log.chats.push(Chat {
+                        text: ev["content"].as_str().unwrap().to_owned(),
+                        at: Instant::now(),
+                        offset,
+                        epoch: ev["epoch"].as_str().unwrap_or_default().to_owned(),
+                    }),
                 }
             }
             Ok(Some(_)) => {}
@@ -290,15 +318,14 @@ fn judge(
     for log in logs.iter().filter(|l| watched.contains(&l.instance)) {
         assert!(!log.ended, "reader {} was disconnected", log.user);
         let mut count: HashMap<&str, usize> = HashMap::new();
-        for (t, _) in &log.chats {
-            *count.entry(t.as_str()).or_default() += 1;
+        for c in &log.chats {
+            *count.entry(c.text.as_str()).or_default() += 1;
         }
         let dups: Vec<String> = log
             .chats
             .iter()
-            .zip(&log.positions)
-            .filter(|((t, _), _)| count[t.as_str()] > 1)
-            .map(|((t, _), p)| format!("{t} at {p}"))
+            .filter(|c| count[c.text.as_str()] > 1)
+            .map(|c| format!("{} at {}@{}", c.text, c.offset, c.epoch))
             .collect();
         if !dups.is_empty() {
             println!("reader {} got duplicates: {dups:?}", log.user);
@@ -314,26 +341,20 @@ fn judge(
             .collect();
         if let Some(first) = lost.first() {
             // Where the others got it, and what this reader got around that offset.
-            let at = logs
+            let (offset, epoch) = logs
                 .iter()
-                .find_map(|l| {
-                    l.chats
-                        .iter()
-                        .position(|c| &c.0 == **first)
-                        .map(|i| l.positions[i].clone())
-                })
+                .flat_map(|l| &l.chats)
+                .find(|c| &c.text == **first)
+                .map(|c| (c.offset, c.epoch.as_str()))
                 .unwrap_or_default();
-            let offset: u64 = at.split('@').next().unwrap_or("0").parse().unwrap_or(0);
-            let near: Vec<&String> = log
-                .positions
+            let near: Vec<String> = log
+                .chats
                 .iter()
-                .filter(|p| {
-                    let o: u64 = p.split('@').next().unwrap_or("0").parse().unwrap_or(0);
-                    o + 3 >= offset && o <= offset + 3
-                })
+                .filter(|c| c.offset + 3 >= offset && c.offset <= offset + 3)
+                .map(|c| format!("{}@{}", c.offset, c.epoch))
                 .collect();
             println!(
-                "reader {} (instance {}) lost {} receipted: {:?}; the first was {at} elsewhere; this reader got {near:?} around it; SYSTEM messages: {:?}",
+                "reader {} (instance {}) lost {} receipted: {:?}; the first was {offset}@{epoch} elsewhere; this reader got {near:?} around it; SYSTEM messages: {:?}",
                 log.user,
                 log.instance,
                 lost.len(),
@@ -348,7 +369,7 @@ fn judge(
             let arrived: Vec<&String> = log
                 .chats
                 .iter()
-                .map(|(t, _)| t)
+                .map(|c| &c.text)
                 .filter(|t| wanted.contains(t))
                 .collect();
             let seq = |t: &str| -> u64 { t.rsplit('-').next().unwrap().parse().unwrap() };
@@ -362,7 +383,7 @@ fn judge(
             .chain(
                 log.chats
                     .iter()
-                    .map(|c| c.1)
+                    .map(|c| c.at)
                     .filter(|t| *t >= window.0 && *t <= window.1),
             )
             .collect();
@@ -373,17 +394,17 @@ fn judge(
             .unwrap_or(window.1 - window.0);
         report.longest_gap = report.longest_gap.max(gap);
         for u in &dead_users {
-            dead_leave_counts.push(log.leaves.iter().filter(|l| *l == u).count());
+            dead_leave_counts.push(log.leaves_of(u));
         }
         report.leaves_of_live += log
-            .leaves
+            .presence
             .iter()
-            .filter(|l| !dead_users.contains(*l))
+            .filter(|p| p.kind == "LEAVE" && !dead_users.contains(&p.user))
             .count();
     }
     if dead.is_some() && (dead_leave_counts.iter().any(|n| *n != 1) || report.leaves_of_live > 0) {
         for log in logs.iter().filter(|l| watched.contains(&l.instance)) {
-            println!("{} saw {:#?}", log.user, log.presence);
+            println!("{} saw:{}", log.user, log.presence_lines());
         }
     }
     if dead.is_some() {
@@ -500,13 +521,15 @@ async fn sigstop_of_an_instance_past_its_ttl_then_sigcont() {
             let after_leave = log
                 .presence
                 .iter()
-                .skip_while(|p| !p.starts_with(&format!("LEAVE {u} ")))
-                .filter(|p| p.starts_with(&format!("JOIN {u} ")))
+                .skip_while(|p| !(p.kind == "LEAVE" && p.user == u))
+                .filter(|p| p.kind == "JOIN" && p.user == u)
                 .count();
             assert_eq!(
-                after_leave, 1,
-                "{} saw {u} come back after SIGCONT with one JOIN: {:#?}",
-                log.user, log.presence
+                after_leave,
+                1,
+                "{} saw {u} come back after SIGCONT with one JOIN:{}",
+                log.user,
+                log.presence_lines()
             );
         }
     }

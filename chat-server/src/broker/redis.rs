@@ -83,6 +83,9 @@ impl Scripts {
 const REAP_BATCH: usize = 1000;
 /// Rooms the REST listing shows at most.
 const MAX_ROOMS: usize = 1000;
+/// Records read per catch-up step.
+const CATCH_UP_BATCH: usize = 1000;
+
 /// After a heartbeat that succeeded at `after` (ms) following one at `before` with more than
 /// two intervals between them, the time until which this instance must not reap: one server
 /// TTL, so every live instance has heartbeated again first. `None` when nothing was missed.
@@ -91,9 +94,6 @@ fn reap_grace(before: u64, after: u64, every: Duration, ttl: Duration) -> Option
     (before > 0 && after > before && after - before > 2 * ms(every))
         .then(|| after.saturating_add(ms(ttl)))
 }
-
-/// Records read per catch-up step.
-const CATCH_UP_BATCH: usize = 1000;
 
 fn unavailable(e: &Error) -> BackendError {
     BackendError::Unavailable(e.to_string())

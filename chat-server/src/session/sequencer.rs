@@ -55,34 +55,26 @@ impl Sequencer {
             return Verdict::Held;
         }
         let off = ev.offset();
-        match &self.last {
-            Some((epoch, last)) if epoch == ev.epoch() => {
-                if off <= *last {
-                    Verdict::Duplicate
-                } else if off == last + 1 {
-                    self.last = Some((epoch.clone(), off));
-                    Verdict::Deliver
-                } else {
-                    let after = *last;
-                    self.held = Some(vec![ev.clone()]);
-                    Verdict::Gap { after, until: off }
-                }
-            }
-            // A new epoch: the room's history was lost and offsets started again at 1. Whatever
-            // of the new epoch came before this event (it may arrive late, from a catch-up
-            // read) is fetched first.
-            Some(_) if off > 1 => {
-                self.last = Some((ev.epoch().to_owned(), 0));
-                self.held = Some(vec![ev.clone()]);
-                Verdict::Gap {
-                    after: 0,
-                    until: off,
-                }
-            }
-            _ => {
-                self.last = Some((ev.epoch().to_owned(), off));
-                Verdict::Deliver
-            }
+        let Some((epoch, last)) = &mut self.last else {
+            self.last = Some((ev.epoch().to_owned(), off));
+            return Verdict::Deliver;
+        };
+        // A new epoch: the room's history was lost and offsets started again at 1. It starts
+        // from 0, so whatever of it came before this event (it may arrive late, from a
+        // catch-up read) is fetched as a gap.
+        if epoch != ev.epoch() {
+            *epoch = ev.epoch().to_owned();
+            *last = 0;
+        }
+        if off <= *last {
+            Verdict::Duplicate
+        } else if off == *last + 1 {
+            *last = off;
+            Verdict::Deliver
+        } else {
+            let after = *last;
+            self.held = Some(vec![ev.clone()]);
+            Verdict::Gap { after, until: off }
         }
     }
 

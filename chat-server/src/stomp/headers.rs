@@ -12,37 +12,30 @@ use super::codec::FrameError;
 
 /// Writes `text` to `out` with the STOMP 1.2 escapes.
 pub fn escape_into(text: &str, out: &mut BytesMut) {
-    let bytes = text.as_bytes();
-    if !bytes.iter().any(|&b| needs_escape(b)) {
-        out.put_slice(bytes);
-        return;
-    }
-    for &b in bytes {
-        match b {
-            b'\r' => out.put_slice(b"\\r"),
-            b'\n' => out.put_slice(b"\\n"),
-            b':' => out.put_slice(b"\\c"),
-            b'\\' => out.put_slice(b"\\\\"),
-            other => out.put_u8(other),
-        }
-    }
+    for_each_escaped(text, |piece| out.put_slice(piece.as_bytes()));
 }
 
 /// [`escape_into`] for text being built as a `String`.
 pub fn escape_into_string(text: &str, out: &mut String) {
-    if !text.bytes().any(needs_escape) {
-        out.push_str(text);
-        return;
+    for_each_escaped(text, |piece| out.push_str(piece));
+}
+
+/// Hands `text` to `push` in pieces with the escapes applied: runs that need none as they are
+/// (all of `text` at once when nothing needs escaping), each escaped byte as its escape.
+fn for_each_escaped(text: &str, mut push: impl FnMut(&str)) {
+    let mut rest = text;
+    // The escaped bytes are ASCII, so every split falls on a character boundary.
+    while let Some(i) = rest.bytes().position(needs_escape) {
+        push(&rest[..i]);
+        push(match rest.as_bytes()[i] {
+            b'\r' => "\\r",
+            b'\n' => "\\n",
+            b':' => "\\c",
+            _ => "\\\\",
+        });
+        rest = &rest[i + 1..];
     }
-    for c in text.chars() {
-        match c {
-            '\r' => out.push_str("\\r"),
-            '\n' => out.push_str("\\n"),
-            ':' => out.push_str("\\c"),
-            '\\' => out.push_str("\\\\"),
-            other => out.push(other),
-        }
-    }
+    push(rest);
 }
 
 /// Writes `text` to `out` unescaped (CONNECT/CONNECTED). CR and LF, and a colon in a name, are

@@ -389,3 +389,87 @@ async fn a_retried_publish_of_the_same_message_is_stored_and_delivered_once() {
     assert_eq!(page.events.len(), 2);
     assert_eq!(page.info.last_offset, 2, "no offset was spent on the retry");
 }
+
+/// SENDs that arrive together (here: in one WebSocket message) go to Redis as one pipeline.
+fn sends(range: std::ops::Range<usize>, dest: impl Fn(usize) -> String) -> Vec<u8> {
+    use chat_server::stomp::{Command, Frame, encode};
+    let mut out = bytes::BytesMut::new();
+    for i in range {
+        let f = Frame::new(Command::Send)
+            .with_header("destination", dest(i))
+            .with_header("receipt", format!("r{i}"))
+            .with_body(format!("m{i}").into_bytes());
+        encode(&f, &mut out);
+    }
+    out.to_vec()
+}
+
+#[tokio::test]
+async fn sends_that_arrive_together_are_one_pipeline_receipted_and_delivered_in_order() {
+    let redis = RedisServer::start(RedisOpts::default());
+    let e = env(&redis);
+    let (a, b) = (instance("a", &e).await, instance("b", &e).await);
+    let mut reader = Client::login(&b.ws_url(), "reader").await;
+    reader.subscribe("0", ROOM, &[QUIET]).await;
+    let mut p = Client::login(&a.ws_url(), "p").await;
+    // Not warmed up: the first pipeline meets NOSCRIPT, loads the script and goes again.
+    p.send_raw(&sends(0..40, |_| SEND.to_owned())).await;
+    for i in 0..40 {
+        let f = p.next_frame().await.expect("a receipt");
+        assert_eq!(
+            f.header("receipt-id"),
+            Some(format!("r{i}").as_str()),
+            "{f:?}"
+        );
+    }
+    redis.cli(&["SCRIPT", "FLUSH"]);
+    p.send_raw(&sends(40..80, |_| SEND.to_owned())).await;
+    for i in 40..80 {
+        let f = p.next_frame().await.expect("a receipt");
+        assert_eq!(
+            f.header("receipt-id"),
+            Some(format!("r{i}").as_str()),
+            "{f:?}"
+        );
+    }
+    for i in 0..80 {
+        let m = reader.next_message().await;
+        assert_eq!(m.header("x-offset"), Some((i + 1).to_string().as_str()));
+        assert_eq!(body(&m)["content"], format!("m{i}"));
+    }
+    reader.expect_quiet(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn a_bad_send_in_a_run_gets_the_error_after_the_receipts_of_those_before_it() {
+    let redis = RedisServer::start(RedisOpts::default());
+    let a = instance("a", &env(&redis)).await;
+    let mut reader = Client::login(&a.ws_url(), "reader").await;
+    reader.subscribe("0", ROOM, &[QUIET]).await;
+    let mut p = Client::login(&a.ws_url(), "p").await;
+    let dest = |i: usize| {
+        if i == 5 {
+            "/app/nowhere".to_owned()
+        } else {
+            SEND.to_owned()
+        }
+    };
+    p.send_raw(&sends(0..10, dest)).await;
+    for i in 0..5 {
+        let f = p.next_frame().await.expect("a receipt");
+        assert_eq!(
+            f.header("receipt-id"),
+            Some(format!("r{i}").as_str()),
+            "{f:?}"
+        );
+    }
+    let err = p.expect_error().await;
+    assert_eq!(err.header("receipt-id"), Some("r5"), "{err:?}");
+    for i in 0..5 {
+        assert_eq!(
+            body(&reader.next_message().await)["content"],
+            format!("m{i}")
+        );
+    }
+    reader.expect_quiet(Duration::from_millis(300)).await;
+}

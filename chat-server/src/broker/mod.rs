@@ -79,6 +79,20 @@ pub trait Broker: Send + Sync + 'static {
     /// instance with listeners; returns once the store has accepted it.
     async fn publish(&self, room: &str, draft: Draft) -> Result<Arc<RoomEvent>, BackendError>;
 
+    /// Publishes `items` in their order, as `publish` would one by one; a clustered broker
+    /// sends them together (one round trip for all). On failure returns how many of the leading
+    /// items were accepted and the error of the next one; later items may or may not have been
+    /// stored.
+    async fn publish_batch(
+        &self,
+        items: Vec<(String, Draft)>,
+    ) -> Result<(), (usize, BackendError)> {
+        for (i, (room, draft)) in items.into_iter().enumerate() {
+            self.publish(&room, draft).await.map_err(|e| (i, e))?;
+        }
+        Ok(())
+    }
+
     /// Delivers a direct message to every session of `record.to`, on any instance.
     async fn publish_direct(&self, record: DirectRecord) -> Result<(), BackendError>;
 

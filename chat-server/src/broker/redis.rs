@@ -32,6 +32,7 @@ use fred::types::config::{
     Config as FredConfig, ReconnectPolicy, Server as FredServer, ServerConfig,
 };
 use fred::types::scripts::Script;
+use fred::types::{ClusterHash, CustomCommand};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -299,6 +300,57 @@ impl RedisBackend {
         serde_json::from_str::<EventRecord>(raw)
             .map(RoomEvent::new)
             .map_err(|e| BackendError::Protocol(format!("bad record in Redis: {e}")))
+    }
+
+    /// The publish script's arguments for one message (the script PUBLISHes it too).
+    fn publish_args(&self, room: &str, draft: Draft) -> Result<Vec<String>, BackendError> {
+        let mut args = self.append_args(room, Self::body(room, &draft)?);
+        args.extend(["1".into(), draft.id]);
+        Ok(args)
+    }
+
+    async fn publish_pipeline(&self, args: &[Vec<String>]) -> Vec<Result<String, Error>> {
+        // fred's pipelines have no Lua interface: EVALSHA as a plain command, with no keys.
+        let evalsha = CustomCommand::new_static("EVALSHA", ClusterHash::Random, false);
+        let sha = self.scripts.publish.sha1().to_string();
+        let pipeline = self.client.pipeline();
+        for a in args {
+            let mut cmd = Vec::with_capacity(a.len() + 2);
+            cmd.push(sha.clone());
+            cmd.push("0".to_owned());
+            cmd.extend(a.iter().cloned());
+            // Queuing in a pipeline only buffers the command; its reply comes from `try_all`.
+            let queued: Result<(), _> = pipeline.custom(evalsha.clone(), cmd).await;
+            if let Err(e) = queued {
+                return vec![Err(e)];
+            }
+        }
+        pipeline.try_all().await
+    }
+
+    /// Hands a message to the replicated batcher; the receiver gets its outcome.
+    async fn enqueue(
+        tx: &mpsc::Sender<Pending>,
+        room: &str,
+        draft: &Draft,
+    ) -> Result<oneshot::Receiver<Result<Arc<RoomEvent>, BackendError>>, BackendError> {
+        let (reply, rx) = oneshot::channel();
+        tx.send(Pending {
+            room: room.to_owned(),
+            body: Self::body(room, draft)?,
+            id: draft.id.clone(),
+            reply,
+        })
+        .await
+        .map_err(|_| BackendError::Unavailable("publisher stopped".into()))?;
+        Ok(rx)
+    }
+
+    async fn replicated_reply(
+        rx: oneshot::Receiver<Result<Arc<RoomEvent>, BackendError>>,
+    ) -> Result<Arc<RoomEvent>, BackendError> {
+        rx.await
+            .map_err(|_| BackendError::Unavailable("publisher stopped".into()))?
     }
 
     /// Hands an event to the hub and remembers it as the newest seen for its room.
@@ -747,30 +799,75 @@ impl RedisBackend {
 #[async_trait]
 impl Broker for RedisBackend {
     async fn publish(&self, room: &str, draft: Draft) -> Result<Arc<RoomEvent>, BackendError> {
-        let body = Self::body(room, &draft)?;
         if let Some(tx) = &self.replicated {
-            let (reply, rx) = oneshot::channel();
-            tx.send(Pending {
-                room: room.to_owned(),
-                body,
-                id: draft.id,
-                reply,
-            })
-            .await
-            .map_err(|_| BackendError::Unavailable("publisher stopped".into()))?;
-            return rx
-                .await
-                .map_err(|_| BackendError::Unavailable("publisher stopped".into()))?;
+            return Self::replicated_reply(Self::enqueue(tx, room, &draft).await?).await;
         }
-        let mut args = self.append_args(room, body);
-        args.extend(["1".into(), draft.id]);
         let raw: String = self
             .scripts
             .publish
-            .evalsha_with_reload(&self.client, Vec::<String>::new(), args)
+            .evalsha_with_reload(
+                &self.client,
+                Vec::<String>::new(),
+                self.publish_args(room, draft)?,
+            )
             .await
             .map_err(|e| unavailable(&e))?;
         Self::parse_record(&raw)
+    }
+
+    /// One pipeline of `EVALSHA`s on the one connection, so Redis runs them in this order; after
+    /// a Redis restart (`NOSCRIPT`) the script is loaded and the pipeline sent again (a
+    /// `NOSCRIPT` reply means that script did not run).
+    async fn publish_batch(
+        &self,
+        mut items: Vec<(String, Draft)>,
+    ) -> Result<(), (usize, BackendError)> {
+        if let Some(tx) = &self.replicated {
+            // Queued together, the batcher runs them with one WAIT.
+            let mut replies = Vec::with_capacity(items.len());
+            for (i, (room, draft)) in items.iter().enumerate() {
+                replies.push(Self::enqueue(tx, room, draft).await.map_err(|e| (i, e))?);
+            }
+            for (i, reply) in replies.into_iter().enumerate() {
+                Self::replicated_reply(reply).await.map_err(|e| (i, e))?;
+            }
+            return Ok(());
+        }
+        if items.len() == 1
+            && let Some((room, draft)) = items.pop()
+        {
+            return self
+                .publish(&room, draft)
+                .await
+                .map(|_| ())
+                .map_err(|e| (0, e));
+        }
+        let mut args = Vec::with_capacity(items.len());
+        for (i, (room, draft)) in items.into_iter().enumerate() {
+            args.push(self.publish_args(&room, draft).map_err(|e| (i, e))?);
+        }
+        let mut results = self.publish_pipeline(&args).await;
+        if matches!(results.first(), Some(Err(e)) if e.details().starts_with("NOSCRIPT")) {
+            self.scripts
+                .publish
+                .load(&self.client)
+                .await
+                .map_err(|e| (0, unavailable(&e)))?;
+            results = self.publish_pipeline(&args).await;
+        }
+        if results.len() != args.len() {
+            let error = BackendError::Protocol(format!(
+                "{} replies to a pipeline of {}",
+                results.len(),
+                args.len()
+            ));
+            return Err((0, error));
+        }
+        for (i, r) in results.into_iter().enumerate() {
+            let raw = r.map_err(|e| (i, unavailable(&e)))?;
+            Self::parse_record(&raw).map_err(|e| (i, e))?;
+        }
+        Ok(())
     }
 
     async fn publish_direct(&self, record: DirectRecord) -> Result<(), BackendError> {

@@ -122,7 +122,7 @@ struct RoomState {
 /// What a finished broker call reports back to the loop.
 enum Done {
     Published {
-        receipt: Option<String>,
+        receipts: Vec<Option<String>>,
     },
     Subscribed {
         room: String,
@@ -135,8 +135,37 @@ enum Done {
     },
     Failed {
         error: BackendError,
+        /// Owed for what the broker accepted before it failed; sent before the ERROR.
+        accepted: Vec<Option<String>>,
         receipt: Option<String>,
     },
+}
+
+/// The RECEIPTs a publish owes: one per SEND of a run of SENDs, or one for a whole COMMIT.
+enum Owed {
+    Each(Vec<Option<String>>),
+    Whole(Option<String>),
+}
+
+impl Owed {
+    fn all(self) -> Vec<Option<String>> {
+        match self {
+            Owed::Each(v) => v,
+            Owed::Whole(r) => vec![r],
+        }
+    }
+
+    /// What is owed when the first `accepted` items went through and the next one failed: the
+    /// receipts of those, and the receipt the ERROR carries.
+    fn split(self, accepted: usize) -> (Vec<Option<String>>, Option<String>) {
+        match self {
+            Owed::Each(mut v) => {
+                let rest = v.split_off(accepted.min(v.len()));
+                (v, rest.into_iter().next().flatten())
+            }
+            Owed::Whole(r) => (Vec::new(), r),
+        }
+    }
 }
 
 /// What a subscription asked to see from history before going live.
@@ -702,15 +731,49 @@ impl Conn {
         }
         match self.prepare_send(&frame) {
             Ok(p) => {
+                let (items, receipts) = self.take_send_run(p, receipt);
                 self.op = Some(publish_op(
                     self.services.clone(),
                     self.app.clone(),
-                    vec![p],
-                    receipt,
+                    items,
+                    Owed::Each(receipts),
                 ))
             }
             Err(e) => self.fail(e.0, &e.1, receipt.as_deref()),
         }
+    }
+
+    /// Takes the plain SENDs queued right behind one, so they go to the broker together (one
+    /// round trip). Stops at the first frame that is anything else or that would fail (rate
+    /// limit, bad destination): that one is handled on its own, after this run's receipts.
+    fn take_send_run(
+        &mut self,
+        first: Prepared,
+        receipt: Option<String>,
+    ) -> (Vec<Prepared>, Vec<Option<String>>) {
+        let mut items = vec![first];
+        let mut receipts = vec![receipt];
+        while items.len() < MAX_QUEUED_FRAMES {
+            let Some(next) = self.queue.front() else {
+                break;
+            };
+            if next.command != Command::Send || next.header("transaction").is_some() {
+                break;
+            }
+            let Ok(p) = self.prepare_send(next) else {
+                break;
+            };
+            if self.take_token().is_err() {
+                break;
+            }
+            let receipt = self
+                .queue
+                .pop_front()
+                .and_then(|f| f.header("receipt").map(str::to_owned));
+            items.push(p);
+            receipts.push(receipt);
+        }
+        (items, receipts)
     }
 
     /// Checks a SEND and turns it into what the broker takes.
@@ -816,7 +879,7 @@ impl Conn {
             self.services.clone(),
             self.app.clone(),
             prepared,
-            receipt,
+            Owed::Whole(receipt),
         ));
     }
 
@@ -887,7 +950,11 @@ impl Conn {
                 self.op = Some(Box::pin(async move {
                     match services.broker.listen(&topic).await {
                         Ok(()) => Done::Plain { receipt },
-                        Err(error) => Done::Failed { error, receipt },
+                        Err(error) => Done::Failed {
+                            error,
+                            accepted: Vec::new(),
+                            receipt,
+                        },
                     }
                 }));
                 return;
@@ -933,7 +1000,11 @@ impl Conn {
         let services = self.services.clone();
         self.op = Some(Box::pin(async move {
             if let Err(error) = services.broker.listen(&Topic::Room(room.clone())).await {
-                return Done::Failed { error, receipt };
+                return Done::Failed {
+                    error,
+                    accepted: Vec::new(),
+                    receipt,
+                };
             }
             let replay = match (since, history) {
                 (Some(n), _) => recover(&services, &room, n, epoch.as_deref()).await,
@@ -967,10 +1038,20 @@ impl Conn {
             };
             let replay = match replay {
                 Ok(r) => r,
-                Err(error) => return Done::Failed { error, receipt },
+                Err(error) => {
+                    return Done::Failed {
+                        error,
+                        accepted: Vec::new(),
+                        receipt,
+                    };
+                }
             };
             if join && let Err(error) = services.presence.join(&room, &member).await {
-                return Done::Failed { error, receipt };
+                return Done::Failed {
+                    error,
+                    accepted: Vec::new(),
+                    receipt,
+                };
             }
             Done::Subscribed {
                 room,
@@ -1025,7 +1106,11 @@ impl Conn {
                 self.op = Some(Box::pin(async move {
                     match services.presence.leave(&room, &member).await {
                         Ok(_) => Done::Plain { receipt },
-                        Err(error) => Done::Failed { error, receipt },
+                        Err(error) => Done::Failed {
+                            error,
+                            accepted: Vec::new(),
+                            receipt,
+                        },
                     }
                 }));
             }
@@ -1037,8 +1122,20 @@ impl Conn {
 
     fn on_done(&mut self, done: Done) {
         match done {
-            Done::Published { receipt } | Done::Plain { receipt } => self.receipt(receipt),
-            Done::Failed { error, receipt } => {
+            Done::Published { receipts } => {
+                for r in receipts {
+                    self.receipt(r);
+                }
+            }
+            Done::Plain { receipt } => self.receipt(receipt),
+            Done::Failed {
+                error,
+                accepted,
+                receipt,
+            } => {
+                for r in accepted {
+                    self.receipt(r);
+                }
                 warn!(error = %error, "broker call failed");
                 self.fail(
                     "service unavailable",
@@ -1296,32 +1393,81 @@ fn publish_op(
     services: Services,
     app: Arc<AppState>,
     items: Vec<Prepared>,
-    receipt: Option<String>,
+    owed: Owed,
 ) -> BoxFuture<Done> {
     Box::pin(async move {
-        for item in items {
-            let started = Instant::now();
-            let result = match item {
-                Prepared::Room(room, draft) => {
-                    services.broker.publish(&room, draft).await.map(|_| {
-                        app.metrics.messages_published.inc();
-                    })
+        let started = Instant::now();
+        let n = items.len();
+        let result = publish_items(&services, &app, items).await;
+        let seconds = started.elapsed().as_secs_f64();
+        let accepted = result.as_ref().err().map_or(n, |(k, _)| *k);
+        for _ in 0..accepted {
+            app.metrics.publish_seconds.observe(seconds);
+        }
+        match result {
+            Ok(()) => Done::Published {
+                receipts: owed.all(),
+            },
+            Err((k, error)) => {
+                let (accepted, receipt) = owed.split(k);
+                Done::Failed {
+                    error,
+                    accepted,
+                    receipt,
                 }
-                Prepared::Direct(record) => {
-                    services.broker.publish_direct(record).await.map(|()| {
-                        app.metrics.direct_messages.inc();
-                    })
-                }
-            };
-            app.metrics
-                .publish_seconds
-                .observe(started.elapsed().as_secs_f64());
-            if let Err(error) = result {
-                return Done::Failed { error, receipt };
             }
         }
-        Done::Published { receipt }
     })
+}
+
+/// Publishes in order: each run of room messages as one batch, direct messages one by one. On
+/// failure, how many went through before it.
+async fn publish_items(
+    services: &Services,
+    app: &AppState,
+    items: Vec<Prepared>,
+) -> Result<(), (usize, BackendError)> {
+    let mut done = 0;
+    let mut run = Vec::new();
+    for item in items {
+        match item {
+            Prepared::Room(room, draft) => run.push((room, draft)),
+            Prepared::Direct(record) => {
+                done += publish_run(services, app, std::mem::take(&mut run), done).await?;
+                services
+                    .broker
+                    .publish_direct(record)
+                    .await
+                    .map_err(|e| (done, e))?;
+                app.metrics.direct_messages.inc();
+                done += 1;
+            }
+        }
+    }
+    publish_run(services, app, run, done).await?;
+    Ok(())
+}
+
+async fn publish_run(
+    services: &Services,
+    app: &AppState,
+    run: Vec<(String, Draft)>,
+    done: usize,
+) -> Result<usize, (usize, BackendError)> {
+    let n = run.len();
+    if n == 0 {
+        return Ok(0);
+    }
+    match services.broker.publish_batch(run).await {
+        Ok(()) => {
+            app.metrics.messages_published.inc_by(n as u64);
+            Ok(n)
+        }
+        Err((k, e)) => {
+            app.metrics.messages_published.inc_by(k as u64);
+            Err((done + k, e))
+        }
+    }
 }
 
 /// Decides what a subscription with `x-since-offset: n` (and `x-epoch`) gets: all of what it

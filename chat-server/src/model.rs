@@ -3,7 +3,9 @@
 //! An event is serialized once, when it is made: `RoomEvent::wire` holds the whole MESSAGE frame
 //! except the `subscription` header, which is the only part that differs per subscriber.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::ws::Utf8Bytes;
 
 use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
@@ -149,6 +151,9 @@ pub struct RoomEvent {
     pub record: EventRecord,
     /// The MESSAGE frame without its command line and `subscription` header.
     wire: Box<str>,
+    /// The whole frame for the first subscription id it was made for, shared with every later
+    /// subscription of that id.
+    shared: OnceLock<(Box<str>, Utf8Bytes)>,
 }
 
 impl RoomEvent {
@@ -175,7 +180,11 @@ impl RoomEvent {
             &record.headers,
             body,
         );
-        Arc::new(RoomEvent { record, wire })
+        Arc::new(RoomEvent {
+            record,
+            wire,
+            shared: OnceLock::new(),
+        })
     }
 
     pub fn offset(&self) -> u64 {
@@ -190,10 +199,20 @@ impl RoomEvent {
         &self.record.room_id
     }
 
-    /// This event's MESSAGE frame for one subscription. A `String`, so the WebSocket text
-    /// message is made from it without checking its UTF-8 again for every subscriber.
-    pub fn frame_for(&self, subscription: &str) -> String {
-        with_subscription(&self.wire, subscription)
+    /// This event's MESSAGE frame for one subscription, as WebSocket text (made from a `String`,
+    /// so its UTF-8 is not checked again). Clients mostly number their subscriptions alike
+    /// (`sub-0`, ...), so the frame made for the first subscription is kept and handed to every
+    /// later one of the same id: a reference count instead of a new frame per subscriber.
+    pub fn frame_for(&self, subscription: &str) -> Utf8Bytes {
+        if let Some((sub, frame)) = self.shared.get()
+            && **sub == *subscription
+        {
+            return frame.clone();
+        }
+        let frame = Utf8Bytes::from(with_subscription(&self.wire, subscription));
+        // Only the first one is kept; a racing session with another id keeps its own.
+        let _ = self.shared.set((subscription.into(), frame.clone()));
+        frame
     }
 }
 
@@ -254,8 +273,8 @@ impl DirectEvent {
         Arc::new(DirectEvent { record, wire })
     }
 
-    pub fn frame_for(&self, subscription: &str) -> String {
-        with_subscription(&self.wire, subscription)
+    pub fn frame_for(&self, subscription: &str) -> Utf8Bytes {
+        Utf8Bytes::from(with_subscription(&self.wire, subscription))
     }
 }
 
@@ -389,9 +408,31 @@ mod tests {
     }
 
     #[test]
+    fn subscriptions_of_one_id_share_one_frame_and_others_get_their_own() {
+        let ev = RoomEvent::new(record(7));
+        let a = ev.frame_for("sub-0");
+        let b = ev.frame_for("sub-0");
+        assert_eq!(
+            a.as_str().as_ptr(),
+            b.as_str().as_ptr(),
+            "shared, not copied"
+        );
+        let other = ev.frame_for("x:1");
+        let again = ev.frame_for("x:1");
+        assert_ne!(other.as_str().as_ptr(), again.as_str().as_ptr());
+        assert_eq!(other.as_str(), again.as_str());
+        let tail = &a.as_str()["MESSAGE\nsubscription:sub-0\n".len()..];
+        for (f, sub) in [(&a, "sub-0"), (&other, "x\\c1")] {
+            let head = format!("MESSAGE\nsubscription:{sub}\n");
+            assert!(f.as_str().starts_with(&head), "{:?}", f.as_str());
+            assert_eq!(&f.as_str()[head.len()..], tail);
+        }
+    }
+
+    #[test]
     fn a_room_event_frame_decodes_with_every_contract_header_and_body_field() {
         let ev = RoomEvent::new(record(7));
-        let mut out = BytesMut::from(ev.frame_for("sub:0").as_bytes());
+        let mut out = BytesMut::from(ev.frame_for("sub:0").as_str().as_bytes());
         let mut dec = stomp::Decoder::new(stomp::Limits::default());
         let Some(stomp::Decoded::Frame(f)) = dec.decode(&mut out).unwrap() else {
             panic!("no frame")

@@ -1375,10 +1375,10 @@ fn deliver(
     outgoing: &mut Vec<Message>,
     metrics: &Metrics,
     subs: &[Arc<str>],
-    frame_for: impl Fn(&str) -> String,
+    frame_for: impl Fn(&str) -> Utf8Bytes,
 ) {
     for sub in subs {
-        outgoing.push(Message::Text(frame_for(sub).into()));
+        outgoing.push(Message::Text(frame_for(sub)));
     }
     metrics.frames_sent.inc_by(subs.len() as u64);
     metrics.deliveries.inc_by(subs.len() as u64);

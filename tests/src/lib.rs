@@ -448,6 +448,20 @@ fn connect_frame(headers: &[(&str, &str)]) -> Frame {
     f
 }
 
+/// SEND frames `m{i}` with receipts `r{i}`, one after another in one buffer: sent as one
+/// WebSocket message, they reach the server together (a run the broker gets as one batch).
+pub fn send_run(range: std::ops::Range<usize>, dest: impl Fn(usize) -> String) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    for i in range {
+        let f = Frame::new(Command::Send)
+            .with_header("destination", dest(i))
+            .with_header("receipt", format!("r{i}"))
+            .with_body(format!("m{i}").into_bytes());
+        encode(&f, &mut out);
+    }
+    out.to_vec()
+}
+
 pub fn body(f: &Frame) -> serde_json::Value {
     serde_json::from_slice(&f.body).unwrap_or_else(|e| panic!("JSON body ({e}): {f:?}"))
 }

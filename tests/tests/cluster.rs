@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use chat_tests::process::ServerProcess;
 use chat_tests::redis::{RedisOpts, RedisServer};
-use chat_tests::{Client, body};
+use chat_tests::{Client, body, send_run};
 
 const ROOM: &str = "/topic/room/lobby";
 const SEND: &str = "/app/room/lobby";
@@ -390,20 +390,6 @@ async fn a_retried_publish_of_the_same_message_is_stored_and_delivered_once() {
     assert_eq!(page.info.last_offset, 2, "no offset was spent on the retry");
 }
 
-/// SENDs that arrive together (here: in one WebSocket message) go to Redis as one pipeline.
-fn sends(range: std::ops::Range<usize>, dest: impl Fn(usize) -> String) -> Vec<u8> {
-    use chat_server::stomp::{Command, Frame, encode};
-    let mut out = bytes::BytesMut::new();
-    for i in range {
-        let f = Frame::new(Command::Send)
-            .with_header("destination", dest(i))
-            .with_header("receipt", format!("r{i}"))
-            .with_body(format!("m{i}").into_bytes());
-        encode(&f, &mut out);
-    }
-    out.to_vec()
-}
-
 #[tokio::test]
 async fn sends_that_arrive_together_are_one_pipeline_receipted_and_delivered_in_order() {
     let redis = RedisServer::start(RedisOpts::default());
@@ -413,7 +399,7 @@ async fn sends_that_arrive_together_are_one_pipeline_receipted_and_delivered_in_
     reader.subscribe("0", ROOM, &[QUIET]).await;
     let mut p = Client::login(&a.ws_url(), "p").await;
     // Not warmed up: the first pipeline meets NOSCRIPT, loads the script and goes again.
-    p.send_raw(&sends(0..40, |_| SEND.to_owned())).await;
+    p.send_raw(&send_run(0..40, |_| SEND.to_owned())).await;
     for i in 0..40 {
         let f = p.next_frame().await.expect("a receipt");
         assert_eq!(
@@ -423,7 +409,7 @@ async fn sends_that_arrive_together_are_one_pipeline_receipted_and_delivered_in_
         );
     }
     redis.cli(&["SCRIPT", "FLUSH"]);
-    p.send_raw(&sends(40..80, |_| SEND.to_owned())).await;
+    p.send_raw(&send_run(40..80, |_| SEND.to_owned())).await;
     for i in 40..80 {
         let f = p.next_frame().await.expect("a receipt");
         assert_eq!(
@@ -454,7 +440,7 @@ async fn a_bad_send_in_a_run_gets_the_error_after_the_receipts_of_those_before_i
             SEND.to_owned()
         }
     };
-    p.send_raw(&sends(0..10, dest)).await;
+    p.send_raw(&send_run(0..10, dest)).await;
     for i in 0..5 {
         let f = p.next_frame().await.expect("a receipt");
         assert_eq!(

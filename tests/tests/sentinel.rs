@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use chat_tests::process::ServerProcess;
 use chat_tests::redis::SentinelCluster;
-use chat_tests::{Client, body};
+use chat_tests::{Client, body, send_run};
 
 const ROOM: &str = "/topic/room/lobby";
 const SEND: &str = "/app/room/lobby";
@@ -165,5 +165,45 @@ async fn a_master_killed_mid_stream_loses_no_receipted_message_and_delivery_resu
     assert!(
         resumed < Duration::from_secs(3),
         "delivery resumed after {resumed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_run_of_sends_with_min_replicas_is_receipted_in_order_and_on_the_replica() {
+    let cluster = SentinelCluster::start(1, 1, Some(PASSWORD));
+    let env = [
+        ("CHAT_REDIS_SENTINELS", cluster.sentinel_addrs()),
+        ("CHAT_REDIS_PASSWORD", PASSWORD.to_owned()),
+        ("CHAT_SEND_RATE", "0".to_owned()),
+    ];
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = ServerProcess::start("a", &pairs).await;
+    a.wait_ready(Duration::from_secs(15)).await;
+    let mut reader = Client::login(&a.ws_url(), "reader").await;
+    reader
+        .subscribe("0", ROOM, &[("x-presence", "false")])
+        .await;
+    let mut p = Client::login(&a.ws_url(), "p").await;
+    p.send_raw(&send_run(0..30, |_| SEND.to_owned())).await;
+    for i in 0..30 {
+        let f = p.next_frame().await.expect("a receipt");
+        assert_eq!(
+            f.header("receipt-id"),
+            Some(format!("r{i}").as_str()),
+            "{f:?}"
+        );
+    }
+    for i in 0..30 {
+        let m = reader.next_message().await;
+        assert_eq!(m.header("x-offset"), Some((i + 1).to_string().as_str()));
+        assert_eq!(body(&m)["content"], format!("m{i}"));
+    }
+    // Receipted means on the replica too.
+    let replica = cluster.data_nodes().nth(1).expect("a replica");
+    let key = replica.cli(&["KEYS", "*:log:lobby"]);
+    assert_eq!(
+        replica.cli(&["XLEN", key.trim()]).trim(),
+        "30",
+        "the replica holds the run"
     );
 }

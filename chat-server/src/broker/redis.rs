@@ -823,15 +823,23 @@ impl Broker for RedisBackend {
         mut items: Vec<(String, Draft)>,
     ) -> Result<(), (usize, BackendError)> {
         if let Some(tx) = &self.replicated {
-            // Queued together, the batcher runs them with one WAIT.
+            // Queued together, the batcher runs them with one WAIT. If one cannot be queued, the
+            // ones before it still get their outcome first.
             let mut replies = Vec::with_capacity(items.len());
+            let mut stopped = None;
             for (i, (room, draft)) in items.iter().enumerate() {
-                replies.push(Self::enqueue(tx, room, draft).await.map_err(|e| (i, e))?);
+                match Self::enqueue(tx, room, draft).await {
+                    Ok(reply) => replies.push(reply),
+                    Err(e) => {
+                        stopped = Some((i, e));
+                        break;
+                    }
+                }
             }
             for (i, reply) in replies.into_iter().enumerate() {
                 Self::replicated_reply(reply).await.map_err(|e| (i, e))?;
             }
-            return Ok(());
+            return stopped.map_or(Ok(()), Err);
         }
         if items.len() == 1
             && let Some((room, draft)) = items.pop()
@@ -855,17 +863,17 @@ impl Broker for RedisBackend {
                 .map_err(|e| (0, unavailable(&e)))?;
             results = self.publish_pipeline(&args).await;
         }
-        if results.len() != args.len() {
-            let error = BackendError::Protocol(format!(
-                "{} replies to a pipeline of {}",
-                results.len(),
-                args.len()
-            ));
-            return Err((0, error));
-        }
+        let answered = results.len();
         for (i, r) in results.into_iter().enumerate() {
             let raw = r.map_err(|e| (i, unavailable(&e)))?;
             Self::parse_record(&raw).map_err(|e| (i, e))?;
+        }
+        if answered < args.len() {
+            let error = BackendError::Protocol(format!(
+                "{answered} replies to a pipeline of {}",
+                args.len()
+            ));
+            return Err((answered, error));
         }
         Ok(())
     }

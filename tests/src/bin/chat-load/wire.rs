@@ -6,6 +6,15 @@
 //! repeated header is the one that counts in STOMP 1.2). Bodies are never looked at.
 
 use std::fmt::Write as _;
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
+
+// Searchers built once: building one per frame costs more than the search.
+static X_T: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\nx-t:"));
+static X_SEQ: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\nx-seq:"));
+static BLANK: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\n"));
+static BLANK_CRLF: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\r\n"));
 
 /// The `x-seq` publisher number of the closing message; its sequence part names the publisher.
 pub const DONE: u64 = 999_999;
@@ -35,43 +44,52 @@ pub fn classify(frame: &[u8]) -> Inbound<'_> {
     let mut lines = frame.split(|b| *b == b'\n').map(trim_cr);
     let command = lines.next().unwrap_or_default();
     // Everything up to the first blank line: the body is never scanned.
-    let headers = lines.take_while(|l| !l.is_empty());
+    let mut headers = lines.take_while(|l| !l.is_empty());
     match command {
         b"MESSAGE" => {
-            let (mut t, mut seq) = (None, None);
-            for line in headers {
-                if t.is_none()
-                    && let Some(v) = line.strip_prefix(b"x-t:")
-                {
-                    t = parse_u64(v);
-                } else if seq.is_none()
-                    && let Some(v) = line.strip_prefix(b"x-seq:")
-                {
-                    seq = parse_seq(v);
-                }
-                if t.is_some() && seq.is_some() {
-                    break;
-                }
+            // The hot path (once per delivery): searched, not split into lines.
+            let block = header_block(frame);
+            Inbound::Message {
+                t: header(block, &X_T).and_then(parse_u64),
+                seq: header(block, &X_SEQ).and_then(parse_seq),
             }
-            Inbound::Message { t, seq }
         }
         b"RECEIPT" => Inbound::Receipt {
             id: headers
-                .filter_map(|l| l.strip_prefix(b"receipt-id:"))
-                .next()
+                .find_map(|l| l.strip_prefix(b"receipt-id:"))
                 .unwrap_or_default(),
         },
         b"CONNECTED" => Inbound::Connected,
         b"ERROR" => Inbound::Error {
             message: headers
-                .filter_map(|l| l.strip_prefix(b"message:"))
+                .find_map(|l| l.strip_prefix(b"message:"))
                 .map(|m| String::from_utf8_lossy(m).into_owned())
-                .next()
                 .unwrap_or_default(),
         },
         b"" if frame.iter().all(|b| matches!(b, b'\n' | b'\r')) => Inbound::Heartbeat,
         _ => Inbound::Other,
     }
+}
+
+/// The header lines of a frame, from the end of its command line (that newline included, so
+/// every header starts with one) to the blank line that ends them.
+fn header_block(frame: &[u8]) -> &[u8] {
+    let start = memchr::memchr(b'\n', frame).unwrap_or(frame.len());
+    let rest = &frame[start..];
+    let end = [&*BLANK, &*BLANK_CRLF]
+        .iter()
+        .filter_map(|blank| blank.find(rest))
+        .min()
+        .unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// The value of the first header `needle` (`\nname:`) in `block`.
+fn header<'a>(block: &'a [u8], needle: &Finder<'static>) -> Option<&'a [u8]> {
+    let from = needle.find(block)? + needle.needle().len();
+    let value = &block[from..];
+    let end = memchr::memchr(b'\n', value).unwrap_or(value.len());
+    Some(trim_cr(&value[..end]))
 }
 
 fn trim_cr(line: &[u8]) -> &[u8] {

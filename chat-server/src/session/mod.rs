@@ -141,6 +141,17 @@ enum Done {
     },
 }
 
+impl Done {
+    /// A call that failed with nothing accepted before it.
+    fn failed(error: BackendError, receipt: Option<String>) -> Done {
+        Done::Failed {
+            error,
+            accepted: Vec::new(),
+            receipt,
+        }
+    }
+}
+
 /// The RECEIPTs a publish owes: one per SEND of a run of SENDs, or one for a whole COMMIT.
 enum Owed {
     Each(Vec<Option<String>>),
@@ -950,11 +961,7 @@ impl Conn {
                 self.op = Some(Box::pin(async move {
                     match services.broker.listen(&topic).await {
                         Ok(()) => Done::Plain { receipt },
-                        Err(error) => Done::Failed {
-                            error,
-                            accepted: Vec::new(),
-                            receipt,
-                        },
+                        Err(error) => Done::failed(error, receipt),
                     }
                 }));
                 return;
@@ -1000,11 +1007,7 @@ impl Conn {
         let services = self.services.clone();
         self.op = Some(Box::pin(async move {
             if let Err(error) = services.broker.listen(&Topic::Room(room.clone())).await {
-                return Done::Failed {
-                    error,
-                    accepted: Vec::new(),
-                    receipt,
-                };
+                return Done::failed(error, receipt);
             }
             let replay = match (since, history) {
                 (Some(n), _) => recover(&services, &room, n, epoch.as_deref()).await,
@@ -1038,20 +1041,10 @@ impl Conn {
             };
             let replay = match replay {
                 Ok(r) => r,
-                Err(error) => {
-                    return Done::Failed {
-                        error,
-                        accepted: Vec::new(),
-                        receipt,
-                    };
-                }
+                Err(error) => return Done::failed(error, receipt),
             };
             if join && let Err(error) = services.presence.join(&room, &member).await {
-                return Done::Failed {
-                    error,
-                    accepted: Vec::new(),
-                    receipt,
-                };
+                return Done::failed(error, receipt);
             }
             Done::Subscribed {
                 room,
@@ -1106,11 +1099,7 @@ impl Conn {
                 self.op = Some(Box::pin(async move {
                     match services.presence.leave(&room, &member).await {
                         Ok(_) => Done::Plain { receipt },
-                        Err(error) => Done::Failed {
-                            error,
-                            accepted: Vec::new(),
-                            receipt,
-                        },
+                        Err(error) => Done::failed(error, receipt),
                     }
                 }));
             }

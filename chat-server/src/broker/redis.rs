@@ -309,18 +309,15 @@ impl RedisBackend {
         Ok(args)
     }
 
-    async fn publish_pipeline(&self, args: &[Vec<String>]) -> Vec<Result<String, Error>> {
-        // fred's pipelines have no Lua interface: EVALSHA as a plain command, with no keys.
+    /// `commands`: each message's whole EVALSHA argument list (see `publish_batch`); they are
+    /// `Value`s so that queuing, and queuing again after NOSCRIPT, copies no message body.
+    async fn publish_pipeline(&self, commands: &[Vec<Value>]) -> Vec<Result<String, Error>> {
+        // fred's pipelines have no Lua interface: EVALSHA as a plain command.
         let evalsha = CustomCommand::new_static("EVALSHA", ClusterHash::Random, false);
-        let sha = self.scripts.publish.sha1().to_string();
         let pipeline = self.client.pipeline();
-        for a in args {
-            let mut cmd = Vec::with_capacity(a.len() + 2);
-            cmd.push(sha.clone());
-            cmd.push("0".to_owned());
-            cmd.extend(a.iter().cloned());
+        for cmd in commands {
             // Queuing in a pipeline only buffers the command; its reply comes from `try_all`.
-            let queued: Result<(), _> = pipeline.custom(evalsha.clone(), cmd).await;
+            let queued: Result<(), _> = pipeline.custom(evalsha.clone(), cmd.clone()).await;
             if let Err(e) = queued {
                 return vec![Err(e)];
             }
@@ -850,9 +847,16 @@ impl Broker for RedisBackend {
                 .map(|_| ())
                 .map_err(|e| (0, e));
         }
+        let sha = Value::from(self.scripts.publish.sha1().clone());
         let mut args = Vec::with_capacity(items.len());
         for (i, (room, draft)) in items.into_iter().enumerate() {
-            args.push(self.publish_args(&room, draft).map_err(|e| (i, e))?);
+            let script_args = self.publish_args(&room, draft).map_err(|e| (i, e))?;
+            // SHA, no keys, then the script's arguments.
+            let cmd = [sha.clone(), Value::from(0)]
+                .into_iter()
+                .chain(script_args.into_iter().map(Value::from))
+                .collect::<Vec<_>>();
+            args.push(cmd);
         }
         let mut results = self.publish_pipeline(&args).await;
         if matches!(results.first(), Some(Err(e)) if e.details().starts_with("NOSCRIPT")) {

@@ -1422,7 +1422,9 @@ async fn publish_items(
         match item {
             Prepared::Room(room, draft) => run.push((room, draft)),
             Prepared::Direct(record) => {
-                done += publish_run(services, app, std::mem::take(&mut run), done).await?;
+                done += publish_run(services, app, std::mem::take(&mut run))
+                    .await
+                    .map_err(|(k, e)| (done + k, e))?;
                 services
                     .broker
                     .publish_direct(record)
@@ -1433,15 +1435,17 @@ async fn publish_items(
             }
         }
     }
-    publish_run(services, app, run, done).await?;
+    publish_run(services, app, run)
+        .await
+        .map_err(|(k, e)| (done + k, e))?;
     Ok(())
 }
 
+/// One run of room messages as one batch; how many went, or how many before the failure.
 async fn publish_run(
     services: &Services,
     app: &AppState,
     run: Vec<(String, Draft)>,
-    done: usize,
 ) -> Result<usize, (usize, BackendError)> {
     let n = run.len();
     if n == 0 {
@@ -1454,7 +1458,7 @@ async fn publish_run(
         }
         Err((k, e)) => {
             app.metrics.messages_published.inc_by(k as u64);
-            Err((done + k, e))
+            Err((k, e))
         }
     }
 }

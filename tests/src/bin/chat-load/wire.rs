@@ -76,11 +76,12 @@ pub fn classify(frame: &[u8]) -> Inbound<'_> {
 fn header_block(frame: &[u8]) -> &[u8] {
     let start = memchr::memchr(b'\n', frame).unwrap_or(frame.len());
     let rest = &frame[start..];
-    let end = [&*BLANK, &*BLANK_CRLF]
-        .iter()
-        .filter_map(|blank| blank.find(rest))
-        .min()
-        .unwrap_or(rest.len());
+    let lf = BLANK.find(rest).unwrap_or(rest.len());
+    // A CRLF blank line counts only if it comes first; one ending at `lf` starts 2 before it,
+    // so the search stops there instead of running through the body.
+    let end = BLANK_CRLF
+        .find(&rest[..(lf + 1).min(rest.len())])
+        .unwrap_or(lf);
     &rest[..end]
 }
 

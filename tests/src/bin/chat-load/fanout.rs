@@ -18,15 +18,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use tokio::task::JoinSet;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::net::{self, ConnError, Spec, Ws};
 use crate::report::{Outcome, Slow};
 use crate::stats::{Progress, SubStats, Totals};
 use crate::wire::{self, DONE, Inbound};
+use crate::ws::Incoming;
 use crate::{Args, Ctx, ProgressLine};
 
 /// How long a publisher waits for one receipt before giving up.
@@ -338,15 +337,9 @@ async fn subscribe(
             msg = ws.next() => msg,
             () = &mut stopped => break,
         };
-        let msg = match msg {
-            Some(Ok(Message::Close(_)) | Err(_)) | None => {
-                closed = true;
-                break;
-            }
-            Some(Ok(msg)) => msg,
-        };
-        let Some(bytes) = net::payload(&msg) else {
-            continue;
+        let Ok(Incoming::Data(bytes)) = msg else {
+            closed = true;
+            break;
         };
         match wire::classify(bytes) {
             Inbound::Message {
@@ -376,7 +369,7 @@ async fn subscribe(
     }
     received.fetch_add(stats.received - flushed, Ordering::Relaxed);
     if !closed {
-        let _ = tokio::time::timeout(CLOSE_WAIT, ws.close(None)).await;
+        let _ = tokio::time::timeout(CLOSE_WAIT, ws.close()).await;
     }
     SubOutcome { stats, closed }
 }
@@ -433,7 +426,7 @@ impl Publisher {
             result = self.close(&mut ws, &mut receipts).await;
         }
         if result.is_ok() {
-            let _ = tokio::time::timeout(CLOSE_WAIT, ws.close(None)).await;
+            let _ = tokio::time::timeout(CLOSE_WAIT, ws.close()).await;
         }
         Published {
             sent,
@@ -441,20 +434,18 @@ impl Publisher {
         }
     }
 
-    fn frame(&self, n: u64, sent: &mut [u64], receipt: Option<u64>) -> Message {
+    fn frame(&self, n: u64, sent: &mut [u64], receipt: Option<u64>) -> String {
         let room = (n as usize + self.p as usize) % self.rooms.len();
         sent[room] += 1;
-        Message::text(
-            wire::Send {
-                room: &self.rooms[room],
-                t: crate::micros(self.start),
-                publisher: self.p,
-                n,
-                receipt,
-                body: &self.body,
-            }
-            .encode(),
-        )
+        wire::Send {
+            room: &self.rooms[room],
+            t: crate::micros(self.start),
+            publisher: self.p,
+            n,
+            receipt,
+            body: &self.body,
+        }
+        .encode()
     }
 
     async fn paced(&self, ws: &mut Ws, every: Duration, sent: &mut [u64]) -> Result<(), ConnError> {
@@ -467,7 +458,7 @@ impl Publisher {
             }
             let first = n;
             while next <= now {
-                ws.feed(self.frame(n, sent, None)).await?;
+                ws.feed(&self.frame(n, sent, None));
                 n += 1;
                 next += every;
             }
@@ -494,7 +485,7 @@ impl Publisher {
                 while window.outstanding() < size {
                     let id = window.next_id();
                     let receipt = (ack == Ack::Receipt).then_some(id);
-                    ws.feed(self.frame(n, sent, receipt)).await?;
+                    ws.feed(&self.frame(n, sent, receipt));
                     n += 1;
                 }
                 ws.flush().await?;
@@ -516,7 +507,7 @@ impl Publisher {
                 receipt: Some(receipts.next_id()),
                 body: "done",
             };
-            ws.feed(Message::text(done.encode())).await?;
+            ws.feed(&done.encode());
         }
         ws.flush().await?;
         while receipts.outstanding() > 0 {
@@ -577,8 +568,8 @@ async fn check_slow(slow: Vec<Ws>) -> Slow {
             loop {
                 match tokio::time::timeout(SLOW_QUIET, ws.next()).await {
                     Err(_) => return false,
-                    Ok(Some(Ok(Message::Close(_)) | Err(_)) | None) => return true,
-                    Ok(Some(Ok(_))) => {}
+                    Ok(Ok(Incoming::Closed) | Err(_)) => return true,
+                    Ok(Ok(Incoming::Data(_))) => {}
                 }
             }
         });

@@ -12,13 +12,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use tokio::task::JoinSet;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::net::{self, Spec, Ws};
 use crate::report::Outcome;
+use crate::ws::Incoming;
 use crate::{Args, Ctx, ProgressLine};
 
 /// How long a connection's close may take at the end.
@@ -92,13 +91,13 @@ async fn hold_open(mut ws: Ws, stop: CancellationToken, closed: Arc<AtomicU64>) 
         tokio::select! {
             () = &mut stopped => break,
             msg = ws.next() => match msg {
-                Some(Ok(Message::Close(_)) | Err(_)) | None => {
+                Ok(Incoming::Closed) | Err(_) => {
                     closed.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
-                Some(Ok(_)) => {}
+                Ok(Incoming::Data(_)) => {}
             },
         }
     }
-    let _ = tokio::time::timeout(CLOSE_WAIT, ws.close(None)).await;
+    let _ = tokio::time::timeout(CLOSE_WAIT, ws.close()).await;
 }

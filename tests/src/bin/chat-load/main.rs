@@ -23,6 +23,7 @@ mod net;
 mod report;
 mod stats;
 mod wire;
+mod ws;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};

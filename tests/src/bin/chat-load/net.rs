@@ -8,25 +8,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::wire::{self, Inbound};
-
-pub type Ws = WebSocketStream<TcpStream>;
+use crate::ws::Incoming;
+pub use crate::ws::Ws;
 
 /// How long one connection may take from TCP connect to its SUBSCRIBE receipt.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
-/// tungstenite allocates its read buffer eagerly (128 KiB by default): far too much per idle
-/// connection when there are thousands of them. Chat frames are small.
-const READ_BUFFER: usize = 8 << 10;
 /// Descriptors the process needs besides its connections (stdio, epoll, the runtime's own).
 const FD_HEADROOM: u64 = 64;
 
@@ -39,6 +33,8 @@ pub enum ConnError {
     Io(#[from] std::io::Error),
     #[error("websocket: {0}")]
     Ws(#[from] tungstenite::Error),
+    #[error("websocket protocol: {0}")]
+    Protocol(String),
     #[error("the server sent ERROR: {0}")]
     Stomp(String),
     #[error("the server closed the connection")]
@@ -138,10 +134,7 @@ impl Dialer {
             "Sec-WebSocket-Protocol",
             HeaderValue::from_static("v12.stomp"),
         );
-        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
-        let (ws, _) =
-            tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await?;
-        Ok(ws)
+        Ws::upgrade(request, stream).await
     }
 
     /// Opens connection `spec` and runs its STOMP handshake, all within the handshake timeout.
@@ -150,7 +143,7 @@ impl Dialer {
             let mut ws = self
                 .open(&spec.target, spec.index, spec.recv_buffer)
                 .await?;
-            ws.send(Message::text(wire::connect(&spec.login))).await?;
+            ws.send(&wire::connect(&spec.login)).await?;
             expect(&mut ws, |f| matches!(f, Inbound::Connected)).await?;
             if let Some(room) = &spec.room {
                 subscribe(&mut ws, 0, room, spec.presence).await?;
@@ -184,7 +177,7 @@ pub async fn subscribe(
     presence: bool,
 ) -> Result<(), ConnError> {
     let receipt = format!("sub-{id}");
-    ws.send(Message::text(wire::subscribe(id, room, presence, &receipt)))
+    ws.send(&wire::subscribe(id, room, presence, &receipt))
         .await?;
     expect(
         ws,
@@ -193,25 +186,11 @@ pub async fn subscribe(
     .await
 }
 
-/// The bytes of a text or binary WebSocket message.
-pub fn payload(msg: &Message) -> Option<&[u8]> {
-    match msg {
-        Message::Text(t) => Some(t.as_bytes()),
-        Message::Binary(b) => Some(b),
-        _ => None,
-    }
-}
-
 /// Reads until a frame `want` accepts; ERROR or the end of the connection is an error.
 pub async fn expect(ws: &mut Ws, want: impl Fn(&Inbound<'_>) -> bool) -> Result<(), ConnError> {
     loop {
-        let msg = match ws.next().await {
-            Some(Ok(Message::Close(_))) | None => return Err(ConnError::Closed),
-            Some(Err(e)) => return Err(e.into()),
-            Some(Ok(msg)) => msg,
-        };
-        let Some(bytes) = payload(&msg) else {
-            continue;
+        let Incoming::Data(bytes) = ws.next().await? else {
+            return Err(ConnError::Closed);
         };
         match wire::classify(bytes) {
             Inbound::Error { message } => return Err(ConnError::Stomp(message)),

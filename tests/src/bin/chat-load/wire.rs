@@ -1,20 +1,11 @@
 //! The few STOMP frames chat-load writes, and a cheap look at the frames it reads.
 //!
 //! Pure bytes in, bytes out, no socket. Reading never runs the full codec: a server frame is
-//! told apart by its command line, and of a MESSAGE only the header block (everything before
-//! the first blank line) is scanned, for the first `x-t` and `x-seq` (the first occurrence of a
+//! told apart by its command line, and of a MESSAGE only the header lines (up to the first blank
+//! line) are looked at, in one pass, for the first `x-t` and `x-seq` (the first occurrence of a
 //! repeated header is the one that counts in STOMP 1.2). Bodies are never looked at.
 
 use std::fmt::Write as _;
-use std::sync::LazyLock;
-
-use memchr::memmem::Finder;
-
-// Searchers built once: building one per frame costs more than the search.
-static X_T: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\nx-t:"));
-static X_SEQ: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\nx-seq:"));
-static BLANK: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\n"));
-static BLANK_CRLF: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\r\n"));
 
 /// The `x-seq` publisher number of the closing message; its sequence part names the publisher.
 pub const DONE: u64 = 999_999;
@@ -46,14 +37,8 @@ pub fn classify(frame: &[u8]) -> Inbound<'_> {
     // Everything up to the first blank line: the body is never scanned.
     let mut headers = lines.take_while(|l| !l.is_empty());
     match command {
-        b"MESSAGE" => {
-            // The hot path (once per delivery): searched, not split into lines.
-            let block = header_block(frame);
-            Inbound::Message {
-                t: header(block, &X_T).and_then(parse_u64),
-                seq: header(block, &X_SEQ).and_then(parse_seq),
-            }
-        }
+        // The hot path (once per delivery): one pass over the header lines, no line splitting.
+        b"MESSAGE" => message(frame),
         b"RECEIPT" => Inbound::Receipt {
             id: headers
                 .find_map(|l| l.strip_prefix(b"receipt-id:"))
@@ -71,26 +56,42 @@ pub fn classify(frame: &[u8]) -> Inbound<'_> {
     }
 }
 
-/// The header lines of a frame, from the end of its command line (that newline included, so
-/// every header starts with one) to the blank line that ends them.
-fn header_block(frame: &[u8]) -> &[u8] {
-    let start = memchr::memchr(b'\n', frame).unwrap_or(frame.len());
-    let rest = &frame[start..];
-    let lf = BLANK.find(rest).unwrap_or(rest.len());
-    // A CRLF blank line counts only if it comes first; one ending at `lf` starts 2 before it,
-    // so the search stops there instead of running through the body.
-    let end = BLANK_CRLF
-        .find(&rest[..(lf + 1).min(rest.len())])
-        .unwrap_or(lf);
-    &rest[..end]
+/// A MESSAGE's first `x-t` and `x-seq`: each newline up to the blank line that ends the
+/// headers is looked at for the header that starts after it.
+fn message(frame: &[u8]) -> Inbound<'_> {
+    let (mut t, mut seq) = (None, None);
+    for at in memchr::memchr_iter(b'\n', frame) {
+        let line = &frame[at + 1..];
+        match line.first() {
+            None | Some(b'\n') => break,
+            Some(b'\r') if line.get(1) == Some(&b'\n') => break,
+            Some(b'x') => {
+                if t.is_none()
+                    && let Some(v) = line.strip_prefix(b"x-t:")
+                {
+                    t = Some(value(v));
+                } else if seq.is_none()
+                    && let Some(v) = line.strip_prefix(b"x-seq:")
+                {
+                    seq = Some(value(v));
+                }
+                if t.is_some() && seq.is_some() {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    Inbound::Message {
+        t: t.and_then(parse_u64),
+        seq: seq.and_then(parse_seq),
+    }
 }
 
-/// The value of the first header `needle` (`\nname:`) in `block`.
-fn header<'a>(block: &'a [u8], needle: &Finder<'static>) -> Option<&'a [u8]> {
-    let from = needle.find(block)? + needle.needle().len();
-    let value = &block[from..];
-    let end = memchr::memchr(b'\n', value).unwrap_or(value.len());
-    Some(trim_cr(&value[..end]))
+/// A header's value: `v` up to the end of its line.
+fn value(v: &[u8]) -> &[u8] {
+    let end = memchr::memchr(b'\n', v).unwrap_or(v.len());
+    trim_cr(&v[..end])
 }
 
 fn trim_cr(line: &[u8]) -> &[u8] {

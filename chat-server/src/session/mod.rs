@@ -16,7 +16,7 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 use tracing::{Instrument, debug, info_span, warn};
@@ -227,8 +227,6 @@ struct Conn {
     tx: mpsc::Sender<Delivery>,
     kill: Arc<Kill>,
     outgoing: Vec<Message>,
-    /// Frames and deliveries queued since the metrics last heard of them.
-    tally: Tally,
     last_write: Instant,
     send_every: Option<Duration>,
     recv_timeout: Option<Duration>,
@@ -291,7 +289,6 @@ async fn run_inner<S>(
         tx,
         kill: Arc::new(Kill::default()),
         outgoing: Vec::new(),
-        tally: Tally::default(),
         last_write: now,
         send_every: None,
         recv_timeout: Some(CONNECT_TIMEOUT),
@@ -303,19 +300,12 @@ async fn run_inner<S>(
     };
     let tick: Sleep = tokio::time::sleep_until(c.next_deadline());
     tokio::pin!(tick);
-    // Made once: each is a waiter in a list behind a lock (the drain token's is shared by every
-    // session), so making one per turn of the loop would lock it twice per delivery.
     let drain = c.app.drain.clone();
-    let drained = drain.cancelled();
-    tokio::pin!(drained);
-    let kill = c.kill.clone();
-    let killed = kill.wait().fuse();
-    tokio::pin!(killed);
 
     loop {
         c.pump();
         if !c.outgoing.is_empty() {
-            c.tally.flush(&c.app.metrics);
+            let kill = c.kill.clone();
             tokio::select! {
                 biased;
                 ok = write_all(&mut socket, &mut c.outgoing) => if ok {
@@ -324,7 +314,7 @@ async fn run_inner<S>(
                     c.closing = Some(Close::Abort);
                 },
                 // Blocked on a client that does not read while its queue overflowed.
-                () = &mut killed => c.slow_consumer(),
+                () = kill.wait() => c.slow_consumer(),
             }
         }
         if let Some(how) = c.closing {
@@ -338,8 +328,8 @@ async fn run_inner<S>(
         }
         tokio::select! {
             biased;
-            () = &mut killed => c.slow_consumer(),
-            () = &mut drained => {
+            () = c.kill.wait() => c.slow_consumer(),
+            () = drain.cancelled() => {
                 c.closing = Some(Close::Restart);
             }
             done = poll_op(&mut c.op), if c.op.is_some() => {
@@ -493,7 +483,7 @@ impl Conn {
     }
 
     fn push_bytes(&mut self, bytes: Bytes) {
-        push_frame(&mut self.outgoing, &mut self.tally, bytes);
+        push_frame(&mut self.outgoing, &self.app.metrics, bytes);
     }
 
     fn receipt(&mut self, receipt: Option<String>) {
@@ -1190,7 +1180,7 @@ impl Conn {
                     for ev in events.iter().filter(|e| e.offset() <= upto) {
                         deliver(
                             &mut self.outgoing,
-                            &mut self.tally,
+                            &self.app.metrics,
                             std::slice::from_ref(sub),
                             |s| ev.frame_for(s),
                         );
@@ -1210,7 +1200,7 @@ impl Conn {
             return;
         };
         for ev in &events {
-            deliver(&mut self.outgoing, &mut self.tally, &state.subs, |s| {
+            deliver(&mut self.outgoing, &self.app.metrics, &state.subs, |s| {
                 ev.frame_for(s)
             });
         }
@@ -1227,7 +1217,7 @@ impl Conn {
                 };
                 match state.seq.offer(&ev) {
                     Verdict::Deliver => {
-                        deliver(&mut self.outgoing, &mut self.tally, &state.subs, |s| {
+                        deliver(&mut self.outgoing, &self.app.metrics, &state.subs, |s| {
                             ev.frame_for(s)
                         });
                     }
@@ -1244,9 +1234,12 @@ impl Conn {
                 }
             }
             Delivery::Direct(ev) => {
-                deliver(&mut self.outgoing, &mut self.tally, &self.user_subs, |s| {
-                    ev.frame_for(s)
-                });
+                deliver(
+                    &mut self.outgoing,
+                    &self.app.metrics,
+                    &self.user_subs,
+                    |s| ev.frame_for(s),
+                );
             }
         }
     }
@@ -1318,7 +1311,6 @@ impl Conn {
 
     /// Leaves every room and drops every listener; presence and LEAVE run in a tracked task.
     fn cleanup(&mut self) {
-        self.tally.flush(&self.app.metrics);
         let Some(identity) = self.identity.take() else {
             return;
         };
@@ -1359,8 +1351,8 @@ impl Conn {
 }
 
 /// Queues one frame for the client (text: every frame this server makes is UTF-8).
-fn push_frame(outgoing: &mut Vec<Message>, tally: &mut Tally, bytes: Bytes) {
-    tally.frames += 1;
+fn push_frame(outgoing: &mut Vec<Message>, metrics: &Metrics, bytes: Bytes) {
+    metrics.frames_sent.inc();
     match Utf8Bytes::try_from(bytes) {
         Ok(text) => outgoing.push(Message::Text(text)),
         Err(e) => warn!(error = %e, "dropped a frame that is not UTF-8"),
@@ -1370,35 +1362,15 @@ fn push_frame(outgoing: &mut Vec<Message>, tally: &mut Tally, bytes: Bytes) {
 /// Queues one event's MESSAGE frame for each subscription in `subs`.
 fn deliver(
     outgoing: &mut Vec<Message>,
-    tally: &mut Tally,
+    metrics: &Metrics,
     subs: &[Arc<str>],
     frame_for: impl Fn(&str) -> Utf8Bytes,
 ) {
     for sub in subs {
         outgoing.push(Message::Text(frame_for(sub)));
     }
-    tally.frames += subs.len() as u64;
-    tally.deliveries += subs.len() as u64;
-}
-
-/// Counts kept by the session and added to the shared counters once per write, not once per
-/// frame: every session on every core would otherwise contend for the same cache lines.
-#[derive(Debug, Default)]
-struct Tally {
-    frames: u64,
-    deliveries: u64,
-}
-
-impl Tally {
-    fn flush(&mut self, metrics: &Metrics) {
-        if self.frames > 0 {
-            metrics.frames_sent.inc_by(self.frames);
-        }
-        if self.deliveries > 0 {
-            metrics.deliveries.inc_by(self.deliveries);
-        }
-        *self = Tally::default();
-    }
+    metrics.frames_sent.inc_by(subs.len() as u64);
+    metrics.deliveries.inc_by(subs.len() as u64);
 }
 
 enum Prepared {

@@ -332,7 +332,9 @@ async fn a_publish_is_one_redis_round_trip_whatever_the_fan_out() {
                 "cmdstat_zadd",
                 "cmdstat_publish",
                 "cmdstat_time",
-                "cmdstat_xrevrange",
+                "cmdstat_lpos",
+                "cmdstat_lpush",
+                "cmdstat_ltrim",
             ]
             .contains(&k.as_str())
                 && !k.starts_with("cmdstat_config")
@@ -354,7 +356,7 @@ async fn a_publish_is_one_redis_round_trip_whatever_the_fan_out() {
 #[tokio::test]
 async fn a_retried_publish_of_the_same_message_is_stored_and_delivered_once() {
     use chat_server::broker::redis::RedisBackend;
-    use chat_server::broker::{Broker, History};
+    use chat_server::broker::{Broker, History, Member, Presence};
     use chat_server::model::{Draft, EventKind, Sender};
     let redis = RedisServer::start(RedisOpts::default());
     let mut config = chat_server::Config::for_tests();
@@ -382,12 +384,34 @@ async fn a_retried_publish_of_the_same_message_is_stored_and_delivered_once() {
         )
         .await
         .unwrap();
+    // A presence event in between: an append without a message id.
+    let member = Member {
+        user_id: "u".into(),
+        name: "U".into(),
+        session_id: "s1".into(),
+        server_id: "s".into(),
+    };
+    assert!(backend.join("retry", &member).await.unwrap());
     // What a client library does when the reply to the first call was lost.
-    let again = backend.publish("retry", draft).await.unwrap();
+    let again = backend.publish("retry", draft.clone()).await.unwrap();
     assert_eq!((first.offset(), other.offset(), again.offset()), (1, 2, 1));
+    assert_eq!(again.record, first.record, "the stored record comes back");
     let page = backend.read_after("retry", 0, 10).await.unwrap();
-    assert_eq!(page.events.len(), 2);
-    assert_eq!(page.info.last_offset, 2, "no offset was spent on the retry");
+    assert_eq!(page.events.len(), 3);
+    assert_eq!(page.info.last_offset, 3, "no offset was spent on the retry");
+    // The check covers the room's 16 newest appends: once 16 more are in, the same id is a
+    // message of its own again.
+    for i in 0..16 {
+        let d = Draft {
+            id: format!("later-{i}"),
+            ..draft.clone()
+        };
+        backend.publish("retry", d).await.unwrap();
+    }
+    let late = backend.publish("retry", draft).await.unwrap();
+    assert_eq!(late.offset(), 20);
+    let keys = redis.cli(&["LLEN", "chat:ids:retry"]);
+    assert_eq!(keys.trim(), "16", "the id list stays short");
 }
 
 #[tokio::test]

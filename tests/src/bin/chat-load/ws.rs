@@ -66,15 +66,17 @@ impl Ws<TcpStream> {
 impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Ws<S> {
     /// A connection over `stream`, whose handshake is done.
     pub fn new(stream: S) -> Self {
-        let mut seed = std::collections::hash_map::RandomState::new().build_hasher();
-        seed.write_usize(std::ptr::from_ref(&seed) as usize);
+        // Keys of a fresh RandomState differ per call: a seed of its own for each connection.
+        let seed = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
         Ws {
             stream,
             rbuf: vec![0; READ_BUFFER],
             start: 0,
             end: 0,
             wbuf: Vec::new(),
-            mask: seed.finish() | 1,
+            mask: seed | 1,
         }
     }
 

@@ -410,8 +410,8 @@ async fn a_retried_publish_of_the_same_message_is_stored_and_delivered_once() {
     }
     let late = backend.publish("retry", draft).await.unwrap();
     assert_eq!(late.offset(), 20);
-    let keys = redis.cli(&["LLEN", "chat:ids:retry"]);
-    assert_eq!(keys.trim(), "16", "the id list stays short");
+    let ids = redis.cli(&["LLEN", "chat:ids:retry"]);
+    assert_eq!(ids.trim(), "16", "the id list stays short");
 }
 
 #[tokio::test]

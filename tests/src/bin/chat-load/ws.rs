@@ -18,6 +18,7 @@ use std::io::Cursor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
@@ -25,6 +26,8 @@ use crate::net::ConnError;
 
 /// The read buffer's size: many small frames per read (it grows for a larger frame).
 const READ_BUFFER: usize = 8 << 10;
+/// tungstenite's read buffer, made for the upgrade and dropped after it.
+const HANDSHAKE_BUFFER: usize = 1 << 10;
 /// The largest frame accepted from a server.
 const MAX_FRAME: usize = 1 << 20;
 
@@ -56,7 +59,10 @@ impl Ws<TcpStream> {
         request: impl IntoClientRequest + Unpin,
         stream: TcpStream,
     ) -> Result<Self, ConnError> {
-        let (ws, _) = tokio_tungstenite::client_async(request, stream).await?;
+        // tungstenite makes a read buffer (128 KiB by default) that is never read into here.
+        let config = WebSocketConfig::default().read_buffer_size(HANDSHAKE_BUFFER);
+        let (ws, _) =
+            tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await?;
         // A STOMP server says nothing before the client's CONNECT, so no frame can have been
         // read past the upgrade response: the bare stream carries on where the handshake ended.
         Ok(Ws::new(ws.into_inner()))

@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::net::{self, ConnError, Spec, Ws};
+use crate::net::{self, ConnError, Spec};
 use crate::report::{Outcome, Slow};
 use crate::stats::{Progress, SubStats, Totals};
 use crate::wire::{self, DONE, Inbound};
-use crate::ws::Incoming;
+use crate::ws::{Incoming, Ws};
 use crate::{Args, Ctx, ProgressLine};
 
 /// How long a publisher waits for one receipt before giving up.

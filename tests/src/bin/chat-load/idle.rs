@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::net::{self, Spec, Ws};
+use crate::net::{self, Spec};
 use crate::report::Outcome;
-use crate::ws::Incoming;
+use crate::ws::{Incoming, Ws};
 use crate::{Args, Ctx, ProgressLine};
 
 /// How long a connection's close may take at the end.

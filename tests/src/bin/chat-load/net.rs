@@ -16,8 +16,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri};
 
 use crate::wire::{self, Inbound};
-use crate::ws::Incoming;
-pub use crate::ws::Ws;
+use crate::ws::{Incoming, Ws};
 
 /// How long one connection may take from TCP connect to its SUBSCRIBE receipt.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);

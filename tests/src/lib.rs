@@ -298,6 +298,18 @@ impl Client {
         self.read_one().await
     }
 
+    /// The receipts `r{i}` of a `send_run` over `range`, each the next frame, in order.
+    pub async fn expect_run_receipts(&mut self, range: std::ops::Range<usize>) {
+        for i in range {
+            let f = self.next_frame().await.expect("a receipt");
+            assert_eq!(
+                f.header("receipt-id"),
+                Some(format!("r{i}").as_str()),
+                "{f:?}"
+            );
+        }
+    }
+
     /// The next frame within `wait`, `Err` on timeout.
     pub async fn next_frame_within(
         &mut self,

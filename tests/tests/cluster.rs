@@ -424,24 +424,10 @@ async fn sends_that_arrive_together_are_one_pipeline_receipted_and_delivered_in_
     let mut p = Client::login(&a.ws_url(), "p").await;
     // Not warmed up: the first pipeline meets NOSCRIPT, loads the script and goes again.
     p.send_raw(&send_run(0..40, |_| SEND.to_owned())).await;
-    for i in 0..40 {
-        let f = p.next_frame().await.expect("a receipt");
-        assert_eq!(
-            f.header("receipt-id"),
-            Some(format!("r{i}").as_str()),
-            "{f:?}"
-        );
-    }
+    p.expect_run_receipts(0..40).await;
     redis.cli(&["SCRIPT", "FLUSH"]);
     p.send_raw(&send_run(40..80, |_| SEND.to_owned())).await;
-    for i in 40..80 {
-        let f = p.next_frame().await.expect("a receipt");
-        assert_eq!(
-            f.header("receipt-id"),
-            Some(format!("r{i}").as_str()),
-            "{f:?}"
-        );
-    }
+    p.expect_run_receipts(40..80).await;
     for i in 0..80 {
         let m = reader.next_message().await;
         assert_eq!(m.header("x-offset"), Some((i + 1).to_string().as_str()));
@@ -465,14 +451,7 @@ async fn a_bad_send_in_a_run_gets_the_error_after_the_receipts_of_those_before_i
         }
     };
     p.send_raw(&send_run(0..10, dest)).await;
-    for i in 0..5 {
-        let f = p.next_frame().await.expect("a receipt");
-        assert_eq!(
-            f.header("receipt-id"),
-            Some(format!("r{i}").as_str()),
-            "{f:?}"
-        );
-    }
+    p.expect_run_receipts(0..5).await;
     let err = p.expect_error().await;
     assert_eq!(err.header("receipt-id"), Some("r5"), "{err:?}");
     for i in 0..5 {

@@ -185,14 +185,7 @@ async fn a_run_of_sends_with_min_replicas_is_receipted_in_order_and_on_the_repli
         .await;
     let mut p = Client::login(&a.ws_url(), "p").await;
     p.send_raw(&send_run(0..30, |_| SEND.to_owned())).await;
-    for i in 0..30 {
-        let f = p.next_frame().await.expect("a receipt");
-        assert_eq!(
-            f.header("receipt-id"),
-            Some(format!("r{i}").as_str()),
-            "{f:?}"
-        );
-    }
+    p.expect_run_receipts(0..30).await;
     for i in 0..30 {
         let m = reader.next_message().await;
         assert_eq!(m.header("x-offset"), Some((i + 1).to_string().as_str()));

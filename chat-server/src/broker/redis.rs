@@ -1,8 +1,9 @@
 //! Cluster backend on Redis (one node, or behind Sentinel), with `fred`.
 //!
 //! Keys (prefix `P`): `P:room:{id}` hash {epoch, last}; `P:log:{id}` Stream of records with IDs
-//! `{offset}-0`; `P:ids:{id}` list of the message ids of the room's 16 newest appends (the
-//! retry check); `P:rooms` zset of room ids; `P:presence:{id}` hash session -> member;
+//! `{offset}-0`; `P:ids:{id}:{bucket}` hash message id -> offset of the room's messages stored
+//! in one 30-second bucket of Redis time (the retry check; see `lua/common.lua`); `P:rooms` zset
+//! of room ids; `P:presence:{id}` hash session -> member;
 //! `P:srv:{server}` set of `room|session` (what to reap when that server dies); `P:servers`
 //! zset server -> heartbeat expiry (ms, Redis clock). Channels: `P:ch:room:{id}`,
 //! `P:ch:user:{id}`, `P:ch:probe:{server}`.

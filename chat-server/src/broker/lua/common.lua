@@ -5,45 +5,49 @@
 -- (a new epoch if the room has none), appends to its Stream with ID "<offset>-0", refreshes
 -- the TTLs, records the room, and PUBLISHes the record unless told not to. `body` is the
 -- event's JSON object without offset and epoch; the record is that object with both added.
--- With `id`, appending a message whose id is among the room's 16 newest appends nothing.
-local RECENT = 16
+-- With `id`, a message whose id the room stored in the last WINDOW seconds appends nothing.
+--
+-- A client library resends a command whose reply was lost (a dropped connection, a failover,
+-- an instance paused and resumed); by then any number of other appends may be in. So the
+-- check goes by time, not by count: the ids of a room's messages go into a hash per
+-- WINDOW-second bucket of Redis time (id -> offset), and the current and the previous bucket
+-- are looked in, so a resend up to WINDOW seconds after its first run is always caught. A
+-- resend is held back by the command timeout (CHAT_REDIS_WAIT_MS, 10 s by default) unless
+-- the instance itself was paused. Each bucket lives 2 * WINDOW seconds.
+local WINDOW = 30
 
 local function append(prefix, room, body, new_epoch, maxlen, ttl, publish, id)
   local meta = prefix .. ':room:' .. room
   local log = prefix .. ':log:' .. room
-  -- The ids of the room's newest appends, newest first, one per append ('' for an event
-  -- without one): the entry at position p is offset last - p.
-  local ids = prefix .. ':ids:' .. room
+  local t = redis.call('TIME')
+  local bucket = math.floor(tonumber(t[1]) / WINDOW)
+  local ids = prefix .. ':ids:' .. room .. ':' .. bucket
+  local before = prefix .. ':ids:' .. room .. ':' .. (bucket - 1)
   local epoch = redis.call('HGET', meta, 'epoch')
-  -- A client library retries a command whose reply was lost (say, in a failover): the same
-  -- message id among the newest means it is already in; hand back that record. The record
-  -- itself is checked, so a list out of step with the Stream only costs the dedupe.
   if id and id ~= '' and epoch then
-    local p = redis.call('LPOS', ids, id)
-    if p then
-      local at = tonumber(redis.call('HGET', meta, 'last')) - p
-      if at > 0 then
-        local e = redis.call('XRANGE', log, at .. '-0', at .. '-0')[1]
-        if e and string.find(e[2][2], '"id":"' .. id .. '"', 1, true) then return e[2][2] end
-      end
+    local at = redis.call('HGET', ids, id) or redis.call('HGET', before, id)
+    if at then
+      -- Already in: the resend carries the same body, so this is the record stored then.
+      return '{"offset":' .. at .. ',"epoch":"' .. epoch .. '",' .. string.sub(body, 2)
     end
   end
   if not epoch then
     epoch = new_epoch
-    redis.call('DEL', log, ids)
+    -- Offsets start again: ids recorded under an earlier epoch name nothing now.
+    redis.call('DEL', log, ids, before)
     redis.call('HSET', meta, 'epoch', epoch, 'last', 0)
   end
   local offset = redis.call('HINCRBY', meta, 'last', 1)
   local record = '{"offset":' .. offset .. ',"epoch":"' .. epoch .. '",' .. string.sub(body, 2)
   redis.call('XADD', log, 'MAXLEN', maxlen, offset .. '-0', 'r', record)
-  redis.call('LPUSH', ids, id or '')
-  redis.call('LTRIM', ids, 0, RECENT - 1)
+  if id and id ~= '' then
+    redis.call('HSET', ids, id, offset)
+    redis.call('EXPIRE', ids, 2 * WINDOW)
+  end
   if tonumber(ttl) > 0 then
     redis.call('EXPIRE', meta, ttl)
     redis.call('EXPIRE', log, ttl)
-    redis.call('EXPIRE', ids, ttl)
   end
-  local t = redis.call('TIME')
   redis.call('ZADD', prefix .. ':rooms', t[1], room)
   if publish == '1' then
     redis.call('PUBLISH', prefix .. ':ch:room:' .. room, record)

@@ -449,13 +449,14 @@ fn judge(
 }
 
 /// Whether `reader` missing `text` is the one loss a Redis without persistence cannot prevent:
-/// killed after it wrote a script's reply (the RECEIPT) and some subscribers' copies of its
-/// PUBLISH, before the rest. Then the message is in no store any more: it reached some readers
-/// in the old epoch, near that epoch's very end, and this reader's copy of that epoch stops
-/// before it.
+/// killed after it wrote a script's reply (the RECEIPT) and some or none of the subscribers'
+/// copies of its PUBLISH (Redis writes the replies queued last first, the subscribers' copies
+/// after them). Then the message is in no store any more. If it reached some readers, it did
+/// so in the old epoch, near that epoch's very end, and this reader's copy of that epoch stops
+/// before it; if it reached none, see [`cut_before_any_reader`].
 fn cut_by_the_store(logs: &[ReaderLog], reader: &ReaderLog, text: &str) -> bool {
     let Some(got) = logs.iter().flat_map(|l| &l.chats).find(|c| c.text == text) else {
-        return false;
+        return cut_before_any_reader(logs, reader, text);
     };
     let epoch_end = logs
         .iter()
@@ -471,6 +472,40 @@ fn cut_by_the_store(logs: &[ReaderLog], reader: &ReaderLog, text: &str) -> bool 
         .any(|c| c.epoch == got.epoch && c.offset >= got.offset);
     // Each publisher has one SEND in flight, so at most that many are cut.
     moved_on && stopped_before && got.offset + INSTANCES.len() as u64 > epoch_end
+}
+
+/// A message no reader got, cut by the store: its publisher's message before it is near the
+/// very end of the old epoch, the one after it is in a new epoch, and this reader moved on to
+/// that new epoch. (Publishers send one at a time, so the seam between the epochs falls right
+/// after it for its publisher; the others may have put one or two more into the old epoch
+/// while its receipt and its next SEND were on their way.)
+fn cut_before_any_reader(logs: &[ReaderLog], reader: &ReaderLog, text: &str) -> bool {
+    let Some((publisher, n)) = text.rsplit_once('-') else {
+        return false;
+    };
+    let Some(n) = n.parse::<u64>().ok().filter(|n| *n > 0) else {
+        return false;
+    };
+    let find = |n: u64| {
+        let t = format!("{publisher}-{n}");
+        logs.iter()
+            .flat_map(|l| &l.chats)
+            .find(move |c| c.text == t)
+    };
+    let (Some(before), Some(after)) = (find(n - 1), find(n + 1)) else {
+        return false;
+    };
+    let epoch_end = logs
+        .iter()
+        .flat_map(|l| &l.chats)
+        .filter(|c| c.epoch == before.epoch)
+        .map(|c| c.offset)
+        .max()
+        .unwrap_or(before.offset);
+    let moved_on = reader.chats.last().is_some_and(|c| c.epoch == after.epoch);
+    after.epoch != before.epoch
+        && moved_on
+        && before.offset + 2 * INSTANCES.len() as u64 > epoch_end
 }
 
 fn assert_clean(r: &Report, min_receipted: usize) {
@@ -680,4 +715,38 @@ async fn redis_restart_without_persistence() {
         "presence was restored in the new Redis: {members}; keys: {}",
         redis.cli(&["KEYS", "*"])
     );
+}
+
+/// The judge's account of store cuts, on made-up logs: a message lost by every reader counts
+/// as cut only at its publisher's seam between the epochs.
+#[test]
+fn a_message_no_reader_got_is_cut_by_the_store_only_at_the_epoch_seam() {
+    let chat = |text: &str, offset: u64, epoch: &str| Chat {
+        text: text.into(),
+        at: Instant::now(),
+        offset,
+        epoch: epoch.into(),
+    };
+    // C-2 was receipted and went with the old Redis; C-3 opened the new epoch. A-2 went
+    // missing in the middle of the old epoch: that is a loss, not a cut.
+    let reader = ReaderLog {
+        chats: vec![
+            chat("A-1", 1, "old"),
+            chat("C-1", 2, "old"),
+            chat("A-3", 3, "old"),
+            chat("B-1", 4, "old"),
+            chat("A-4", 5, "old"),
+            chat("C-3", 1, "new"),
+            chat("B-2", 2, "new"),
+        ],
+        ..ReaderLog::default()
+    };
+    let logs = [reader];
+    assert!(cut_by_the_store(&logs, &logs[0], "C-2"));
+    assert!(!cut_by_the_store(&logs, &logs[0], "A-2"), "mid-epoch");
+    assert!(!cut_by_the_store(&logs, &logs[0], "B-9"), "nothing around it");
+    // Not at the seam when the publisher's next message is still in the old epoch.
+    let mut logs = logs;
+    logs[0].chats.insert(4, chat("C-3", 5, "old"));
+    assert!(!cut_by_the_store(&logs, &logs[0], "C-2"));
 }

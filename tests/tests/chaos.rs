@@ -744,7 +744,10 @@ fn a_message_no_reader_got_is_cut_by_the_store_only_at_the_epoch_seam() {
     let logs = [reader];
     assert!(cut_by_the_store(&logs, &logs[0], "C-2"));
     assert!(!cut_by_the_store(&logs, &logs[0], "A-2"), "mid-epoch");
-    assert!(!cut_by_the_store(&logs, &logs[0], "B-9"), "nothing around it");
+    assert!(
+        !cut_by_the_store(&logs, &logs[0], "B-9"),
+        "nothing around it"
+    );
     // Not at the seam when the publisher's next message is still in the old epoch.
     let mut logs = logs;
     logs[0].chats.insert(4, chat("C-3", 5, "old"));

@@ -116,6 +116,54 @@ async fn direct_messages_and_presence_cross_instances() {
 }
 
 #[tokio::test]
+async fn a_direct_message_published_twice_reaches_its_user_once() {
+    use chat_server::model::{DirectRecord, EventKind, Sender};
+    let redis = RedisServer::start(RedisOpts::default());
+    let e = env(&redis);
+    let b = instance("b", &e).await;
+    let mut bob = Client::login(&b.ws_url(), "bob").await;
+    bob.subscribe("dm", "/user/queue/messages", &[]).await;
+    // What Redis sees when fred resends a PUBLISH whose reply was lost: the same record again.
+    // Direct messages are not stored, so the receiving instance is where the resend is caught.
+    let record = |id: &str, content: &str| {
+        serde_json::to_string(&DirectRecord {
+            id: id.into(),
+            kind: EventKind::Chat,
+            sender: Sender {
+                id: "ann".into(),
+                name: "ann".into(),
+            },
+            to: "bob".into(),
+            content: content.into(),
+            sent_at: "2026-11-23T00:00:00.000Z".into(),
+            server_id: "a".into(),
+            headers: Vec::new(),
+        })
+        .unwrap()
+    };
+    let once = record("dm-1", "once");
+    for _ in 0..2 {
+        assert_eq!(
+            redis.cli(&["PUBLISH", "chat:ch:user:bob", &once]).trim(),
+            "1"
+        );
+    }
+    let next = record("dm-2", "next");
+    redis.cli(&["PUBLISH", "chat:ch:user:bob", &next]);
+    let m = bob.next_event().await;
+    assert_eq!(
+        (m["id"].as_str(), m["content"].as_str()),
+        (Some("dm-1"), Some("once"))
+    );
+    let m = bob.next_event().await;
+    assert_eq!(
+        m["content"].as_str(),
+        Some("next"),
+        "the resend of dm-1 was dropped: {m}"
+    );
+}
+
+#[tokio::test]
 async fn the_sessions_of_a_killed_instance_get_exactly_one_leave_each_and_its_keys_go() {
     let redis = RedisServer::start(RedisOpts::default());
     let e = env(&redis);

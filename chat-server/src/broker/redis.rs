@@ -22,7 +22,7 @@
 //! - A probe published to itself every heartbeat proves the Pub/Sub link; when it stops
 //!   arriving the instance is unready and forces the subscriber to reconnect.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -125,6 +125,8 @@ pub struct RedisBackend {
     server_ttl: Duration,
     /// Per local room, the newest (epoch, offset) this instance handed to the hub.
     last_seen: Mutex<HashMap<String, (String, u64)>>,
+    /// Ids of the direct messages delivered lately: a resent PUBLISH is dropped.
+    recent_direct: Mutex<RecentIds>,
     /// Presence of this instance's sessions, to restore after being reaped while alive.
     local_presence: Mutex<HashMap<(String, String), Member>>,
     /// Serializes (un)subscribing so an unsubscribe never races a new listener.
@@ -231,6 +233,7 @@ impl RedisBackend {
             heartbeat_every: config.heartbeat_interval,
             server_ttl: config.server_ttl,
             last_seen: Mutex::default(),
+            recent_direct: Mutex::new(RecentIds::new(RESEND_WINDOW)),
             local_presence: Mutex::default(),
             sub_lock: tokio::sync::Mutex::new(()),
             started: Instant::now(),
@@ -406,7 +409,16 @@ impl RedisBackend {
             } else if channel.starts_with(&user_prefix) {
                 match serde_json::from_str::<DirectRecord>(&payload) {
                     Ok(r) => {
-                        self.hub.deliver_user(&DirectEvent::new(r));
+                        let first = self
+                            .recent_direct
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .first_time(&r.id, Instant::now());
+                        if first {
+                            self.hub.deliver_user(&DirectEvent::new(r));
+                        } else {
+                            debug!(id = r.id, "dropped a resent direct message");
+                        }
                     }
                     Err(e) => warn!(error = %e, channel, "dropped a bad direct message"),
                 }
@@ -1077,9 +1089,72 @@ impl Services {
     }
 }
 
+/// How late a resend of a command (by fred, after a lost reply) is still recognised: the
+/// publish script's window (`WINDOW` in `lua/common.lua`), and the same for direct messages.
+const RESEND_WINDOW: Duration = Duration::from_secs(30);
+
+/// Ids seen in the last `window` (at least; at most twice that): two generations of a set,
+/// the older dropped as a whole when the newer is `window` old. Direct messages are not
+/// stored, so a PUBLISH that fred resent after a lost reply can only be caught on arrival.
+#[derive(Debug)]
+struct RecentIds {
+    window: Duration,
+    since: Option<Instant>,
+    current: HashSet<String>,
+    previous: HashSet<String>,
+}
+
+impl RecentIds {
+    fn new(window: Duration) -> RecentIds {
+        RecentIds {
+            window,
+            since: None,
+            current: HashSet::new(),
+            previous: HashSet::new(),
+        }
+    }
+
+    /// Records `id`; false if it was seen within the window.
+    fn first_time(&mut self, id: &str, now: Instant) -> bool {
+        let since = *self.since.get_or_insert(now);
+        if now.duration_since(since) >= self.window {
+            self.previous = std::mem::take(&mut self.current);
+            if now.duration_since(since) >= 2 * self.window {
+                self.previous.clear();
+            }
+            self.since = Some(now);
+        }
+        if self.previous.contains(id) || self.current.contains(id) {
+            return false;
+        }
+        self.current.insert(id.to_owned());
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resent_id_is_caught_within_the_window_and_old_ids_are_forgotten() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut r = RecentIds::new(Duration::from_secs(30));
+        assert!(r.first_time("a", at(0)));
+        assert!(!r.first_time("a", at(1)), "a resend a second later");
+        assert!(r.first_time("b", at(29)));
+        // A generation later both are still known (a is 31 s old, b 2 s).
+        assert!(!r.first_time("a", at(31)));
+        assert!(!r.first_time("b", at(31)));
+        // b, seen at 29, is known until its generation (begun at 0) is dropped at 61: at
+        // least the window after each sighting. Then a is forgotten too.
+        assert!(!r.first_time("b", at(60)));
+        assert!(r.first_time("a", at(61)));
+        // Idle past two windows: everything before is gone at once.
+        assert!(r.first_time("b", at(200)));
+        assert_eq!(r.current.len() + r.previous.len(), 1);
+    }
 
     #[test]
     fn reaping_pauses_for_one_ttl_after_this_instance_missed_heartbeats() {

@@ -458,13 +458,7 @@ fn cut_by_the_store(logs: &[ReaderLog], reader: &ReaderLog, text: &str) -> bool 
     let Some(got) = logs.iter().flat_map(|l| &l.chats).find(|c| c.text == text) else {
         return cut_before_any_reader(logs, reader, text);
     };
-    let epoch_end = logs
-        .iter()
-        .flat_map(|l| &l.chats)
-        .filter(|c| c.epoch == got.epoch)
-        .map(|c| c.offset)
-        .max()
-        .unwrap_or(got.offset);
+    let epoch_end = epoch_end(logs, &got.epoch);
     let moved_on = reader.chats.last().is_some_and(|c| c.epoch != got.epoch);
     let stopped_before = !reader
         .chats
@@ -472,6 +466,16 @@ fn cut_by_the_store(logs: &[ReaderLog], reader: &ReaderLog, text: &str) -> bool 
         .any(|c| c.epoch == got.epoch && c.offset >= got.offset);
     // Each publisher has one SEND in flight, so at most that many are cut.
     moved_on && stopped_before && got.offset + INSTANCES.len() as u64 > epoch_end
+}
+
+/// The highest offset of `epoch` that any reader got.
+fn epoch_end(logs: &[ReaderLog], epoch: &str) -> u64 {
+    logs.iter()
+        .flat_map(|l| &l.chats)
+        .filter(|c| c.epoch == epoch)
+        .map(|c| c.offset)
+        .max()
+        .unwrap_or(0)
 }
 
 /// A message no reader got, cut by the store: its publisher's message before it is near the
@@ -495,13 +499,7 @@ fn cut_before_any_reader(logs: &[ReaderLog], reader: &ReaderLog, text: &str) -> 
     let (Some(before), Some(after)) = (find(n - 1), find(n + 1)) else {
         return false;
     };
-    let epoch_end = logs
-        .iter()
-        .flat_map(|l| &l.chats)
-        .filter(|c| c.epoch == before.epoch)
-        .map(|c| c.offset)
-        .max()
-        .unwrap_or(before.offset);
+    let epoch_end = epoch_end(logs, &before.epoch);
     let moved_on = reader.chats.last().is_some_and(|c| c.epoch == after.epoch);
     after.epoch != before.epoch
         && moved_on

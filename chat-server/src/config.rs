@@ -59,7 +59,7 @@ pub const VARS: &[Var] = &[
     ),
     var(
         "CHAT_REDIS_WAIT_MS",
-        "how long a SEND waits for Redis to come back",
+        "how long a SEND waits for Redis to come back (at most 30000)",
         Some("10000"),
     ),
     var("CHAT_KEY_PREFIX", "prefix of every Redis key", Some("chat")),
@@ -386,7 +386,7 @@ impl Config {
             redis_password,
             redis_sentinel_password: get("CHAT_REDIS_SENTINEL_PASSWORD"),
             redis_min_replicas,
-            redis_wait: millis(&get, "CHAT_REDIS_WAIT_MS", 0)?,
+            redis_wait: redis_wait(&get)?,
             key_prefix: get("CHAT_KEY_PREFIX").unwrap_or_else(|| "chat".into()),
             server_id,
             jwt_key,
@@ -454,6 +454,19 @@ fn positive(
         Some(_) => Err(bad(name, "must be greater than 0")),
         None => Err(bad(name, "required")),
     }
+}
+
+/// At most 30 s: the publish script refuses a message that reaches Redis later than that after
+/// it was sent (its duplicate check covers 30 s; see `broker/lua/common.lua`).
+fn redis_wait(get: &impl Fn(&'static str) -> Option<String>) -> Result<Duration, ConfigError> {
+    let wait = millis(get, "CHAT_REDIS_WAIT_MS", 0)?;
+    if wait > Duration::from_secs(30) {
+        return Err(bad(
+            "CHAT_REDIS_WAIT_MS",
+            "must be at most 30000 (a message that reaches Redis later than 30 s is not stored)",
+        ));
+    }
+    Ok(wait)
 }
 
 fn millis(
@@ -552,6 +565,7 @@ mod tests {
             ("CHAT_SERVER_ID", "bad id!"),
             ("CHAT_JWT_SECRET", "short"),
             ("CHAT_REDIS_PASSWORD_FILE", "/nonexistent/password"),
+            ("CHAT_REDIS_WAIT_MS", "30001"),
         ] {
             assert_eq!(
                 parse(&[(var, value)]).unwrap_err().var,

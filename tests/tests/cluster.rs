@@ -484,6 +484,48 @@ async fn a_retried_publish_of_the_same_message_is_stored_and_delivered_once() {
     assert_eq!(after.offset(), 204);
 }
 
+/// The publish script as the server sends it, run straight with EVAL: a message that reaches
+/// Redis past its deadline (30 s after the instance took it: an instance paused longer than
+/// the duplicate check's window) is refused, unless it is a resend already in, which gets its
+/// record back as always.
+#[test]
+fn a_message_past_its_deadline_is_refused_unless_it_is_already_in() {
+    use chat_tests::redis::Resp;
+    let redis = RedisServer::start(RedisOpts::default());
+    let script = format!(
+        "{}\n{}",
+        include_str!("../../chat-server/src/broker/lua/common.lua"),
+        include_str!("../../chat-server/src/broker/lua/publish.lua")
+    );
+    let time = redis.cli(&["TIME"]);
+    let mut t = time.split_whitespace().map(|v| v.parse::<i64>().unwrap());
+    let now = t.next().unwrap() * 1000 + t.next().unwrap() / 1000;
+    let publish = |id: &str, deadline: &str| {
+        let body = format!(r#"{{"id":"{id}","roomId":"late","type":"CHAT","content":"x"}}"#);
+        redis.command(&[
+            "EVAL", &script, "0", "chat", "late", &body, "e1", "1000", "0", "1", id, deadline,
+        ])
+    };
+    let (later, past) = ((now + 30_000).to_string(), (now - 1).to_string());
+    let first = publish("m1", &later).as_text().unwrap();
+    assert!(
+        first.starts_with(r#"{"offset":1,"epoch":"e1","id":"m1""#),
+        "{first}"
+    );
+    // fred's resend of m1 after a long pause: already in, so its record, not an error.
+    assert_eq!(publish("m1", &past).as_text().unwrap(), first);
+    // A message not in, past its deadline: refused, nothing stored, no offset spent.
+    match publish("m2", &past) {
+        Resp::Error(e) => assert!(e.starts_with("STALE "), "{e}"),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    assert_eq!(redis.cli(&["XLEN", "chat:log:late"]).trim(), "1");
+    assert_eq!(redis.cli(&["HGET", "chat:room:late", "last"]).trim(), "1");
+    // Without a deadline (before the instance has read Redis's clock) nothing is refused.
+    let second = publish("m3", "").as_text().unwrap();
+    assert!(second.starts_with(r#"{"offset":2,"#), "{second}");
+}
+
 #[tokio::test]
 async fn sends_that_arrive_together_are_one_pipeline_receipted_and_delivered_in_order() {
     let redis = RedisServer::start(RedisOpts::default());

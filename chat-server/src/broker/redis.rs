@@ -24,7 +24,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -99,6 +99,21 @@ fn reap_grace(before: u64, after: u64, every: Duration, ttl: Duration) -> Option
         .then(|| after.saturating_add(ms(ttl)))
 }
 
+/// `window` after `now` (ms since start) in Redis's clock, given `offset` (Redis's clock minus
+/// ms since start; `i64::MIN` when not known yet, and then no deadline).
+fn publish_deadline(now: u64, offset: i64, window: Duration) -> Option<i64> {
+    if offset == i64::MIN {
+        return None;
+    }
+    let window = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+    Some(
+        i64::try_from(now)
+            .unwrap_or(i64::MAX)
+            .saturating_add(offset)
+            .saturating_add(window),
+    )
+}
+
 fn unavailable(e: &Error) -> BackendError {
     BackendError::Unavailable(e.to_string())
 }
@@ -128,6 +143,9 @@ pub struct RedisBackend {
     last_seen: Mutex<HashMap<String, (String, u64)>>,
     /// Ids of the direct messages delivered lately: a resent PUBLISH is dropped.
     recent_direct: Mutex<RecentIds>,
+    /// Redis's clock minus `millis()` as of the last heartbeat (ms; `i64::MIN` until the first):
+    /// how a publish's deadline is put in Redis time.
+    redis_clock: AtomicI64,
     /// Presence of this instance's sessions, to restore after being reaped while alive.
     local_presence: Mutex<HashMap<(String, String), Member>>,
     /// Serializes (un)subscribing so an unsubscribe never races a new listener.
@@ -143,7 +161,7 @@ pub struct RedisBackend {
     /// connection, so writes made before a reconnect cannot be acknowledged after it.
     connection_gen: AtomicU64,
     /// Replicas connected to the master, as last seen (refreshed every heartbeat).
-    replicas: std::sync::atomic::AtomicI64,
+    replicas: AtomicI64,
     registered: AtomicBool,
     ever_registered: AtomicBool,
     replicated: Option<mpsc::Sender<Pending>>,
@@ -235,6 +253,7 @@ impl RedisBackend {
             server_ttl: config.server_ttl,
             last_seen: Mutex::default(),
             recent_direct: Mutex::new(RecentIds::new(RESEND_WINDOW)),
+            redis_clock: AtomicI64::new(i64::MIN),
             local_presence: Mutex::default(),
             sub_lock: tokio::sync::Mutex::new(()),
             started: Instant::now(),
@@ -242,7 +261,7 @@ impl RedisBackend {
             last_heartbeat_ms: AtomicU64::new(0),
             reap_not_before_ms: AtomicU64::new(0),
             connection_gen: AtomicU64::new(0),
-            replicas: std::sync::atomic::AtomicI64::new(i64::from(config.redis_min_replicas)),
+            replicas: AtomicI64::new(i64::from(config.redis_min_replicas)),
             registered: AtomicBool::new(false),
             ever_registered: AtomicBool::new(false),
             replicated: (config.redis_min_replicas > 0).then_some(tx),
@@ -311,8 +330,19 @@ impl RedisBackend {
     /// The publish script's arguments for one message (the script PUBLISHes it too).
     fn publish_args(&self, room: &str, draft: Draft) -> Result<Vec<String>, BackendError> {
         let mut args = self.append_args(room, Self::body(room, &draft)?);
-        args.extend(["1".into(), draft.id]);
+        args.extend(["1".into(), draft.id, self.deadline()]);
         Ok(args)
+    }
+
+    /// The publish script's deadline for a message taken now: `RESEND_WINDOW` later, in ms of
+    /// Redis's clock ('' before the first heartbeat has read that clock).
+    fn deadline(&self) -> String {
+        publish_deadline(
+            self.millis(),
+            self.redis_clock.load(Ordering::Acquire),
+            RESEND_WINDOW,
+        )
+        .map_or_else(String::new, |d| d.to_string())
     }
 
     /// `commands`: each message's whole EVALSHA argument list (see `publish_batch`); they are
@@ -577,13 +607,18 @@ impl RedisBackend {
             .unwrap_or(u64::MAX)
             .to_string();
         let args = vec![self.prefix.clone(), self.server_id.clone(), ttl];
+        let sent = self.millis();
         match self
             .scripts
             .heartbeat
-            .evalsha_with_reload::<i64, _, _>(&self.client, Vec::<String>::new(), args)
+            .evalsha_with_reload::<(i64, i64), _, _>(&self.client, Vec::<String>::new(), args)
             .await
         {
-            Ok(existed) => {
+            Ok((existed, redis_now)) => {
+                // Redis read its clock about halfway through the round trip.
+                let mid = (sent + self.millis()) / 2;
+                let offset = redis_now.saturating_sub(i64::try_from(mid).unwrap_or(i64::MAX));
+                self.redis_clock.store(offset, Ordering::Release);
                 self.last_heartbeat_ms
                     .store(self.millis(), Ordering::Release);
                 self.registered.store(true, Ordering::Release);
@@ -668,7 +703,7 @@ impl RedisBackend {
             let mut written = Vec::with_capacity(batch.len());
             for mut p in batch.drain(..) {
                 let mut args = self.append_args(&p.room, std::mem::take(&mut p.body));
-                args.extend(["0".into(), std::mem::take(&mut p.id)]);
+                args.extend(["0".into(), std::mem::take(&mut p.id), self.deadline()]);
                 let r: Result<String, _> = self
                     .scripts
                     .publish
@@ -1137,6 +1172,22 @@ impl RecentIds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_publish_deadline_is_the_window_after_now_in_redis_time() {
+        let w = Duration::from_secs(30);
+        assert_eq!(
+            publish_deadline(5_000, i64::MIN, w),
+            None,
+            "clock not read yet"
+        );
+        // Redis's clock at 1_700_000_000_000 when this instance was 2_000 ms old.
+        let offset = 1_700_000_000_000 - 2_000;
+        assert_eq!(
+            publish_deadline(5_000, offset, w),
+            Some(1_700_000_000_000 + 3_000 + 30_000)
+        );
+    }
 
     #[test]
     fn a_resent_id_is_caught_within_the_window_and_old_ids_are_forgotten() {

@@ -1,7 +1,7 @@
 -- Shared by every script that appends a room event. Keys are derived from the prefix here;
 -- that is fine on one Redis node or behind Sentinel (no Redis Cluster slots to respect).
 --
--- append(prefix, room, body, new_epoch, maxlen, ttl, publish, id) assigns the room's next offset
+-- append(prefix, room, body, new_epoch, maxlen, ttl, publish, id, deadline) assigns the room's next offset
 -- (a new epoch if the room has none), appends to its Stream with ID "<offset>-0", refreshes
 -- the TTLs, records the room, and PUBLISHes the record unless told not to. `body` is the
 -- event's JSON object without offset and epoch; the record is that object with both added.
@@ -13,10 +13,13 @@
 -- WINDOW-second bucket of Redis time (id -> offset), and the current and the previous bucket
 -- are looked in, so a resend up to WINDOW seconds after its first run is always caught. A
 -- resend is held back by the command timeout (CHAT_REDIS_WAIT_MS, 10 s by default) unless
--- the instance itself was paused. Each bucket lives 2 * WINDOW seconds.
+-- the instance itself was paused. Each bucket lives 2 * WINDOW seconds. A message that is not
+-- among them and comes past `deadline` (ms of Redis time: WINDOW seconds after the instance
+-- took it) is refused, as it might be a resend whose first run has left the window: a pause
+-- longer than WINDOW costs that message its receipt, never a second copy.
 local WINDOW = 30
 
-local function append(prefix, room, body, new_epoch, maxlen, ttl, publish, id)
+local function append(prefix, room, body, new_epoch, maxlen, ttl, publish, id, deadline)
   local meta = prefix .. ':room:' .. room
   local log = prefix .. ':log:' .. room
   local t = redis.call('TIME')
@@ -29,6 +32,13 @@ local function append(prefix, room, body, new_epoch, maxlen, ttl, publish, id)
     if at then
       -- Already in: the resend carries the same body, so this is the record stored then.
       return '{"offset":' .. at .. ',"epoch":"' .. epoch .. '",' .. string.sub(body, 2)
+    end
+  end
+  if deadline and deadline ~= '' then
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    if now > tonumber(deadline) then
+      return redis.error_reply('STALE the message reached Redis over ' .. WINDOW
+        .. ' s after it was sent (a paused instance?); not stored, it may be in already')
     end
   end
   if not epoch then

@@ -456,14 +456,18 @@ fn positive(
     }
 }
 
-/// At most 30 s: the publish script refuses a message that reaches Redis later than that after
-/// it was sent (its duplicate check covers 30 s; see `broker/lua/common.lua`).
+/// At most `RESEND_WINDOW`: the publish script refuses a message that reaches Redis later than
+/// that after it was sent (its duplicate check covers that long; see `broker/lua/common.lua`).
 fn redis_wait(get: &impl Fn(&'static str) -> Option<String>) -> Result<Duration, ConfigError> {
     let wait = millis(get, "CHAT_REDIS_WAIT_MS", 0)?;
-    if wait > Duration::from_secs(30) {
+    let most = crate::broker::redis::RESEND_WINDOW;
+    if wait > most {
         return Err(bad(
             "CHAT_REDIS_WAIT_MS",
-            "must be at most 30000 (a message that reaches Redis later than 30 s is not stored)",
+            format!(
+                "must be at most {} (a message that reaches Redis later than that is not stored)",
+                most.as_millis()
+            ),
         ));
     }
     Ok(wait)

@@ -492,11 +492,7 @@ async fn a_retried_publish_of_the_same_message_is_stored_and_delivered_once() {
 fn a_message_past_its_deadline_is_refused_unless_it_is_already_in() {
     use chat_tests::redis::Resp;
     let redis = RedisServer::start(RedisOpts::default());
-    let script = format!(
-        "{}\n{}",
-        include_str!("../../chat-server/src/broker/lua/common.lua"),
-        include_str!("../../chat-server/src/broker/lua/publish.lua")
-    );
+    let script = chat_server::broker::redis::publish_script_source();
     let time = redis.cli(&["TIME"]);
     let mut t = time.split_whitespace().map(|v| v.parse::<i64>().unwrap());
     let now = t.next().unwrap() * 1000 + t.next().unwrap() / 1000;

@@ -52,9 +52,28 @@ use crate::model::{
 };
 
 const COMMON: &str = include_str!("lua/common.lua");
+const PUBLISH: &str = include_str!("lua/publish.lua");
+
+/// How late a resend of a command (by fred, after a lost reply) is still recognised: the
+/// publish script's duplicate window and deadline (`WINDOW` in `lua/common.lua` is set from
+/// this), the direct messages' window, and the bound on `CHAT_REDIS_WAIT_MS`.
+pub const RESEND_WINDOW: Duration = Duration::from_secs(30);
+
+/// A script's text as sent to Redis: `WINDOW`, the shared functions, then `body`.
+fn script_source(body: &str) -> String {
+    format!(
+        "local WINDOW = {}\n{COMMON}\n{body}",
+        RESEND_WINDOW.as_secs()
+    )
+}
 
 fn script(body: &str) -> Script {
-    Script::from_lua(format!("{COMMON}\n{body}"))
+    Script::from_lua(script_source(body))
+}
+
+/// The publish script's text exactly as this server sends it (for tests that run it by EVAL).
+pub fn publish_script_source() -> String {
+    script_source(PUBLISH)
 }
 
 struct Scripts {
@@ -71,7 +90,7 @@ struct Scripts {
 impl Scripts {
     fn new() -> Scripts {
         Scripts {
-            publish: script(include_str!("lua/publish.lua")),
+            publish: script(PUBLISH),
             join: script(include_str!("lua/join.lua")),
             leave: script(include_str!("lua/leave.lua")),
             heartbeat: script(include_str!("lua/heartbeat.lua")),
@@ -141,8 +160,6 @@ pub struct RedisBackend {
     server_ttl: Duration,
     /// Per local room, the newest (epoch, offset) this instance handed to the hub.
     last_seen: Mutex<HashMap<String, (String, u64)>>,
-    /// Ids of the direct messages delivered lately: a resent PUBLISH is dropped.
-    recent_direct: Mutex<RecentIds>,
     /// Redis's clock minus `millis()` as of the last heartbeat (ms; `i64::MIN` until the first):
     /// how a publish's deadline is put in Redis time.
     redis_clock: AtomicI64,
@@ -252,7 +269,6 @@ impl RedisBackend {
             heartbeat_every: config.heartbeat_interval,
             server_ttl: config.server_ttl,
             last_seen: Mutex::default(),
-            recent_direct: Mutex::new(RecentIds::new(RESEND_WINDOW)),
             redis_clock: AtomicI64::new(i64::MIN),
             local_presence: Mutex::default(),
             sub_lock: tokio::sync::Mutex::new(()),
@@ -327,10 +343,16 @@ impl RedisBackend {
             .map_err(|e| BackendError::Protocol(format!("bad record in Redis: {e}")))
     }
 
-    /// The publish script's arguments for one message (the script PUBLISHes it too).
-    fn publish_args(&self, room: &str, draft: Draft) -> Result<Vec<String>, BackendError> {
+    /// The publish script's arguments for one message (the script PUBLISHes it too);
+    /// `deadline` from [`Self::deadline`], once for all the messages taken together.
+    fn publish_args(
+        &self,
+        room: &str,
+        draft: Draft,
+        deadline: &str,
+    ) -> Result<Vec<String>, BackendError> {
         let mut args = self.append_args(room, Self::body(room, &draft)?);
-        args.extend(["1".into(), draft.id, self.deadline()]);
+        args.extend(["1".into(), draft.id, deadline.to_owned()]);
         Ok(args)
     }
 
@@ -411,6 +433,8 @@ impl RedisBackend {
         let room_prefix = format!("{}:ch:room:", self.prefix);
         let user_prefix = format!("{}:ch:user:", self.prefix);
         let probe = self.probe_channel();
+        // Ids of the direct messages delivered lately: a resent PUBLISH is dropped.
+        let mut recent_direct = RecentIds::new(RESEND_WINDOW);
         loop {
             let msg = tokio::select! {
                 () = self.stop.cancelled() => return,
@@ -440,12 +464,7 @@ impl RedisBackend {
             } else if channel.starts_with(&user_prefix) {
                 match serde_json::from_str::<DirectRecord>(&payload) {
                     Ok(r) => {
-                        let first = self
-                            .recent_direct
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .first_time(&r.id, Instant::now());
-                        if first {
+                        if recent_direct.first_time(&r.id, Instant::now()) {
                             self.hub.deliver_user(&DirectEvent::new(r));
                         } else {
                             debug!(id = r.id, "dropped a resent direct message");
@@ -615,12 +634,12 @@ impl RedisBackend {
             .await
         {
             Ok((existed, redis_now)) => {
+                let got = self.millis();
                 // Redis read its clock about halfway through the round trip.
-                let mid = (sent + self.millis()) / 2;
+                let mid = (sent + got) / 2;
                 let offset = redis_now.saturating_sub(i64::try_from(mid).unwrap_or(i64::MAX));
                 self.redis_clock.store(offset, Ordering::Release);
-                self.last_heartbeat_ms
-                    .store(self.millis(), Ordering::Release);
+                self.last_heartbeat_ms.store(got, Ordering::Release);
                 self.registered.store(true, Ordering::Release);
                 let was = self.ever_registered.swap(true, Ordering::AcqRel);
                 if existed == 0 && was {
@@ -701,9 +720,10 @@ impl RedisBackend {
             }
             let generation = self.connection_gen.load(Ordering::Acquire);
             let mut written = Vec::with_capacity(batch.len());
+            let deadline = self.deadline();
             for mut p in batch.drain(..) {
                 let mut args = self.append_args(&p.room, std::mem::take(&mut p.body));
-                args.extend(["0".into(), std::mem::take(&mut p.id), self.deadline()]);
+                args.extend(["0".into(), std::mem::take(&mut p.id), deadline.clone()]);
                 let r: Result<String, _> = self
                     .scripts
                     .publish
@@ -855,7 +875,7 @@ impl Broker for RedisBackend {
             .evalsha_with_reload(
                 &self.client,
                 Vec::<String>::new(),
-                self.publish_args(room, draft)?,
+                self.publish_args(room, draft, &self.deadline())?,
             )
             .await
             .map_err(|e| unavailable(&e))?;
@@ -899,8 +919,11 @@ impl Broker for RedisBackend {
         }
         let sha = Value::from(self.scripts.publish.sha1().clone());
         let mut args = Vec::with_capacity(items.len());
+        let deadline = self.deadline();
         for (i, (room, draft)) in items.into_iter().enumerate() {
-            let script_args = self.publish_args(&room, draft).map_err(|e| (i, e))?;
+            let script_args = self
+                .publish_args(&room, draft, &deadline)
+                .map_err(|e| (i, e))?;
             // SHA, no keys, then the script's arguments.
             let cmd = [sha.clone(), Value::from(0)]
                 .into_iter()
@@ -1125,10 +1148,6 @@ impl Services {
     }
 }
 
-/// How late a resend of a command (by fred, after a lost reply) is still recognised: the
-/// publish script's window (`WINDOW` in `lua/common.lua`), and the same for direct messages.
-const RESEND_WINDOW: Duration = Duration::from_secs(30);
-
 /// Ids seen in the last `window` (at least; at most twice that): two generations of a set,
 /// the older dropped as a whole when the newer is `window` old. Direct messages are not
 /// stored, so a PUBLISH that fred resent after a lost reply can only be caught on arrival.
@@ -1137,7 +1156,8 @@ const RESEND_WINDOW: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 struct RecentIds {
     window: Duration,
-    since: Option<Instant>,
+    /// When `current` began.
+    since: Instant,
     hasher: RandomState,
     current: HashSet<u64>,
     previous: HashSet<u64>,
@@ -1147,7 +1167,7 @@ impl RecentIds {
     fn new(window: Duration) -> RecentIds {
         RecentIds {
             window,
-            since: None,
+            since: Instant::now(),
             hasher: RandomState::new(),
             current: HashSet::new(),
             previous: HashSet::new(),
@@ -1156,13 +1176,13 @@ impl RecentIds {
 
     /// Records `id`; false if it was seen within the window.
     fn first_time(&mut self, id: &str, now: Instant) -> bool {
-        let since = *self.since.get_or_insert(now);
-        if now.duration_since(since) >= self.window {
+        let age = now.duration_since(self.since);
+        if age >= self.window {
             self.previous = std::mem::take(&mut self.current);
-            if now.duration_since(since) >= 2 * self.window {
+            if age >= 2 * self.window {
                 self.previous.clear();
             }
-            self.since = Some(now);
+            self.since = now;
         }
         let h = self.hasher.hash_one(id);
         !self.previous.contains(&h) && self.current.insert(h)

@@ -16,8 +16,8 @@
 -- the instance itself was paused. Each bucket lives 2 * WINDOW seconds. A message that is not
 -- among them and comes past `deadline` (ms of Redis time: WINDOW seconds after the instance
 -- took it) is refused, as it might be a resend whose first run has left the window: a pause
--- longer than WINDOW costs that message its receipt, never a second copy.
-local WINDOW = 30
+-- longer than WINDOW costs that message its receipt, never a second copy. WINDOW (seconds) is
+-- set ahead of this file by the server, from RESEND_WINDOW in broker/redis.rs.
 
 local function append(prefix, room, body, new_epoch, maxlen, ttl, publish, id, deadline)
   local meta = prefix .. ':room:' .. room
@@ -27,7 +27,8 @@ local function append(prefix, room, body, new_epoch, maxlen, ttl, publish, id, d
   local ids = prefix .. ':ids:' .. room .. ':' .. bucket
   local before = prefix .. ':ids:' .. room .. ':' .. (bucket - 1)
   local epoch = redis.call('HGET', meta, 'epoch')
-  if id and id ~= '' and epoch then
+  local keyed = id and id ~= ''
+  if keyed and epoch then
     local at = redis.call('HGET', ids, id) or redis.call('HGET', before, id)
     if at then
       -- Already in: the resend carries the same body, so this is the record stored then.
@@ -50,7 +51,7 @@ local function append(prefix, room, body, new_epoch, maxlen, ttl, publish, id, d
   local offset = redis.call('HINCRBY', meta, 'last', 1)
   local record = '{"offset":' .. offset .. ',"epoch":"' .. epoch .. '",' .. string.sub(body, 2)
   redis.call('XADD', log, 'MAXLEN', maxlen, offset .. '-0', 'r', record)
-  if id and id ~= '' then
+  if keyed then
     redis.call('HSET', ids, id, offset)
     redis.call('EXPIRE', ids, 2 * WINDOW)
   end

@@ -1,4 +1,4 @@
-// socketio-load: the Socket.IO mirror of chatcluster's `chat-load` (tests/src/bin/chat-load.rs),
+// socketio-load: the Socket.IO mirror of chatcluster's `chat-load` (bench/chat-load),
 // reporting the same figures against bench/socketio/server.mjs.
 //
 // --mode fanout (default): `--clients` subscribers spread round-robin over the `--url`s, subscriber

@@ -14,7 +14,7 @@ pub mod model;
 pub mod server;
 pub mod session;
 pub mod shutdown;
-pub mod stomp;
 
+pub use chat_wire::stomp;
 pub use config::Config;
 pub use server::{AppState, Server, ServerError};

@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(content) = chat_server::model::parse_message_body(data) {
+    if let Ok(content) = chat_wire::body::parse_message_body(data) {
         assert!(!content.trim().is_empty());
         let json = serde_json::to_string(&content).expect("a String serializes");
         let back: String = serde_json::from_str(&json).expect("and parses back");

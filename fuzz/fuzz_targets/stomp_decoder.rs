@@ -3,7 +3,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use chat_server::stomp::{Decoded, Decoder, Frame, Limits, encode};
+use chat_wire::stomp::{Decoded, Decoder, Frame, Limits, encode};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

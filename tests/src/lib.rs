@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use chat_server::stomp::{Command, Decoded, Decoder, Frame, Limits, encode};
 use chat_server::{AppState, Config, Server};
+use chat_wire::stomp::{Command, Decoded, Decoder, Frame, Limits, encode};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;

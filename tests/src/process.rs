@@ -8,16 +8,26 @@ use std::time::{Duration, Instant};
 
 /// The chat-server binary of this build (`cargo build --workspace --bins` puts it there).
 pub fn chat_server_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("CHAT_SERVER_BIN") {
+    workspace_bin("chat-server", "CHAT_SERVER_BIN")
+}
+
+/// The chat-load binary of this build (`cargo build --workspace --bins` puts it there).
+pub fn chat_load_bin() -> PathBuf {
+    workspace_bin("chat-load", "CHAT_LOAD_BIN")
+}
+
+/// A binary of this workspace beside the running test binary, or the path in `env_var`.
+fn workspace_bin(name: &str, env_var: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(env_var) {
         return PathBuf::from(p);
     }
-    // target/<profile>/deps/<test-binary> -> target/<profile>/chat-server
+    // target/<profile>/deps/<test-binary> -> target/<profile>/<name>
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("chat-server");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
-        "{} is missing: run `cargo build -p chat-server` first",
+        "{} is missing: run `cargo build --workspace --bins` first",
         bin.display()
     );
     bin

@@ -3,8 +3,8 @@
 
 use chat_server::Config;
 use chat_server::config::JwtKey;
-use chat_server::stomp::{Command, Frame};
 use chat_tests::{Client, TestServer, hs256_token, now_secs};
+use chat_wire::stomp::{Command, Frame};
 use serde_json::json;
 
 const SECRET: &str = "attack-test-secret-of-length";

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use chat_server::Config;
-use chat_server::stomp::Command;
 use chat_tests::{Client, TestServer};
+use chat_wire::stomp::Command;
 use tokio_tungstenite::tungstenite::Message;
 
 const ROOM: &str = "/topic/room/lobby";

@@ -19,10 +19,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use chat_server::stomp::Command;
 use chat_tests::process::ServerProcess;
 use chat_tests::redis::{RedisOpts, RedisServer, SentinelCluster};
 use chat_tests::{Client, body};
+use chat_wire::stomp::Command;
 
 const ROOM: &str = "/topic/room/chaos";
 const SEND: &str = "/app/room/chaos";

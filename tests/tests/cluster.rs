@@ -303,7 +303,7 @@ async fn with_redis_down_sends_fail_clearly_readiness_drops_and_everything_recov
     }
     let mut c = Client::login(&a.ws_url(), "sender").await;
     c.send_frame(
-        &chat_server::stomp::Frame::new(chat_server::stomp::Command::Send)
+        &chat_wire::stomp::Frame::new(chat_wire::stomp::Command::Send)
             .with_header("destination", SEND)
             .with_header("receipt", "r1")
             .with_body("lost?"),

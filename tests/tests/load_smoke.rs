@@ -7,7 +7,7 @@
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use chat_tests::process::ServerProcess;
+use chat_tests::process::{ServerProcess, chat_load_bin};
 use chat_tests::redis::{RedisOpts, RedisServer};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -16,7 +16,7 @@ use tokio::process::Command;
 const RUN_LIMIT: Duration = Duration::from_secs(90);
 
 fn chat_load(args: &[&str], json: &std::path::Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chat-load"));
+    let mut cmd = Command::new(chat_load_bin());
     cmd.args(args)
         .arg("--json")
         .arg(json)

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use chat_server::Config;
 use chat_server::config::JwtKey;
-use chat_server::stomp::Command;
 use chat_tests::process::{ServerProcess, chat_server_bin};
 use chat_tests::{Client, TestServer, now_secs};
+use chat_wire::stomp::Command;
 use serde_json::json;
 
 #[tokio::test]
@@ -95,7 +95,7 @@ fn key_pair(dir: &std::path::Path, kind: &str) -> (Vec<u8>, Vec<u8>) {
     (std::fs::read(key).unwrap(), std::fs::read(public).unwrap())
 }
 
-async fn connect_result(s: &TestServer, token: &str) -> chat_server::stomp::Frame {
+async fn connect_result(s: &TestServer, token: &str) -> chat_wire::stomp::Frame {
     let mut c = Client::open(&s.ws_url()).await;
     c.stomp_connect(&[("passcode", token)]).await
 }

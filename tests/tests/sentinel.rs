@@ -74,7 +74,7 @@ async fn a_master_killed_mid_stream_loses_no_receipted_message_and_delivery_resu
         let seen = seen.clone();
         readers.push(tokio::spawn(async move {
             while let Ok(Some(f)) = c.next_frame_within(Duration::from_secs(30)).await {
-                if f.command == chat_server::stomp::Command::Message {
+                if f.command == chat_wire::stomp::Command::Message {
                     let offset = f.header("x-offset").unwrap().parse().unwrap();
                     let text = body(&f)["content"].as_str().unwrap().to_owned();
                     seen.lock().unwrap()[i].push((offset, text, Instant::now()));

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use chat_server::Config;
 use chat_server::config::JwtKey;
-use chat_server::stomp::{Command, Frame};
 use chat_tests::{Client, TestServer, body, hs256_token, now_secs};
+use chat_wire::stomp::{Command, Frame};
 use serde_json::json;
 
 const ROOM: &str = "/topic/room/lobby";

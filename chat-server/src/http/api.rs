@@ -16,7 +16,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::broker::BackendError;
-use crate::model::{Draft, EventKind, EventRecord, Identity, is_valid_id, parse_message_body};
+use chat_wire::body::parse_message_body;
+
+use crate::model::{Draft, EventKind, EventRecord, Identity, is_valid_id};
 use crate::server::AppState;
 
 #[derive(Debug, thiserror::Error)]

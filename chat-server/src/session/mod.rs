@@ -28,9 +28,11 @@ use crate::hub::{Delivery, Kill, Listener, Topic};
 use crate::metrics::Metrics;
 use crate::model::{
     DirectRecord, Draft, EventKind, EventRecord, Identity, RoomEvent, Sender, is_valid_id,
-    now_rfc3339, parse_message_body,
+    now_rfc3339,
 };
 use crate::server::AppState;
+use chat_wire::body::parse_message_body;
+
 use crate::stomp::{Command, Decoded, Decoder, Frame, Limits, encode, parse_heart_beat};
 
 /// Frames read ahead while an earlier frame's broker call is still running.

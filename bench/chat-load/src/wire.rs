@@ -160,9 +160,9 @@ impl Send<'_> {
 mod tests {
     use super::*;
     use bytes::BytesMut;
-    use chat_server::stomp::{Decoded, Decoder, Limits};
+    use chat_wire::stomp::{Decoded, Decoder, Limits};
 
-    fn decode(text: &str) -> chat_server::stomp::Frame {
+    fn decode(text: &str) -> chat_wire::stomp::Frame {
         let mut buf = BytesMut::from(text.as_bytes());
         match Decoder::new(Limits::default()).decode(&mut buf).unwrap() {
             Some(Decoded::Frame(f)) => f,

@@ -7,6 +7,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// How late a resend of a command (by fred, after a lost reply) is still recognised: the
+/// publish script's duplicate window and deadline (`WINDOW` in `broker/lua/common.lua` is set from
+/// this), the direct messages' window, and the bound on `CHAT_REDIS_WAIT_MS`.
+pub const RESEND_WINDOW: Duration = Duration::from_secs(30);
+
 /// One configuration variable: its name, what it means, and its default as text.
 #[derive(Debug, Clone, Copy)]
 pub struct Var {
@@ -460,7 +465,7 @@ fn positive(
 /// that after it was sent (its duplicate check covers that long; see `broker/lua/common.lua`).
 fn redis_wait(get: &impl Fn(&'static str) -> Option<String>) -> Result<Duration, ConfigError> {
     let wait = millis(get, "CHAT_REDIS_WAIT_MS", 0)?;
-    let most = crate::broker::redis::RESEND_WINDOW;
+    let most = RESEND_WINDOW;
     if wait > most {
         return Err(bad(
             "CHAT_REDIS_WAIT_MS",

@@ -65,6 +65,33 @@ pub struct Sender {
     pub name: String,
 }
 
+/// One session's presence in a room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Member {
+    pub user_id: String,
+    pub name: String,
+    pub session_id: String,
+    pub server_id: String,
+}
+
+impl Member {
+    pub fn sender(&self) -> Sender {
+        Sender {
+            id: self.user_id.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    /// The JOIN or LEAVE event of this member, sent by `server_id`.
+    pub fn event(&self, kind: EventKind, server_id: &str) -> Draft {
+        let mut d = Draft::new(kind, self.sender(), String::new(), server_id);
+        d.headers
+            .push(("x-session".into(), self.session_id.clone()));
+        d
+    }
+}
+
 /// What a publisher hands the broker; the broker gives it an offset and an epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -402,7 +402,8 @@ async fn a_publish_is_one_redis_round_trip_whatever_the_fan_out() {
 #[tokio::test]
 async fn a_retried_publish_of_the_same_message_is_stored_and_delivered_once() {
     use chat_server::broker::redis::RedisBackend;
-    use chat_server::broker::{Broker, History, Member, Presence};
+    use chat_server::broker::{Broker, History, Presence};
+    use chat_server::model::Member;
     use chat_server::model::{Draft, EventKind, Sender};
     let redis = RedisServer::start(RedisOpts::default());
     let mut config = chat_server::Config::for_tests();

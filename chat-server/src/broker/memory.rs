@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use async_trait::async_trait;
 
-use super::{BackendError, Broker, History, HistoryPage, Member, Presence, Registry, RoomInfo};
+use super::{BackendError, Broker, History, HistoryPage, Presence, Registry, RoomInfo};
 use crate::hub::{Hub, Topic};
+use crate::model::Member;
 use crate::model::{DirectEvent, DirectRecord, Draft, EventKind, EventRecord, RoomEvent};
 
 #[derive(Debug)]

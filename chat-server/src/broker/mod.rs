@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::hub::{Hub, Topic};
-use crate::model::{DirectRecord, Draft, EventKind, RoomEvent, Sender};
+use crate::model::{DirectRecord, Draft, Member, RoomEvent};
 
 /// A backend could not do what was asked.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -44,33 +44,6 @@ pub struct RoomInfo {
 pub struct HistoryPage {
     pub info: RoomInfo,
     pub events: Vec<Arc<RoomEvent>>,
-}
-
-impl Member {
-    pub fn sender(&self) -> Sender {
-        Sender {
-            id: self.user_id.clone(),
-            name: self.name.clone(),
-        }
-    }
-
-    /// The JOIN or LEAVE event of this member, sent by `server_id`.
-    pub fn event(&self, kind: EventKind, server_id: &str) -> Draft {
-        let mut d = Draft::new(kind, self.sender(), String::new(), server_id);
-        d.headers
-            .push(("x-session".into(), self.session_id.clone()));
-        d
-    }
-}
-
-/// One session's presence in a room.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Member {
-    pub user_id: String,
-    pub name: String,
-    pub session_id: String,
-    pub server_id: String,
 }
 
 #[async_trait]

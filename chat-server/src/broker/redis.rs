@@ -45,7 +45,7 @@ use super::memory::new_epoch;
 use super::{
     BackendError, Broker, History, HistoryPage, Member, Presence, Registry, RoomInfo, Services,
 };
-use crate::config::{Backend, Config};
+use crate::config::{Backend, Config, RESEND_WINDOW};
 use crate::hub::{Hub, Topic};
 use crate::model::{
     DirectEvent, DirectRecord, Draft, EventKind, EventRecord, RoomEvent, now_rfc3339,
@@ -53,11 +53,6 @@ use crate::model::{
 
 const COMMON: &str = include_str!("lua/common.lua");
 const PUBLISH: &str = include_str!("lua/publish.lua");
-
-/// How late a resend of a command (by fred, after a lost reply) is still recognised: the
-/// publish script's duplicate window and deadline (`WINDOW` in `lua/common.lua` is set from
-/// this), the direct messages' window, and the bound on `CHAT_REDIS_WAIT_MS`.
-pub const RESEND_WINDOW: Duration = Duration::from_secs(30);
 
 /// A script's text as sent to Redis: `WINDOW`, the shared functions, then `body`.
 fn script_source(body: &str) -> String {

@@ -23,11 +23,11 @@ use tracing::{Instrument, debug, info_span, warn};
 
 pub use sequencer::{Sequencer, Verdict};
 
-use crate::broker::{BackendError, HistoryPage, Member, RoomInfo, Services};
+use crate::broker::{BackendError, HistoryPage, RoomInfo, Services};
 use crate::hub::{Delivery, Kill, Listener, Topic};
 use crate::metrics::Metrics;
 use crate::model::{
-    DirectRecord, Draft, EventKind, EventRecord, Identity, RoomEvent, Sender, is_valid_id,
+    DirectRecord, Draft, EventKind, EventRecord, Identity, Member, RoomEvent, Sender, is_valid_id,
     now_rfc3339,
 };
 use crate::server::AppState;

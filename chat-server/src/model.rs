@@ -92,19 +92,33 @@ impl Member {
     }
 }
 
-/// What a publisher hands the broker; the broker gives it an offset and an epoch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Draft {
-    pub id: String,
-    #[serde(rename = "type")]
-    pub kind: EventKind,
-    pub sender: Sender,
-    pub content: String,
-    pub sent_at: String,
-    pub server_id: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub headers: Vec<(String, String)>,
+/// Declares a room event struct: `id`, the struct's own fields, then the fields its publisher
+/// sets. `Draft` and `EventRecord` are both declared with it because a stored record is a
+/// draft's JSON with `roomId`, `offset` and `epoch` added (the Redis scripts build it so, and
+/// `EventRecord::from_draft` moves field by field): the two must not drift apart.
+macro_rules! room_event_struct {
+    ($(#[$meta:meta])* pub struct $name:ident { $(pub $field:ident: $ty:ty,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        pub struct $name {
+            pub id: String,
+            $(pub $field: $ty,)*
+            #[serde(rename = "type")]
+            pub kind: EventKind,
+            pub sender: Sender,
+            pub content: String,
+            pub sent_at: String,
+            pub server_id: String,
+            #[serde(default, skip_serializing_if = "Vec::is_empty")]
+            pub headers: Vec<(String, String)>,
+        }
+    };
+}
+
+room_event_struct! {
+    /// What a publisher hands the broker; the broker gives it an offset and an epoch.
+    pub struct Draft {}
 }
 
 impl Draft {
@@ -121,22 +135,13 @@ impl Draft {
     }
 }
 
-/// A stored room event, as history and the REST API show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EventRecord {
-    pub id: String,
-    pub room_id: String,
-    pub offset: u64,
-    pub epoch: String,
-    #[serde(rename = "type")]
-    pub kind: EventKind,
-    pub sender: Sender,
-    pub content: String,
-    pub sent_at: String,
-    pub server_id: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub headers: Vec<(String, String)>,
+room_event_struct! {
+    /// A stored room event, as history and the REST API show it.
+    pub struct EventRecord {
+        pub room_id: String,
+        pub offset: u64,
+        pub epoch: String,
+    }
 }
 
 impl EventRecord {
@@ -156,7 +161,7 @@ impl EventRecord {
     }
 }
 
-/// The body of a room MESSAGE frame (DESIGN.md); user headers travel as STOMP headers instead.
+/// The body of a room MESSAGE frame (docs/PROTOCOL.md); user headers travel as STOMP headers instead.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct RoomBody<'a> {

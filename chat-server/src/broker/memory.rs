@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use async_trait::async_trait;
 
-use super::{BackendError, Broker, History, HistoryPage, Presence, Registry, RoomInfo};
+use super::{
+    BackendError, Broker, History, HistoryPage, Presence, Registry, RoomInfo, Slice, new_epoch,
+};
 use crate::hub::{Hub, Topic};
 use crate::model::Member;
 use crate::model::{DirectEvent, DirectRecord, Draft, EventKind, EventRecord, RoomEvent};
@@ -34,14 +36,14 @@ impl Room {
 
 /// Broker and history in one, since both are the same maps here.
 #[derive(Debug)]
-pub struct MemoryStore {
+pub(crate) struct MemoryStore {
     hub: Arc<Hub>,
     max_len: usize,
     rooms: RwLock<HashMap<String, Arc<Mutex<Room>>>>,
 }
 
 impl MemoryStore {
-    pub fn new(hub: Arc<Hub>, max_len: usize) -> Arc<MemoryStore> {
+    pub(crate) fn new(hub: Arc<Hub>, max_len: usize) -> Arc<MemoryStore> {
         Arc::new(MemoryStore {
             hub,
             max_len: max_len.max(1),
@@ -76,32 +78,6 @@ impl MemoryStore {
             .clone();
         (room, created)
     }
-
-    fn page(&self, id: &str, pick: impl FnOnce(&Room) -> Vec<Arc<RoomEvent>>) -> HistoryPage {
-        match self.room(id) {
-            Some(room) => {
-                let r = room.lock().unwrap_or_else(PoisonError::into_inner);
-                HistoryPage {
-                    info: r.info(id),
-                    events: pick(&r),
-                }
-            }
-            None => HistoryPage {
-                info: RoomInfo {
-                    id: id.to_owned(),
-                    epoch: String::new(),
-                    last_offset: 0,
-                    first_offset: 1,
-                },
-                events: Vec::new(),
-            },
-        }
-    }
-}
-
-/// A fresh random epoch: 16 hex digits.
-pub fn new_epoch() -> String {
-    format!("{:016x}", rand::random::<u64>())
 }
 
 #[async_trait]
@@ -136,34 +112,36 @@ impl Broker for MemoryStore {
 
 #[async_trait]
 impl History for MemoryStore {
-    async fn info(&self, room: &str) -> Result<Option<RoomInfo>, BackendError> {
-        Ok(self
-            .room(room)
-            .map(|r| r.lock().unwrap_or_else(PoisonError::into_inner).info(room)))
-    }
-
-    async fn read_after(
-        &self,
-        room: &str,
-        after: u64,
-        limit: usize,
-    ) -> Result<HistoryPage, BackendError> {
-        Ok(self.page(room, |r| {
-            let first = r.events.front().map_or(r.last + 1, |e| e.offset());
-            let skip = usize::try_from(after.saturating_add(1).saturating_sub(first))
-                .unwrap_or(usize::MAX);
-            r.events.iter().skip(skip).take(limit).cloned().collect()
-        }))
-    }
-
-    async fn read_last(&self, room: &str, count: usize) -> Result<HistoryPage, BackendError> {
-        Ok(self.page(room, |r| {
-            r.events
+    async fn read(&self, id: &str, slice: Slice) -> Result<HistoryPage, BackendError> {
+        let Some(room) = self.room(id) else {
+            return Ok(HistoryPage {
+                info: RoomInfo {
+                    id: id.to_owned(),
+                    epoch: String::new(),
+                    last_offset: 0,
+                    first_offset: 1,
+                },
+                events: Vec::new(),
+            });
+        };
+        let r = room.lock().unwrap_or_else(PoisonError::into_inner);
+        let info = r.info(id);
+        let events = match slice {
+            Slice::Info => Vec::new(),
+            Slice::After { after, limit } => {
+                let skip =
+                    usize::try_from(after.saturating_add(1).saturating_sub(info.first_offset))
+                        .unwrap_or(usize::MAX);
+                r.events.iter().skip(skip).take(limit).cloned().collect()
+            }
+            Slice::Last { count } => r
+                .events
                 .iter()
                 .skip(r.events.len().saturating_sub(count))
                 .cloned()
-                .collect()
-        }))
+                .collect(),
+        };
+        Ok(HistoryPage { info, events })
     }
 
     async fn create_room(&self, room: &str) -> Result<bool, BackendError> {
@@ -189,14 +167,14 @@ impl History for MemoryStore {
 
 /// Presence in one process: room -> sessions in join order; JOIN and LEAVE go through the store.
 #[derive(Debug)]
-pub struct MemoryPresence {
+pub(crate) struct MemoryPresence {
     store: Arc<MemoryStore>,
     server_id: String,
     rooms: Mutex<HashMap<String, Vec<Member>>>,
 }
 
 impl MemoryPresence {
-    pub fn new(store: Arc<MemoryStore>, server_id: &str) -> MemoryPresence {
+    pub(crate) fn new(store: Arc<MemoryStore>, server_id: &str) -> MemoryPresence {
         MemoryPresence {
             store,
             server_id: server_id.to_owned(),
@@ -257,7 +235,7 @@ impl Presence for MemoryPresence {
 
 /// A lone instance is always registered with itself.
 #[derive(Debug)]
-pub struct MemoryRegistry;
+pub(crate) struct MemoryRegistry;
 
 #[async_trait]
 impl Registry for MemoryRegistry {

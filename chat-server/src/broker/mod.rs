@@ -5,7 +5,7 @@
 //! Each is a trait with an in-memory implementation (`memory`) for a single process; the
 //! clustered ones back the same traits with Redis. Sessions only ever see the traits.
 
-pub mod memory;
+pub(crate) mod memory;
 pub mod redis;
 
 use std::sync::Arc;
@@ -77,10 +77,28 @@ pub trait Broker: Send + Sync + 'static {
     fn is_ready(&self) -> bool;
 }
 
+/// Which events of a room a history read returns, besides the room's position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slice {
+    /// None: the position only.
+    Info,
+    /// Events with offsets above `after`, at most `limit`.
+    After { after: u64, limit: usize },
+    /// The newest `count` events.
+    Last { count: usize },
+}
+
 #[async_trait]
 pub trait History: Send + Sync + 'static {
+    /// The room's position and its `slice` of events, oldest first, read together. A room that
+    /// does not exist has an empty epoch, offset 0 and no events.
+    async fn read(&self, room: &str, slice: Slice) -> Result<HistoryPage, BackendError>;
+
     /// The room's position, or `None` if it has never existed (or its history is gone).
-    async fn info(&self, room: &str) -> Result<Option<RoomInfo>, BackendError>;
+    async fn info(&self, room: &str) -> Result<Option<RoomInfo>, BackendError> {
+        let page = self.read(room, Slice::Info).await?;
+        Ok((!page.info.epoch.is_empty()).then_some(page.info))
+    }
 
     /// Events with offsets above `after`, at most `limit`, oldest first.
     async fn read_after(
@@ -88,10 +106,14 @@ pub trait History: Send + Sync + 'static {
         room: &str,
         after: u64,
         limit: usize,
-    ) -> Result<HistoryPage, BackendError>;
+    ) -> Result<HistoryPage, BackendError> {
+        self.read(room, Slice::After { after, limit }).await
+    }
 
     /// The newest `count` events, oldest first.
-    async fn read_last(&self, room: &str, count: usize) -> Result<HistoryPage, BackendError>;
+    async fn read_last(&self, room: &str, count: usize) -> Result<HistoryPage, BackendError> {
+        self.read(room, Slice::Last { count }).await
+    }
 
     /// Creates an empty room; `false` when it existed already.
     async fn create_room(&self, room: &str) -> Result<bool, BackendError>;
@@ -131,6 +153,11 @@ pub struct Services {
     pub history: Arc<dyn History>,
     pub presence: Arc<dyn Presence>,
     pub registry: Arc<dyn Registry>,
+}
+
+/// A fresh random epoch: 16 hex digits.
+pub(crate) fn new_epoch() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
 
 impl std::fmt::Debug for Services {

@@ -17,7 +17,7 @@
 -- among them and comes past `deadline` (ms of Redis time: WINDOW seconds after the instance
 -- took it) is refused, as it might be a resend whose first run has left the window: a pause
 -- longer than WINDOW costs that message its receipt, never a second copy. WINDOW (seconds) is
--- set ahead of this file by the server, from RESEND_WINDOW in broker/redis.rs.
+-- set ahead of this file by the server, from RESEND_WINDOW in config.rs.
 
 local function append(prefix, room, body, new_epoch, maxlen, ttl, publish, id, deadline)
   local meta = prefix .. ':room:' .. room
@@ -69,4 +69,12 @@ end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The offset of the oldest event the room's Stream `log` still holds; last + 1 when it holds
+-- none. Stream IDs are "<offset>-0", so the head's ID carries it.
+local function first_offset(log, last)
+  local head = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
+  if #head > 0 then return tonumber(string.match(head[1][1], '^(%d+)')) end
+  return last + 1
 end

@@ -7,13 +7,10 @@ for _, id in ipairs(ids) do
   local m = redis.call('HMGET', prefix .. ':room:' .. id, 'epoch', 'last')
   if m[1] then
     local last = tonumber(m[2])
-    local first = last + 1
-    local head = redis.call('XRANGE', prefix .. ':log:' .. id, '-', '+', 'COUNT', 1)
-    if #head > 0 then first = tonumber(string.match(head[1][1], '^(%d+)')) end
     out[#out + 1] = id
     out[#out + 1] = m[1]
     out[#out + 1] = last
-    out[#out + 1] = first
+    out[#out + 1] = first_offset(prefix .. ':log:' .. id, last)
   else
     redis.call('ZREM', prefix .. ':rooms', id)
   end

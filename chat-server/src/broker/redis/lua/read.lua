@@ -4,10 +4,7 @@
 local m = redis.call('HMGET', KEYS[1], 'epoch', 'last')
 if not m[1] then return { false } end
 local last = tonumber(m[2])
-local first = last + 1
-local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
-if #head > 0 then first = tonumber(string.match(head[1][1], '^(%d+)')) end
-local out = { m[1], last, first }
+local out = { m[1], last, first_offset(KEYS[2], last) }
 local entries = {}
 if ARGV[1] == 'after' then
   entries = redis.call('XRANGE', KEYS[2], ARGV[2], '+', 'COUNT', ARGV[3])

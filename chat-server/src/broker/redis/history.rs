@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use fred::prelude::*;
 
-use super::RedisBackend;
+use super::{RedisBackend, unavailable};
 use crate::broker::{BackendError, History, HistoryPage, RoomInfo, Slice, new_epoch};
 
 /// Rooms the REST listing shows at most.
@@ -28,7 +28,7 @@ impl History for RedisBackend {
         let out: Vec<Value> = self
             .eval_raw(&self.scripts.read, keys, read_args(slice))
             .await
-            .map_err(|e| super::unavailable(&e))?;
+            .map_err(|e| unavailable(&e))?;
         let mut it = out.into_iter();
         let epoch = it.next().and_then(|v| v.as_string()).unwrap_or_default();
         let last = it.next().and_then(|v| v.as_u64()).unwrap_or(0);

@@ -23,15 +23,15 @@ use crate::config::RESEND_WINDOW;
 use crate::hub::Topic;
 use crate::model::{DirectRecord, Draft, RoomEvent};
 
-/// Where a message's outcome goes on the replicated path.
-type Reply = oneshot::Sender<Result<Arc<RoomEvent>, BackendError>>;
+/// A message's outcome on the replicated path: its stored event, or why it has no RECEIPT.
+type Outcome = Result<Arc<RoomEvent>, BackendError>;
 
 /// A pending publish for the replica-acknowledged path.
 pub(super) struct Pending {
     room: String,
     body: String,
     id: String,
-    reply: Reply,
+    reply: oneshot::Sender<Outcome>,
 }
 
 /// What the publish paths keep between messages.
@@ -166,7 +166,7 @@ impl RedisBackend {
         tx: &mpsc::Sender<Pending>,
         room: &str,
         draft: &Draft,
-    ) -> Result<oneshot::Receiver<Result<Arc<RoomEvent>, BackendError>>, BackendError> {
+    ) -> Result<oneshot::Receiver<Outcome>, BackendError> {
         let (reply, rx) = oneshot::channel();
         tx.send(Pending {
             room: room.to_owned(),
@@ -179,9 +179,7 @@ impl RedisBackend {
         Ok(rx)
     }
 
-    async fn replicated_reply(
-        rx: oneshot::Receiver<Result<Arc<RoomEvent>, BackendError>>,
-    ) -> Result<Arc<RoomEvent>, BackendError> {
+    async fn replicated_reply(rx: oneshot::Receiver<Outcome>) -> Outcome {
         rx.await.map_err(|_| publisher_stopped())?
     }
 

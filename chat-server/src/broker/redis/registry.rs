@@ -134,7 +134,7 @@ impl RedisBackend {
     }
 
     /// One reaper round; returns how many sessions it reaped.
-    pub async fn reap_once(&self) -> Result<usize, BackendError> {
+    async fn reap_once(&self) -> Result<usize, BackendError> {
         let args = vec![
             self.keys.prefix.clone(),
             self.keys.server_id.clone(),

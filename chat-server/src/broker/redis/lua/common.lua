@@ -1,4 +1,5 @@
--- Shared by every script that appends a room event. Keys are derived from the prefix here;
+-- Set ahead of every script. append() serves those that append a room event, first_offset()
+-- those that report a room's position. Keys are derived from the prefix here;
 -- that is fine on one Redis node or behind Sentinel (no Redis Cluster slots to respect).
 --
 -- append(prefix, room, body, new_epoch, maxlen, ttl, publish, id, deadline) assigns the room's next offset

@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 /// How late a resend of a command (by fred, after a lost reply) is still recognised: the
-/// publish script's duplicate window and deadline (`WINDOW` in `broker/lua/common.lua` is set from
-/// this), the direct messages' window, and the bound on `CHAT_REDIS_WAIT_MS`.
+/// publish script's duplicate window and deadline (`WINDOW` in the broker's `common.lua` is set
+/// from this), the direct messages' window, and the bound on `CHAT_REDIS_WAIT_MS`.
 pub const RESEND_WINDOW: Duration = Duration::from_secs(30);
 
 /// One configuration variable: its name, what it means, and its default as text.
@@ -475,7 +475,7 @@ fn positive(
 }
 
 /// At most `RESEND_WINDOW`: the publish script refuses a message that reaches Redis later than
-/// that after it was sent (its duplicate check covers that long; see `broker/lua/common.lua`).
+/// that after it was sent (its duplicate check covers that long; see the broker's `common.lua`).
 fn redis_wait(get: &impl Fn(&'static str) -> Option<String>) -> Result<Duration, ConfigError> {
     let wait = millis(get, "CHAT_REDIS_WAIT_MS", 0)?;
     let most = RESEND_WINDOW;

@@ -2,14 +2,16 @@
 //!
 //! Parsing is a pure function of a lookup (`Config::from_lookup`), so tests and the operator
 //! pass a map instead of the real environment. A bad value stops start-up with an error that
-//! names the variable; nothing is bound before the whole configuration is valid.
+//! names the variable; nothing is bound before the whole configuration is valid. Every default
+//! is written once, in `VARS`: `from_lookup` falls back to it, `--help` shows it, and a test
+//! checks that `docs/CONFIGURATION.md` lists exactly these names and defaults.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 /// How late a resend of a command (by fred, after a lost reply) is still recognised: the
-/// publish script's duplicate window and deadline (`WINDOW` in `broker/lua/common.lua` is set from
-/// this), the direct messages' window, and the bound on `CHAT_REDIS_WAIT_MS`.
+/// publish script's duplicate window and deadline (`WINDOW` in the broker's `common.lua` is set
+/// from this), the direct messages' window, and the bound on `CHAT_REDIS_WAIT_MS`.
 pub const RESEND_WINDOW: Duration = Duration::from_secs(30);
 
 /// One configuration variable: its name, what it means, and its default as text.
@@ -20,7 +22,9 @@ pub struct Var {
     pub default: Option<&'static str>,
 }
 
-/// Every variable the server reads; the README table and `--help` come from this list.
+/// Every variable the server reads, with its default: the one place a default is written.
+/// `--help` is made from this list, and `tests/tests/docs.rs` checks `docs/CONFIGURATION.md`
+/// against it. A variable whose default depends on others (`None` here) says so in `help`.
 pub const VARS: &[Var] = &[
     var(
         "CHAT_LISTEN_ADDR",
@@ -275,7 +279,7 @@ impl Config {
             }
             (None, Some(list)) => Backend::Sentinel {
                 sentinels: parse_host_ports(&list).map_err(|m| bad("CHAT_REDIS_SENTINELS", m))?,
-                master: get("CHAT_REDIS_SENTINEL_MASTER").unwrap_or_else(|| "mymaster".into()),
+                master: defaulted(&get, "CHAT_REDIS_SENTINEL_MASTER")?,
             },
             (None, None) => Backend::Memory,
         };
@@ -363,21 +367,15 @@ impl Config {
         if max_frame_bytes < 1024 {
             return Err(bad("CHAT_MAX_FRAME_BYTES", "must be at least 1024"));
         }
-        let stomp_heartbeat = get("CHAT_STOMP_HEARTBEAT_MS")
-            .map(|s| {
-                crate::stomp::parse_heart_beat(&s).ok_or_else(|| {
-                    bad(
-                        "CHAT_STOMP_HEARTBEAT_MS",
-                        "expected two numbers: send,receive",
-                    )
-                })
-            })
-            .transpose()?
-            .unwrap_or((10_000, 10_000));
-        let log_format = match get("CHAT_LOG_FORMAT").as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
+        let stomp_heartbeat = parse_with(&get, "CHAT_STOMP_HEARTBEAT_MS", |s| {
+            crate::stomp::parse_heart_beat(s)
+                .ok_or_else(|| "expected two numbers: send,receive".into())
+        })?
+        .ok_or_else(|| bad("CHAT_STOMP_HEARTBEAT_MS", "required"))?;
+        let log_format = match defaulted(&get, "CHAT_LOG_FORMAT")?.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
                 return Err(bad(
                     "CHAT_LOG_FORMAT",
                     format!("expected text or json, got {other:?}"),
@@ -392,7 +390,7 @@ impl Config {
             redis_sentinel_password: get("CHAT_REDIS_SENTINEL_PASSWORD"),
             redis_min_replicas,
             redis_wait: redis_wait(&get)?,
-            key_prefix: get("CHAT_KEY_PREFIX").unwrap_or_else(|| "chat".into()),
+            key_prefix: defaulted(&get, "CHAT_KEY_PREFIX")?,
             server_id,
             jwt_key,
             jwt_audience: get("CHAT_JWT_AUDIENCE"),
@@ -407,12 +405,10 @@ impl Config {
             max_connections: positive(&get, "CHAT_MAX_CONNECTIONS")?,
             max_subscriptions: positive(&get, "CHAT_MAX_SUBSCRIPTIONS")?,
             outbound_queue: positive(&get, "CHAT_OUTBOUND_QUEUE")?,
-            send_rate: parse_num(&get, "CHAT_SEND_RATE")?.unwrap_or(200),
-            user_send_rate: parse_num(&get, "CHAT_USER_SEND_RATE")?.unwrap_or(400),
+            send_rate: number(&get, "CHAT_SEND_RATE")?,
+            user_send_rate: number(&get, "CHAT_USER_SEND_RATE")?,
             stomp_heartbeat,
-            shutdown_grace: Duration::from_secs(
-                parse_num(&get, "CHAT_SHUTDOWN_GRACE_SECS")?.unwrap_or(20),
-            ),
+            shutdown_grace: Duration::from_secs(number(&get, "CHAT_SHUTDOWN_GRACE_SECS")?),
             log_format,
         })
     }
@@ -450,6 +446,23 @@ fn parse_num<T: std::str::FromStr>(
     })
 }
 
+/// A variable with a default in `VARS`: missing only if `VARS` lost it, which is a bug the
+/// config tests catch.
+fn defaulted(
+    get: &impl Fn(&'static str) -> Option<String>,
+    name: &'static str,
+) -> Result<String, ConfigError> {
+    get(name).ok_or_else(|| bad(name, "required"))
+}
+
+/// A whole number with a default in `VARS`.
+fn number<T: std::str::FromStr>(
+    get: &impl Fn(&'static str) -> Option<String>,
+    name: &'static str,
+) -> Result<T, ConfigError> {
+    parse_num(get, name)?.ok_or_else(|| bad(name, "required"))
+}
+
 fn positive(
     get: &impl Fn(&'static str) -> Option<String>,
     name: &'static str,
@@ -462,7 +475,7 @@ fn positive(
 }
 
 /// At most `RESEND_WINDOW`: the publish script refuses a message that reaches Redis later than
-/// that after it was sent (its duplicate check covers that long; see `broker/lua/common.lua`).
+/// that after it was sent (its duplicate check covers that long; see the broker's `common.lua`).
 fn redis_wait(get: &impl Fn(&'static str) -> Option<String>) -> Result<Duration, ConfigError> {
     let wait = millis(get, "CHAT_REDIS_WAIT_MS", 0)?;
     let most = RESEND_WINDOW;

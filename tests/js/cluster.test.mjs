@@ -6,8 +6,7 @@
 // CHAT_SERVER_ID_B, when set, are the ids the instances must report.
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Client } from '@stomp/stompjs';
-import WebSocket from 'ws';
+import { connectClient, within } from './stomp-client.mjs';
 
 const URL_A = (process.env.CHAT_URL_A || '').replace(/\/+$/, '');
 const URL_B = (process.env.CHAT_URL_B || '').replace(/\/+$/, '');
@@ -16,7 +15,7 @@ if (!URL_A || !URL_B) {
   test('cluster: two instances on one Redis', { skip: 'set CHAT_URL_A and CHAT_URL_B (scripts/client-tests does)' }, () => {});
 } else {
   // Imported only here: helpers.mjs insists on a server address at import time.
-  const { SUBPROTOCOLS, getJsonAt, uniqueId, waitFor, within, wsUrlOf } = await import('./helpers.mjs');
+  const { getJsonAt, uniqueId, waitFor, wsUrlOf } = await import('./helpers.mjs');
 
   const clients = new Set();
   after(async () => {
@@ -24,20 +23,7 @@ if (!URL_A || !URL_B) {
   });
 
   /** Connects a stompjs Client as `login` to the instance at `baseUrl`; resolves once CONNECTED. */
-  const connect = (baseUrl, login) => within(new Promise((resolve, reject) => {
-    const client = new Client({
-      webSocketFactory: () => new WebSocket(wsUrlOf(baseUrl), SUBPROTOCOLS),
-      connectHeaders: { login },
-      heartbeatIncoming: 10000,
-      heartbeatOutgoing: 10000,
-      reconnectDelay: 0, // a test fails rather than reconnect behind our back
-      onConnect: (connected) => resolve({ client, connected }),
-      onStompError: (frame) => reject(new Error(`ERROR frame: ${frame.headers.message} ${frame.body}`)),
-      onWebSocketClose: (ev) => reject(new Error(`socket closed before CONNECTED: ${ev.code} ${ev.reason}`)),
-    });
-    clients.add(client);
-    client.activate();
-  }), 5000, `CONNECTED for ${login} at ${baseUrl}`);
+  const connect = (baseUrl, login) => connectClient(wsUrlOf(baseUrl), { login }, clients, `${login} at ${baseUrl}`);
 
   /** Resolves when the RECEIPT for a frame sent by `send(receiptId)` arrives. */
   const withReceipt = (client, what, send) => {

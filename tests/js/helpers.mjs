@@ -1,4 +1,5 @@
-// Shared helpers of the client tests: the server's address, unique names, and waiting.
+// Shared helpers of the client tests: the server's address, unique names, and waiting (the
+// stompjs client itself is in stomp-client.mjs).
 import assert from 'node:assert/strict';
 
 export const CHAT_URL = (process.env.CHAT_URL || '').replace(/\/+$/, '');
@@ -10,7 +11,7 @@ export function wsUrlOf(httpUrl) {
   return httpUrl.replace(/\/+$/, '').replace(/^http/, 'ws') + '/ws';
 }
 export const WS_URL = wsUrlOf(CHAT_URL);
-export const SUBPROTOCOLS = ['v12.stomp', 'v11.stomp', 'v10.stomp'];
+export { SUBPROTOCOLS, within } from './stomp-client.mjs';
 
 /** A fresh id that no other test run uses: [A-Za-z0-9_.-] only. */
 export function uniqueId(prefix) {
@@ -26,13 +27,6 @@ export async function waitFor(fn, ms = 5000, what = 'condition') {
     if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 25));
   }
-}
-
-/** Rejects `p` if it has not settled within `ms`. */
-export function within(p, ms, what) {
-  let t;
-  const timeout = new Promise((_, rej) => { t = setTimeout(() => rej(new Error(`timed out after ${ms} ms: ${what}`)), ms); });
-  return Promise.race([p, timeout]).finally(() => clearTimeout(t));
 }
 
 export async function getJson(path, init) {

@@ -1,28 +1,14 @@
 // The chat server with a real STOMP client: @stomp/stompjs 7 over the `ws` package.
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Client } from '@stomp/stompjs';
-import WebSocket from 'ws';
-import { CHAT_URL, SUBPROTOCOLS, WS_URL, getJson, uniqueId, waitFor, within } from './helpers.mjs';
+import { CHAT_URL, WS_URL, getJson, uniqueId, waitFor, within } from './helpers.mjs';
+import { connectClient } from './stomp-client.mjs';
 
 const clients = new Set();
 
 /** Connects a stompjs Client as `login`; resolves with { client, connected } once CONNECTED. */
 function connect(login, extraHeaders = {}) {
-  return within(new Promise((resolve, reject) => {
-    const client = new Client({
-      webSocketFactory: () => new WebSocket(WS_URL, SUBPROTOCOLS),
-      connectHeaders: { login, ...extraHeaders },
-      heartbeatIncoming: 10000,
-      heartbeatOutgoing: 10000,
-      reconnectDelay: 0, // a test fails rather than reconnect behind our back
-      onConnect: (connected) => resolve({ client, connected }),
-      onStompError: (frame) => reject(new Error(`ERROR frame: ${frame.headers.message} ${frame.body}`)),
-      onWebSocketClose: (ev) => reject(new Error(`socket closed before CONNECTED: ${ev.code} ${ev.reason}`)),
-    });
-    clients.add(client);
-    client.activate();
-  }), 5000, `CONNECTED for ${login}`);
+  return connectClient(WS_URL, { login, ...extraHeaders }, clients, login);
 }
 
 /** Subscribes and records every MESSAGE; `next(pred)` waits for the first unseen match. */

@@ -7,6 +7,7 @@
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
+use chat_tests::http::get_text;
 use chat_tests::process::{ServerProcess, chat_load_bin};
 use chat_tests::redis::{RedisOpts, RedisServer};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -175,12 +176,7 @@ async fn idle_mode_holds_its_connections_from_several_source_addresses() {
     assert_eq!(ready.as_deref(), Some("READY connections=200"));
 
     // While held, the server really has them, from three source addresses.
-    let metrics = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(server.url("/metrics")).await;
     assert!(
         metrics.lines().any(|l| l == "chat_connections 200"),
         "{metrics}"

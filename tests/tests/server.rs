@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chat_server::Config;
 use chat_server::config::JwtKey;
+use chat_tests::http::{get, get_json, get_text, post_json};
 use chat_tests::{Client, TestServer, body, hs256_token, now_secs};
 use chat_wire::stomp::{Command, Frame};
 use serde_json::json;
@@ -189,19 +190,12 @@ async fn a_transaction_publishes_at_commit_and_nothing_at_abort() {
     c.expect_quiet(Duration::from_millis(200)).await;
     c.send_frame(&Frame::new(Command::Commit).with_header("transaction", "t2"))
         .await;
-    assert!(
-        c.expect_error()
-            .await
-            .header("message")
-            .unwrap()
-            .contains("unknown transaction")
-    );
+    assert!(error_message(&mut c).await.contains("unknown transaction"));
 }
 
 #[tokio::test]
 async fn join_and_leave_are_room_events_and_presence_follows_them() {
     let s = TestServer::memory().await;
-    let http = reqwest::Client::new();
     let mut ann = Client::login(&s.ws_url(), "ann").await;
     ann.subscribe("0", ROOM, &[]).await;
     let own = ann.next_event().await;
@@ -217,14 +211,7 @@ async fn join_and_leave_are_room_events_and_presence_follows_them() {
             (j["type"].as_str(), j["sender"]["id"].as_str()),
             (Some("JOIN"), Some("bob"))
         );
-        let p: serde_json::Value = http
-            .get(s.url("/api/rooms/lobby/presence"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let p = get_json(s.url("/api/rooms/lobby/presence")).await;
         let mut ids: Vec<_> = p["members"]
             .as_array()
             .unwrap()
@@ -242,35 +229,16 @@ async fn join_and_leave_are_room_events_and_presence_follows_them() {
         (l["type"].as_str(), l["sender"]["id"].as_str()),
         (Some("LEAVE"), Some("bob"))
     );
-    let p: serde_json::Value = http
-        .get(s.url("/api/rooms/lobby/presence"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let p = get_json(s.url("/api/rooms/lobby/presence")).await;
     assert_eq!(p["members"].as_array().unwrap().len(), 1);
     ann.unsubscribe("0").await;
-    let p: serde_json::Value = http
-        .get(s.url("/api/rooms/lobby/presence"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let p = get_json(s.url("/api/rooms/lobby/presence")).await;
     assert!(p["members"].as_array().unwrap().is_empty());
 }
 
 /// Subscribes without presence, reads the room's epoch and last offset from the REST API.
 async fn room_position(s: &TestServer, room: &str) -> (String, u64) {
-    let v: serde_json::Value = reqwest::get(s.url(&format!("/api/rooms/{room}")))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get_json(s.url(&format!("/api/rooms/{room}"))).await;
     (
         v["epoch"].as_str().unwrap().to_owned(),
         v["lastOffset"].as_u64().unwrap(),
@@ -581,13 +549,7 @@ async fn a_rooms_claim_keeps_a_user_out_of_other_rooms() {
             .with_header("destination", "/topic/room/secret"),
     )
     .await;
-    assert!(
-        c.expect_error()
-            .await
-            .header("message")
-            .unwrap()
-            .contains("forbidden")
-    );
+    assert!(error_message(&mut c).await.contains("forbidden"));
     let (mut c, _) = Client::connect(&s.ws_url(), &[("passcode", &t)]).await;
     c.send_frame(
         &Frame::new(Command::Send)
@@ -595,13 +557,12 @@ async fn a_rooms_claim_keeps_a_user_out_of_other_rooms() {
             .with_body("x"),
     )
     .await;
-    assert!(
-        c.expect_error()
-            .await
-            .header("message")
-            .unwrap()
-            .contains("forbidden")
-    );
+    assert!(error_message(&mut c).await.contains("forbidden"));
+}
+
+/// The `message` header of the ERROR that `c` gets next.
+async fn error_message(c: &mut Client) -> String {
+    c.expect_error().await.header("message").unwrap().to_owned()
 }
 
 /// A bystander in the room, to show a misbehaving client affects only itself.
@@ -632,13 +593,7 @@ async fn an_oversized_frame_gets_an_error_and_a_close_and_nobody_else_notices() 
             .with_body(vec![b'x'; 5000]),
     )
     .await;
-    assert!(
-        big.expect_error()
-            .await
-            .header("message")
-            .unwrap()
-            .contains("malformed")
-    );
+    assert!(error_message(&mut big).await.contains("malformed"));
     bystander_still_served(&mut w, &mut p, "after big").await;
 }
 
@@ -660,10 +615,8 @@ async fn too_many_subscriptions_get_an_error_and_a_close() {
     )
     .await;
     assert!(
-        c.expect_error()
+        error_message(&mut c)
             .await
-            .header("message")
-            .unwrap()
             .contains("too many subscriptions")
     );
     bystander_still_served(&mut w, &mut p, "after greedy").await;
@@ -684,13 +637,7 @@ async fn sending_faster_than_the_rate_limit_gets_an_error_and_a_close() {
         )
         .await;
     }
-    assert!(
-        c.expect_error()
-            .await
-            .header("message")
-            .unwrap()
-            .contains("rate limit")
-    );
+    assert!(error_message(&mut c).await.contains("rate limit"));
     // The bystander got the burst the limiter allowed (2 x rate), in order, and nothing more.
     for i in 0..10 {
         assert_eq!(w.next_event().await["content"], format!("spam{i}"));
@@ -809,10 +756,8 @@ async fn bad_frames_get_an_error_naming_the_problem() {
     c.send_raw(b"SUBSCRIBE\nid:1\ndestination:/topic/room/b\n\n\0")
         .await;
     assert!(
-        c.expect_error()
+        error_message(&mut c)
             .await
-            .header("message")
-            .unwrap()
             .contains("duplicate subscription")
     );
 }
@@ -821,26 +766,11 @@ async fn bad_frames_get_an_error_naming_the_problem() {
 async fn the_rest_api_lists_creates_and_reads_rooms_with_json_errors() {
     let s = TestServer::memory().await;
     let http = reqwest::Client::new();
-    let r = http
-        .post(s.url("/api/rooms"))
-        .json(&json!({"id": "general"}))
-        .send()
-        .await
-        .unwrap();
+    let r = post_json(s.url("/api/rooms"), None, &json!({"id": "general"})).await;
     assert_eq!(r.status(), 201);
-    let r = http
-        .post(s.url("/api/rooms"))
-        .json(&json!({"id": "general"}))
-        .send()
-        .await
-        .unwrap();
+    let r = post_json(s.url("/api/rooms"), None, &json!({"id": "general"})).await;
     assert_eq!(r.status(), 409);
-    let r = http
-        .post(s.url("/api/rooms"))
-        .json(&json!({"id": "bad id"}))
-        .send()
-        .await
-        .unwrap();
+    let r = post_json(s.url("/api/rooms"), None, &json!({"id": "bad id"})).await;
     assert_eq!(r.status(), 400);
     assert!(
         r.json::<serde_json::Value>().await.unwrap()["error"]
@@ -856,44 +786,23 @@ async fn the_rest_api_lists_creates_and_reads_rooms_with_json_errors() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    let rooms: serde_json::Value = http
-        .get(s.url("/api/rooms"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rooms = get_json(s.url("/api/rooms")).await;
     assert_eq!(rooms["rooms"][0]["id"], "general");
 
     for i in 1..=3 {
-        let r = http
-            .post(s.url("/api/rooms/general/messages"))
-            .json(&json!({"content": format!("m{i}")}))
-            .send()
-            .await
-            .unwrap();
+        let r = post_json(
+            s.url("/api/rooms/general/messages"),
+            None,
+            &json!({"content": format!("m{i}")}),
+        )
+        .await;
         assert_eq!(r.status(), 201);
     }
-    let h: serde_json::Value = http
-        .get(s.url("/api/rooms/general/messages?since=1&limit=1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let h = get_json(s.url("/api/rooms/general/messages?since=1&limit=1")).await;
     assert_eq!(h["messages"].as_array().unwrap().len(), 1);
     assert_eq!(h["messages"][0]["offset"], 2);
     assert_eq!(h["lastOffset"], 3);
-    let h: serde_json::Value = http
-        .get(s.url("/api/rooms/general/messages?limit=2"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let h = get_json(s.url("/api/rooms/general/messages?limit=2")).await;
     assert_eq!(
         h["messages"]
             .as_array()
@@ -904,31 +813,13 @@ async fn the_rest_api_lists_creates_and_reads_rooms_with_json_errors() {
         vec![2, 3]
     );
     for bad in ["since=x", "limit=0", "limit=100000", "since=-1", "what=1"] {
-        let r = http
-            .get(s.url(&format!("/api/rooms/general/messages?{bad}")))
-            .send()
-            .await
-            .unwrap();
+        let r = get(s.url(&format!("/api/rooms/general/messages?{bad}"))).await;
         assert_eq!(r.status(), 400, "{bad}");
         assert!(r.json::<serde_json::Value>().await.unwrap()["error"].is_string());
     }
-    assert_eq!(
-        http.get(s.url("/api/rooms/nope"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
-    assert_eq!(
-        http.get(s.url("/api/rooms/nope/messages"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
-    let r = http.get(s.url("/no/such/thing")).send().await.unwrap();
+    assert_eq!(get(s.url("/api/rooms/nope")).await.status(), 404);
+    assert_eq!(get(s.url("/api/rooms/nope/messages")).await.status(), 404);
+    let r = get(s.url("/no/such/thing")).await;
     assert_eq!(r.status(), 404);
     assert!(r.json::<serde_json::Value>().await.unwrap()["error"].is_string());
     assert_eq!(
@@ -944,30 +835,14 @@ async fn the_rest_api_lists_creates_and_reads_rooms_with_json_errors() {
 #[tokio::test]
 async fn rest_publish_needs_a_token_when_anonymous_is_off() {
     let s = jwt_server().await;
-    let http = reqwest::Client::new();
-    let r = http
-        .post(s.url("/api/rooms/lobby/messages"))
-        .json(&json!({"content": "x"}))
-        .send()
-        .await
-        .unwrap();
+    let url = s.url("/api/rooms/lobby/messages");
+    let body = json!({"content": "x"});
+    let r = post_json(&url, None, &body).await;
     assert_eq!(r.status(), 401);
-    let r = http
-        .post(s.url("/api/rooms/lobby/messages"))
-        .bearer_auth("garbage")
-        .json(&json!({"content": "x"}))
-        .send()
-        .await
-        .unwrap();
+    let r = post_json(&url, Some("garbage"), &body).await;
     assert_eq!(r.status(), 401);
     let t = hs256_token(SECRET, &json!({"sub": "backend", "exp": now_secs() + 60}));
-    let r = http
-        .post(s.url("/api/rooms/lobby/messages"))
-        .bearer_auth(&t)
-        .json(&json!({"content": "x"}))
-        .send()
-        .await
-        .unwrap();
+    let r = post_json(&url, Some(&t), &body).await;
     assert_eq!(r.status(), 201);
     let m: serde_json::Value = r.json().await.unwrap();
     assert_eq!(m["sender"]["id"], "backend");
@@ -976,9 +851,9 @@ async fn rest_publish_needs_a_token_when_anonymous_is_off() {
 #[tokio::test]
 async fn health_readiness_metrics_and_the_chat_page_are_served() {
     let s = TestServer::memory().await;
-    assert_eq!(reqwest::get(s.url("/healthz")).await.unwrap().status(), 200);
-    assert_eq!(reqwest::get(s.url("/readyz")).await.unwrap().status(), 200);
-    let m = reqwest::get(s.url("/metrics")).await.unwrap();
+    assert_eq!(get(s.url("/healthz")).await.status(), 200);
+    assert_eq!(get(s.url("/readyz")).await.status(), 200);
+    let m = get(s.url("/metrics")).await;
     assert!(
         m.headers()["content-type"]
             .to_str()
@@ -986,12 +861,7 @@ async fn health_readiness_metrics_and_the_chat_page_are_served() {
             .starts_with("application/openmetrics-text")
     );
     assert!(m.text().await.unwrap().contains("chat_connections"));
-    let page = reqwest::get(s.url("/"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_text(s.url("/")).await;
     assert!(
         page.contains("<html") || page.contains("<!doctype html"),
         "{page}"

@@ -17,4 +17,5 @@ pub mod shutdown;
 
 pub use chat_wire::stomp;
 pub use config::Config;
-pub use server::{AppState, Server, ServerError};
+pub use http::AppState;
+pub use server::{Server, ServerError};

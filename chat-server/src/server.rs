@@ -1,4 +1,4 @@
-//! The running instance: shared state, start-up and the drain on shutdown.
+//! The running instance: start-up and the drain on shutdown.
 //!
 //! `Server::bind` validates everything and binds the port; `Server::run` serves until the
 //! shutdown future resolves, then drains: readiness fails, upgrades are refused, every session
@@ -8,18 +8,15 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::auth::{AuthError, Authenticator};
+use crate::auth::AuthError;
 use crate::broker::Services;
 use crate::config::{Backend, Config};
-use crate::metrics::Metrics;
+use crate::http::AppState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -34,53 +31,6 @@ pub enum ServerError {
     Backend(#[from] crate::broker::BackendError),
     #[error("server failed: {0}")]
     Serve(std::io::Error),
-}
-
-/// What every request and session shares.
-#[derive(Debug)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub services: Services,
-    pub auth: Authenticator,
-    pub metrics: Metrics,
-    /// Cancelled when the instance starts draining.
-    pub drain: CancellationToken,
-    /// Sessions and their clean-up tasks.
-    pub tracker: TaskTracker,
-    /// Random per process start, so session ids never repeat across restarts.
-    pub boot: String,
-    pub connections: AtomicUsize,
-    /// SEND rate per user over all their connections on this instance.
-    pub user_limiter: crate::limit::UserLimiter,
-    next_session: AtomicU64,
-}
-
-impl AppState {
-    pub fn new(config: Config, services: Services) -> Result<Arc<AppState>, ServerError> {
-        let user_limiter = crate::limit::UserLimiter::new(config.user_send_rate);
-        Ok(Arc::new(AppState {
-            user_limiter,
-            auth: Authenticator::new(&config)?,
-            config: Arc::new(config),
-            services,
-            metrics: Metrics::new(),
-            drain: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-            boot: format!("{:06x}", rand::random::<u32>() & 0xff_ffff),
-            connections: AtomicUsize::new(0),
-            next_session: AtomicU64::new(1),
-        }))
-    }
-
-    pub fn next_session(&self) -> u64 {
-        self.next_session.fetch_add(1, Ordering::Relaxed)
-    }
-
-    pub fn is_ready(&self) -> bool {
-        !self.drain.is_cancelled()
-            && self.services.broker.is_ready()
-            && self.services.registry.is_registered()
-    }
 }
 
 /// A bound, not yet serving, instance.

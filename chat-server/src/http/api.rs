@@ -15,11 +15,12 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::broker::BackendError;
 use chat_wire::body::parse_message_body;
 
+use super::AppState;
+use crate::auth::bearer_token;
+use crate::broker::BackendError;
 use crate::model::{Draft, EventKind, EventRecord, Identity, is_valid_id};
-use crate::server::AppState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -118,7 +119,7 @@ impl<S: Send + Sync> FromRequest<S> for Body {
     }
 }
 
-pub fn routes() -> Router<Arc<AppState>> {
+pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/api/rooms", get(list_rooms).post(create_room))
         .route("/api/rooms/{id}", get(get_room))
@@ -134,7 +135,7 @@ fn identity(app: &AppState, headers: &HeaderMap) -> Result<Identity, ApiError> {
                 .to_str()
                 .map_err(|_| ApiError::Unauthorized("malformed Authorization header".into()))?;
             Some(
-                v.strip_prefix("Bearer ")
+                bearer_token(v)
                     .ok_or_else(|| ApiError::Unauthorized("expected a Bearer token".into()))?,
             )
         }
@@ -179,15 +180,19 @@ struct CreateRoom {
     id: String,
 }
 
+/// The request's Content-Type, or "" when it has none (or none in ASCII).
+fn content_type(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
 fn json_body<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<T, ApiError> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !ct.starts_with("application/json") {
+    if !content_type(headers).starts_with("application/json") {
         return Err(ApiError::BadRequest(
             "expected Content-Type: application/json".into(),
         ));
@@ -283,10 +288,7 @@ async fn publish(
             "publishing needs a bearer token".into(),
         ));
     }
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let ct = content_type(&headers);
     if !(ct.starts_with("application/json") || ct.starts_with("text/plain")) {
         return Err(ApiError::BadRequest(
             "expected Content-Type application/json or text/plain".into(),

@@ -1,6 +1,7 @@
 //! HTTP: the chat page, health, readiness, metrics, the WebSocket endpoint and the REST API.
 
 mod api;
+mod state;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,8 +15,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 
 pub use api::ApiError;
-
-use crate::server::AppState;
+pub use state::AppState;
 
 /// The chat page, built into the binary: it needs nothing from the network.
 const INDEX_HTML: &str = include_str!("../../static/index.html");
@@ -144,7 +144,7 @@ async fn websocket(
         .on_upgrade(move |socket| {
             tracker.track_future(async move {
                 let _guard = guard;
-                crate::session::run(socket, app, token).await;
+                crate::session::run(socket, app.session.clone(), token).await;
             })
         })
 }

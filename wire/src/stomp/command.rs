@@ -286,9 +286,12 @@ mod tests {
         }
     }
 
+    /// A command, its headers, and what the client is told.
+    type Case<'a> = (Command, &'a [(&'a str, &'a str)], &'a str);
+
     #[test]
     fn missing_required_headers_name_the_command_and_header() {
-        let cases: [(Command, &[(&str, &str)], &str); 9] = [
+        let cases: [Case; 9] = [
             (Command::Send, &[], "SEND needs a destination header"),
             (Command::Subscribe, &[], "SUBSCRIBE needs an id header"),
             (

@@ -11,12 +11,16 @@ use std::sync::Arc;
 
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::auth::AuthError;
+use crate::auth::{AuthError, Authenticator};
 use crate::broker::Services;
 use crate::config::{Backend, Config};
 use crate::http::AppState;
+use crate::metrics::Metrics;
+use crate::session;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -46,7 +50,16 @@ impl Server {
             Backend::Memory => Services::memory(config.history_max_len, &config.server_id),
             Backend::Redis { .. } | Backend::Sentinel { .. } => Services::redis(&config).await?,
         };
-        let app = AppState::new(config, services)?;
+        // The sessions' context first: the HTTP state shares its services, metrics and drain.
+        let session = Arc::new(session::Context::new(
+            &config,
+            services,
+            Arc::new(Authenticator::new(&config)?),
+            Arc::new(Metrics::new()),
+            CancellationToken::new(),
+            TaskTracker::new(),
+        ));
+        let app = AppState::new(config, session);
         let addr = app.config.listen_addr;
         let listener = listen(addr).map_err(|source| ServerError::Bind { addr, source })?;
         Ok(Server { listener, app })

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicUsize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{AuthError, Authenticator};
+use crate::auth::Authenticator;
 use crate::broker::Services;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -32,29 +32,19 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config, services: Services) -> Result<Arc<AppState>, AuthError> {
-        let auth = Arc::new(Authenticator::new(&config)?);
-        let metrics = Arc::new(Metrics::new());
-        let drain = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let session = Arc::new(session::Context::new(
-            &config,
-            services.clone(),
-            auth.clone(),
-            metrics.clone(),
-            drain.clone(),
-            tracker.clone(),
-        ));
-        Ok(Arc::new(AppState {
+    /// The HTTP layer's state over the session context `server.rs` built: the same services,
+    /// authenticator, metrics, drain and tracker.
+    pub fn new(config: Config, session: Arc<session::Context>) -> Arc<AppState> {
+        Arc::new(AppState {
             config: Arc::new(config),
-            services,
-            auth,
-            metrics,
-            drain,
-            tracker,
+            services: session.services.clone(),
+            auth: session.auth.clone(),
+            metrics: session.metrics.clone(),
+            drain: session.drain.clone(),
+            tracker: session.tracker.clone(),
             connections: AtomicUsize::new(0),
             session,
-        }))
+        })
     }
 
     pub fn is_ready(&self) -> bool {

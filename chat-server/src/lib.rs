@@ -8,11 +8,11 @@ pub mod broker;
 pub mod config;
 pub mod http;
 pub mod hub;
-pub mod limit;
+pub(crate) mod limit;
 pub mod metrics;
 pub mod model;
 pub mod server;
-pub mod session;
+pub(crate) mod session;
 pub mod shutdown;
 
 pub use chat_wire::stomp;

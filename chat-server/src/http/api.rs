@@ -105,6 +105,23 @@ impl<S: Send + Sync> FromRequestParts<S> for RoomId {
     }
 }
 
+/// A room of the URL that the caller may use: a valid id their credentials allow. A malformed id
+/// or missing credentials are refused before the handler runs, in that order.
+struct AllowedRoom(String);
+
+impl FromRequestParts<Arc<AppState>> for AllowedRoom {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        app: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
+        let RoomId(room) = RoomId::from_request_parts(parts, app).await?;
+        room_access(app, &parts.headers, &room)?;
+        Ok(AllowedRoom(room))
+    }
+}
+
 /// A request body; one over the limit is a JSON 413.
 struct Body(Bytes);
 
@@ -217,10 +234,8 @@ async fn create_room(
 
 async fn get_room(
     State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
-    RoomId(room): RoomId,
+    AllowedRoom(room): AllowedRoom,
 ) -> Result<Response, ApiError> {
-    room_access(&app, &headers, &room)?;
     let info = app
         .services
         .history
@@ -246,11 +261,9 @@ const MAX_PAGE: usize = 1000;
 
 async fn history(
     State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
-    RoomId(room): RoomId,
+    AllowedRoom(room): AllowedRoom,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    room_access(&app, &headers, &room)?;
     let q: HistoryQuery =
         serde_urlencoded::from_str(query.as_deref().unwrap_or("")).map_err(|e| {
             ApiError::BadRequest(format!(
@@ -303,10 +316,8 @@ async fn publish(
 
 async fn presence(
     State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
-    RoomId(room): RoomId,
+    AllowedRoom(room): AllowedRoom,
 ) -> Result<Response, ApiError> {
-    room_access(&app, &headers, &room)?;
     let members = app.services.presence.members(&room).await?;
     Ok(axum::Json(json!({ "roomId": room, "members": members })).into_response())
 }

@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 
-pub use api::ApiError;
+pub(crate) use api::ApiError;
 pub use state::AppState;
 
 /// The chat page, built into the binary: it needs nothing from the network.
@@ -24,7 +24,7 @@ const READ_BUFFER: usize = 512;
 /// Bytes of frames gathered before a write; a flush writes whatever is gathered.
 const WRITE_BUFFER: usize = 16 * 1024;
 
-pub fn router(app: Arc<AppState>) -> Router {
+pub(crate) fn router(app: Arc<AppState>) -> Router {
     let body_limit = app.config.max_frame_bytes;
     Router::new()
         .route("/", get(|| async { Html(INDEX_HTML) }))

@@ -28,13 +28,13 @@ pub struct AppState {
     pub tracker: TaskTracker,
     pub connections: AtomicUsize,
     /// What a session is given of all this.
-    pub session: Arc<session::Context>,
+    pub(crate) session: Arc<session::Context>,
 }
 
 impl AppState {
     /// The HTTP layer's state over the session context `server.rs` built: the same services,
     /// authenticator, metrics, drain and tracker.
-    pub fn new(config: Config, session: Arc<session::Context>) -> Arc<AppState> {
+    pub(crate) fn new(config: Config, session: Arc<session::Context>) -> Arc<AppState> {
         Arc::new(AppState {
             config: Arc::new(config),
             services: session.services.clone(),

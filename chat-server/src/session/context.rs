@@ -18,20 +18,20 @@ use crate::metrics::Metrics;
 
 /// The configured limits a session enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SessionLimits {
+pub(crate) struct SessionLimits {
     /// Deliveries queued for a session before it counts as a slow consumer.
-    pub outbound_queue: usize,
-    pub max_frame_bytes: usize,
-    pub max_subscriptions: usize,
+    pub(crate) outbound_queue: usize,
+    pub(crate) max_frame_bytes: usize,
+    pub(crate) max_subscriptions: usize,
     /// SENDs per second per connection, and per user over their connections (0: no limit).
-    pub send_rate: u32,
-    pub user_send_rate: u32,
+    pub(crate) send_rate: u32,
+    pub(crate) user_send_rate: u32,
     /// The server's heart-beat offer (sx, sy) in milliseconds.
-    pub stomp_heartbeat: (u64, u64),
+    pub(crate) stomp_heartbeat: (u64, u64),
 }
 
 impl SessionLimits {
-    pub fn from_config(config: &Config) -> SessionLimits {
+    pub(crate) fn from_config(config: &Config) -> SessionLimits {
         SessionLimits {
             outbound_queue: config.outbound_queue,
             max_frame_bytes: config.max_frame_bytes,
@@ -45,16 +45,16 @@ impl SessionLimits {
 
 /// What every session of one instance shares.
 #[derive(Debug)]
-pub struct Context {
-    pub services: Services,
-    pub metrics: Arc<Metrics>,
-    pub auth: Arc<Authenticator>,
-    pub limits: SessionLimits,
-    pub server_id: String,
+pub(crate) struct Context {
+    pub(crate) services: Services,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) auth: Arc<Authenticator>,
+    pub(crate) limits: SessionLimits,
+    pub(crate) server_id: String,
     /// Cancelled when the instance starts draining: sessions close with a reconnect code.
-    pub drain: CancellationToken,
+    pub(crate) drain: CancellationToken,
     /// Where a session's clean-up (presence LEAVE) runs after the session itself ended.
-    pub tracker: TaskTracker,
+    pub(crate) tracker: TaskTracker,
     /// SEND rate per user over all their connections on this instance.
     pub(crate) user_limiter: UserLimiter,
     /// Random per process start, so session ids never repeat across restarts.
@@ -63,7 +63,7 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(
+    pub(crate) fn new(
         config: &Config,
         services: Services,
         auth: Arc<Authenticator>,

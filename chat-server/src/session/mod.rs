@@ -34,8 +34,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{Instrument, info_span};
 
-pub use context::{Context, SessionLimits};
-pub use sequencer::{Sequencer, Verdict};
+pub(crate) use context::Context;
+use sequencer::{Sequencer, Verdict};
 
 use self::connection::{Close, Outbox};
 use self::error::SessionError;
@@ -56,7 +56,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_REPLAY: usize = 10_000;
 
 /// WebSocket close code that tells a client to come back (RFC 6455 registry: Service Restart).
-pub const CLOSE_RESTART: u16 = 1012;
+const CLOSE_RESTART: u16 = 1012;
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
@@ -123,7 +123,7 @@ struct Conn {
 }
 
 /// Runs one client connection to its end, then cleans up its presence.
-pub async fn run<S>(socket: S, cx: Arc<Context>, query_token: Option<String>)
+pub(crate) async fn run<S>(socket: S, cx: Arc<Context>, query_token: Option<String>)
 where
     S: Sink<Message, Error = axum::Error>
         + Stream<Item = Result<Message, axum::Error>>

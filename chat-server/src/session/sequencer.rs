@@ -36,6 +36,8 @@ impl Sequencer {
         self.held.get_or_insert_with(Vec::new);
     }
 
+    /// Whether live events are being held (only the tests ask; the session knows from its ops).
+    #[cfg(test)]
     pub fn is_holding(&self) -> bool {
         self.held.is_some()
     }

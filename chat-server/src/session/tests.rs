@@ -224,6 +224,27 @@ fn split(frames: &[Frame]) -> (Vec<String>, Vec<String>) {
     (messages, receipts)
 }
 
+/// The current epoch of `room`.
+async fn epoch(cx: &Context, room: &str) -> String {
+    let info = cx.services.history.info(room).await.unwrap();
+    info.expect("the room exists").epoch
+}
+
+/// A SUBSCRIBE to the lobby (no presence, RECEIPT `r`) that recovers from `since` in `epoch`.
+fn recover_from(since: &str, epoch: &str) -> Frame {
+    frame(
+        Command::Subscribe,
+        &[
+            ("id", "s"),
+            ("destination", ROOM),
+            ("x-since-offset", since),
+            ("x-epoch", epoch),
+            ("x-presence", "false"),
+            ("receipt", "r"),
+        ],
+    )
+}
+
 async fn publish(cx: &Context, room: &str, text: &str) -> u64 {
     let sender = Sender {
         id: "bot".into(),
@@ -432,26 +453,9 @@ async fn subscribing_with_x_since_offset_replays_what_was_missed_then_goes_live(
     for text in ["m1", "m2", "m3"] {
         publish(&cx, "lobby", text).await;
     }
-    let epoch = cx
-        .services
-        .history
-        .info("lobby")
-        .await
-        .unwrap()
-        .unwrap()
-        .epoch;
+    let epoch = epoch(&cx, "lobby").await;
     let mut c = Client::login(&cx, "ann").await;
-    c.send(frame(
-        Command::Subscribe,
-        &[
-            ("id", "s"),
-            ("destination", ROOM),
-            ("x-since-offset", "1"),
-            ("x-epoch", &epoch),
-            ("x-presence", "false"),
-            ("receipt", "r"),
-        ],
-    ));
+    c.send(recover_from("1", &epoch));
     let frames = c.frames(3).await;
     let offsets: Vec<_> = frames.iter().filter_map(|f| f.header("x-offset")).collect();
     assert_eq!(offsets, ["2", "3"]);
@@ -470,26 +474,9 @@ async fn subscribing_with_x_since_offset_replays_what_was_missed_then_goes_live(
 async fn recovery_from_another_epoch_gets_one_not_recovered_notice() {
     let cx = context(&Config::for_tests());
     publish(&cx, "lobby", "m1").await;
-    let epoch = cx
-        .services
-        .history
-        .info("lobby")
-        .await
-        .unwrap()
-        .unwrap()
-        .epoch;
+    let epoch = epoch(&cx, "lobby").await;
     let mut c = Client::login(&cx, "ann").await;
-    c.send(frame(
-        Command::Subscribe,
-        &[
-            ("id", "s"),
-            ("destination", ROOM),
-            ("x-since-offset", "5"),
-            ("x-epoch", "not-this-one"),
-            ("x-presence", "false"),
-            ("receipt", "r"),
-        ],
-    ));
+    c.send(recover_from("5", "not-this-one"));
     // Nothing of the old epoch is replayed: one notice, written before the RECEIPT.
     let [notice, receipt] = <[Frame; 2]>::try_from(c.frames(2).await).unwrap();
     assert_eq!(notice.command, Command::Message);

@@ -1,7 +1,7 @@
 //! Where a client's SEND or SUBSCRIBE points: a room, a user, or the caller's own user queue.
 //!
-//! Only well-formed ids pass (see `model::is_valid_id`), so a destination can name a Redis key
-//! or channel as it is.
+//! Only well-formed ids pass (see `model::is_valid_id`); what is refused says why, quoting at
+//! most 64 characters of what the client wrote.
 
 use chat_wire::stomp::excerpt;
 

@@ -174,8 +174,8 @@ impl Conn {
     /// Handles one client frame; what it refuses closes the session with an ERROR.
     fn handle(&mut self, frame: Frame) {
         let receipt = frame.header("receipt").map(str::to_owned);
-        if let Err(e) = self.dispatch(&frame, receipt.clone()) {
-            self.fail(&e, receipt.as_deref());
+        if let Err(e) = self.dispatch(&frame, receipt) {
+            self.fail(&e, frame.header("receipt"));
         }
     }
 

@@ -39,6 +39,12 @@ struct Claims {
     rooms: Option<Vec<String>>,
 }
 
+/// The token of an `Authorization` value `Bearer <token>`; `None` for any other scheme.
+/// Both the REST API's header and a CONNECT frame's header are read with this.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    value.strip_prefix("Bearer ")
+}
+
 /// Checks tokens and anonymous logins with the configured keys.
 pub struct Authenticator {
     key: Option<(DecodingKey, Validation)>,
@@ -196,6 +202,14 @@ mod tests {
             &EncodingKey::from_secret(secret.as_bytes()),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_bearer_value_gives_its_token_and_other_schemes_none() {
+        assert_eq!(bearer_token("Bearer abc.def"), Some("abc.def"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("bearer abc"), None);
+        assert_eq!(bearer_token("abc"), None);
     }
 
     #[test]

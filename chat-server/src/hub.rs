@@ -221,27 +221,33 @@ fn fan_out(list: &[Listener], make: impl Fn() -> Delivery) -> Fanout {
     out
 }
 
+/// A chat event of `room` at (`epoch`, `offset`), for the tests of this crate.
+#[cfg(test)]
+pub(crate) fn room_event(room: &str, epoch: &str, offset: u64) -> Arc<RoomEvent> {
+    use crate::model::{EventKind, EventRecord, Sender};
+    RoomEvent::new(EventRecord {
+        id: format!("{epoch}-{offset}"),
+        room_id: room.into(),
+        offset,
+        epoch: epoch.into(),
+        kind: EventKind::Chat,
+        sender: Sender {
+            id: "u".into(),
+            name: "u".into(),
+        },
+        content: "x".into(),
+        sent_at: "t".into(),
+        server_id: "s".into(),
+        headers: vec![],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{EventKind, EventRecord, Sender};
 
     fn event(room: &str, offset: u64) -> Arc<RoomEvent> {
-        RoomEvent::new(EventRecord {
-            id: format!("m{offset}"),
-            room_id: room.into(),
-            offset,
-            epoch: "e".into(),
-            kind: EventKind::Chat,
-            sender: Sender {
-                id: "u".into(),
-                name: "u".into(),
-            },
-            content: "x".into(),
-            sent_at: "t".into(),
-            server_id: "s".into(),
-            headers: vec![],
-        })
+        room_event(room, "e", offset)
     }
 
     fn listener(session: u64, cap: usize) -> (Listener, mpsc::Receiver<Delivery>) {

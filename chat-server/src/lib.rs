@@ -8,13 +8,14 @@ pub mod broker;
 pub mod config;
 pub mod http;
 pub mod hub;
-pub mod limit;
+pub(crate) mod limit;
 pub mod metrics;
 pub mod model;
 pub mod server;
-pub mod session;
+pub(crate) mod session;
 pub mod shutdown;
 
 pub use chat_wire::stomp;
 pub use config::Config;
-pub use server::{AppState, Server, ServerError};
+pub use http::AppState;
+pub use server::{Server, ServerError};

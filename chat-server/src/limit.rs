@@ -9,20 +9,20 @@ use tokio::time::Instant;
 
 /// Refills at `rate` tokens per second up to `2 * rate`; a rate of 0 never limits.
 #[derive(Debug, Clone, Copy)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     tokens: f64,
     last: Instant,
 }
 
 impl TokenBucket {
-    pub fn full(rate: u32, now: Instant) -> TokenBucket {
+    pub(crate) fn full(rate: u32, now: Instant) -> TokenBucket {
         TokenBucket {
             tokens: f64::from(rate) * 2.0,
             last: now,
         }
     }
 
-    pub fn take(&mut self, rate: u32, now: Instant) -> bool {
+    pub(crate) fn take(&mut self, rate: u32, now: Instant) -> bool {
         if rate == 0 {
             return true;
         }
@@ -46,7 +46,7 @@ impl TokenBucket {
 
 /// One bucket per user id; buckets of idle users are forgotten when the map grows.
 #[derive(Debug)]
-pub struct UserLimiter {
+pub(crate) struct UserLimiter {
     rate: u32,
     buckets: Mutex<HashMap<String, TokenBucket>>,
 }
@@ -55,14 +55,14 @@ pub struct UserLimiter {
 const SWEEP_AT: usize = 10_000;
 
 impl UserLimiter {
-    pub fn new(rate: u32) -> UserLimiter {
+    pub(crate) fn new(rate: u32) -> UserLimiter {
         UserLimiter {
             rate,
             buckets: Mutex::default(),
         }
     }
 
-    pub fn take(&self, user: &str) -> bool {
+    pub(crate) fn take(&self, user: &str) -> bool {
         if self.rate == 0 {
             return true;
         }

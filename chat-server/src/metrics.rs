@@ -10,8 +10,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    pub reason: &'static str,
+struct ReasonLabel {
+    reason: &'static str,
 }
 
 #[derive(Debug)]
@@ -30,7 +30,8 @@ pub struct Metrics {
     pub replayed: Counter,
     pub gaps_filled: Counter,
     pub not_recovered: Counter,
-    pub errors: Family<ReasonLabel, Counter>,
+    /// ERROR frames by reason; counted through [`Metrics::error`].
+    errors: Family<ReasonLabel, Counter>,
     pub publish_seconds: Histogram,
 }
 
@@ -65,63 +66,68 @@ impl Metrics {
             "Open WebSocket connections",
             m.connections.clone(),
         );
-        m.registry.register(
-            "connections_opened",
-            "WebSocket connections accepted",
-            m.connections_total.clone(),
-        );
-        m.registry.register(
-            "connections_refused",
-            "Connections refused (limit, draining, origin)",
-            m.connections_refused.clone(),
-        );
-        m.registry.register(
-            "frames_received",
-            "STOMP frames received",
-            m.frames_received.clone(),
-        );
-        m.registry
-            .register("frames_sent", "STOMP frames sent", m.frames_sent.clone());
-        m.registry.register(
-            "messages_published",
-            "Room messages accepted by the broker",
-            m.messages_published.clone(),
-        );
-        m.registry.register(
-            "direct_messages",
-            "Direct messages accepted by the broker",
-            m.direct_messages.clone(),
-        );
-        m.registry.register(
-            "deliveries",
-            "MESSAGE frames written to subscribers",
-            m.deliveries.clone(),
-        );
-        m.registry.register(
-            "slow_consumers",
-            "Connections dropped because their queue was full",
-            m.slow_consumers.clone(),
-        );
-        m.registry.register(
-            "heartbeat_timeouts",
-            "Connections dropped for silence past their heart-beat",
-            m.heartbeat_timeouts.clone(),
-        );
-        m.registry.register(
-            "replayed",
-            "Events replayed from history on recovery",
-            m.replayed.clone(),
-        );
-        m.registry.register(
-            "gaps_filled",
-            "Live gaps filled from history",
-            m.gaps_filled.clone(),
-        );
-        m.registry.register(
-            "not_recovered",
-            "Recoveries refused (epoch changed or history too short)",
-            m.not_recovered.clone(),
-        );
+        // Every counter, in the order they are listed on /metrics.
+        let counters = [
+            (
+                "connections_opened",
+                "WebSocket connections accepted",
+                &m.connections_total,
+            ),
+            (
+                "connections_refused",
+                "Connections refused (limit, draining, origin)",
+                &m.connections_refused,
+            ),
+            (
+                "frames_received",
+                "STOMP frames received",
+                &m.frames_received,
+            ),
+            ("frames_sent", "STOMP frames sent", &m.frames_sent),
+            (
+                "messages_published",
+                "Room messages accepted by the broker",
+                &m.messages_published,
+            ),
+            (
+                "direct_messages",
+                "Direct messages accepted by the broker",
+                &m.direct_messages,
+            ),
+            (
+                "deliveries",
+                "MESSAGE frames written to subscribers",
+                &m.deliveries,
+            ),
+            (
+                "slow_consumers",
+                "Connections dropped because their queue was full",
+                &m.slow_consumers,
+            ),
+            (
+                "heartbeat_timeouts",
+                "Connections dropped for silence past their heart-beat",
+                &m.heartbeat_timeouts,
+            ),
+            (
+                "replayed",
+                "Events replayed from history on recovery",
+                &m.replayed,
+            ),
+            (
+                "gaps_filled",
+                "Live gaps filled from history",
+                &m.gaps_filled,
+            ),
+            (
+                "not_recovered",
+                "Recoveries refused (epoch changed or history too short)",
+                &m.not_recovered,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            m.registry.register(name, help, counter.clone());
+        }
         m.registry
             .register("errors", "ERROR frames sent, by reason", m.errors.clone());
         m.registry.register(

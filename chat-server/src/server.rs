@@ -1,4 +1,4 @@
-//! The running instance: shared state, start-up and the drain on shutdown.
+//! The running instance: start-up and the drain on shutdown.
 //!
 //! `Server::bind` validates everything and binds the port; `Server::run` serves until the
 //! shutdown future resolves, then drains: readiness fails, upgrades are refused, every session
@@ -8,7 +8,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
@@ -19,7 +18,9 @@ use tracing::{info, warn};
 use crate::auth::{AuthError, Authenticator};
 use crate::broker::Services;
 use crate::config::{Backend, Config};
+use crate::http::AppState;
 use crate::metrics::Metrics;
+use crate::session;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -36,53 +37,6 @@ pub enum ServerError {
     Serve(std::io::Error),
 }
 
-/// What every request and session shares.
-#[derive(Debug)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub services: Services,
-    pub auth: Authenticator,
-    pub metrics: Metrics,
-    /// Cancelled when the instance starts draining.
-    pub drain: CancellationToken,
-    /// Sessions and their clean-up tasks.
-    pub tracker: TaskTracker,
-    /// Random per process start, so session ids never repeat across restarts.
-    pub boot: String,
-    pub connections: AtomicUsize,
-    /// SEND rate per user over all their connections on this instance.
-    pub user_limiter: crate::limit::UserLimiter,
-    next_session: AtomicU64,
-}
-
-impl AppState {
-    pub fn new(config: Config, services: Services) -> Result<Arc<AppState>, ServerError> {
-        let user_limiter = crate::limit::UserLimiter::new(config.user_send_rate);
-        Ok(Arc::new(AppState {
-            user_limiter,
-            auth: Authenticator::new(&config)?,
-            config: Arc::new(config),
-            services,
-            metrics: Metrics::new(),
-            drain: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-            boot: format!("{:06x}", rand::random::<u32>() & 0xff_ffff),
-            connections: AtomicUsize::new(0),
-            next_session: AtomicU64::new(1),
-        }))
-    }
-
-    pub fn next_session(&self) -> u64 {
-        self.next_session.fetch_add(1, Ordering::Relaxed)
-    }
-
-    pub fn is_ready(&self) -> bool {
-        !self.drain.is_cancelled()
-            && self.services.broker.is_ready()
-            && self.services.registry.is_registered()
-    }
-}
-
 /// A bound, not yet serving, instance.
 #[derive(Debug)]
 pub struct Server {
@@ -96,7 +50,16 @@ impl Server {
             Backend::Memory => Services::memory(config.history_max_len, &config.server_id),
             Backend::Redis { .. } | Backend::Sentinel { .. } => Services::redis(&config).await?,
         };
-        let app = AppState::new(config, services)?;
+        // The sessions' context first: the HTTP state shares its services, metrics and drain.
+        let session = Arc::new(session::Context::new(
+            &config,
+            services,
+            Arc::new(Authenticator::new(&config)?),
+            Arc::new(Metrics::new()),
+            CancellationToken::new(),
+            TaskTracker::new(),
+        ));
+        let app = AppState::new(config, session);
         let addr = app.config.listen_addr;
         let listener = listen(addr).map_err(|source| ServerError::Bind { addr, source })?;
         Ok(Server { listener, app })

@@ -15,11 +15,12 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::broker::BackendError;
 use chat_wire::body::parse_message_body;
 
+use super::AppState;
+use crate::auth::bearer_token;
+use crate::broker::BackendError;
 use crate::model::{Draft, EventKind, EventRecord, Identity, is_valid_id};
-use crate::server::AppState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -104,6 +105,23 @@ impl<S: Send + Sync> FromRequestParts<S> for RoomId {
     }
 }
 
+/// A room of the URL that the caller may use: a valid id their credentials allow. A malformed id
+/// or missing credentials are refused before the handler runs, in that order.
+struct AllowedRoom(String);
+
+impl FromRequestParts<Arc<AppState>> for AllowedRoom {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        app: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
+        let RoomId(room) = RoomId::from_request_parts(parts, app).await?;
+        room_access(app, &parts.headers, &room)?;
+        Ok(AllowedRoom(room))
+    }
+}
+
 /// A request body; one over the limit is a JSON 413.
 struct Body(Bytes);
 
@@ -118,7 +136,7 @@ impl<S: Send + Sync> FromRequest<S> for Body {
     }
 }
 
-pub fn routes() -> Router<Arc<AppState>> {
+pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/api/rooms", get(list_rooms).post(create_room))
         .route("/api/rooms/{id}", get(get_room))
@@ -134,7 +152,7 @@ fn identity(app: &AppState, headers: &HeaderMap) -> Result<Identity, ApiError> {
                 .to_str()
                 .map_err(|_| ApiError::Unauthorized("malformed Authorization header".into()))?;
             Some(
-                v.strip_prefix("Bearer ")
+                bearer_token(v)
                     .ok_or_else(|| ApiError::Unauthorized("expected a Bearer token".into()))?,
             )
         }
@@ -179,15 +197,19 @@ struct CreateRoom {
     id: String,
 }
 
+/// The request's Content-Type, or "" when it has none (or none in ASCII).
+fn content_type(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
 fn json_body<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<T, ApiError> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !ct.starts_with("application/json") {
+    if !content_type(headers).starts_with("application/json") {
         return Err(ApiError::BadRequest(
             "expected Content-Type: application/json".into(),
         ));
@@ -212,10 +234,8 @@ async fn create_room(
 
 async fn get_room(
     State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
-    RoomId(room): RoomId,
+    AllowedRoom(room): AllowedRoom,
 ) -> Result<Response, ApiError> {
-    room_access(&app, &headers, &room)?;
     let info = app
         .services
         .history
@@ -241,11 +261,9 @@ const MAX_PAGE: usize = 1000;
 
 async fn history(
     State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
-    RoomId(room): RoomId,
+    AllowedRoom(room): AllowedRoom,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    room_access(&app, &headers, &room)?;
     let q: HistoryQuery =
         serde_urlencoded::from_str(query.as_deref().unwrap_or("")).map_err(|e| {
             ApiError::BadRequest(format!(
@@ -283,10 +301,7 @@ async fn publish(
             "publishing needs a bearer token".into(),
         ));
     }
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let ct = content_type(&headers);
     if !(ct.starts_with("application/json") || ct.starts_with("text/plain")) {
         return Err(ApiError::BadRequest(
             "expected Content-Type application/json or text/plain".into(),
@@ -301,10 +316,8 @@ async fn publish(
 
 async fn presence(
     State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
-    RoomId(room): RoomId,
+    AllowedRoom(room): AllowedRoom,
 ) -> Result<Response, ApiError> {
-    room_access(&app, &headers, &room)?;
     let members = app.services.presence.members(&room).await?;
     Ok(axum::Json(json!({ "roomId": room, "members": members })).into_response())
 }

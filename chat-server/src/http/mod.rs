@@ -1,6 +1,7 @@
 //! HTTP: the chat page, health, readiness, metrics, the WebSocket endpoint and the REST API.
 
 mod api;
+mod state;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,9 +14,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 
-pub use api::ApiError;
-
-use crate::server::AppState;
+pub(crate) use api::ApiError;
+pub use state::AppState;
 
 /// The chat page, built into the binary: it needs nothing from the network.
 const INDEX_HTML: &str = include_str!("../../static/index.html");
@@ -24,7 +24,7 @@ const READ_BUFFER: usize = 512;
 /// Bytes of frames gathered before a write; a flush writes whatever is gathered.
 const WRITE_BUFFER: usize = 16 * 1024;
 
-pub fn router(app: Arc<AppState>) -> Router {
+pub(crate) fn router(app: Arc<AppState>) -> Router {
     let body_limit = app.config.max_frame_bytes;
     Router::new()
         .route("/", get(|| async { Html(INDEX_HTML) }))
@@ -144,7 +144,7 @@ async fn websocket(
         .on_upgrade(move |socket| {
             tracker.track_future(async move {
                 let _guard = guard;
-                crate::session::run(socket, app, token).await;
+                crate::session::run(socket, app.session.clone(), token).await;
             })
         })
 }

@@ -36,6 +36,8 @@ impl Sequencer {
         self.held.get_or_insert_with(Vec::new);
     }
 
+    /// Whether live events are being held (only the tests ask; the session knows from its ops).
+    #[cfg(test)]
     pub fn is_holding(&self) -> bool {
         self.held.is_some()
     }
@@ -106,24 +108,10 @@ impl Sequencer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{EventKind, EventRecord, Sender};
+    use crate::hub::room_event;
 
     fn ev(epoch: &str, offset: u64) -> Arc<RoomEvent> {
-        RoomEvent::new(EventRecord {
-            id: format!("{epoch}-{offset}"),
-            room_id: "r".into(),
-            offset,
-            epoch: epoch.into(),
-            kind: EventKind::Chat,
-            sender: Sender {
-                id: "u".into(),
-                name: "u".into(),
-            },
-            content: "x".into(),
-            sent_at: "t".into(),
-            server_id: "s".into(),
-            headers: vec![],
-        })
+        room_event("r", epoch, offset)
     }
 
     fn offsets(v: &[Arc<RoomEvent>]) -> Vec<u64> {

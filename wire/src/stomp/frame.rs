@@ -133,10 +133,7 @@ impl Frame {
 
     /// The value of header `name` (case-sensitive); if it is repeated, the first one.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        find_header(&self.headers, name)
     }
 
     /// Appends a header (an earlier header of the same name still wins).
@@ -158,6 +155,14 @@ impl Frame {
             .with_header("content-type", "text/plain")
             .with_body(Bytes::copy_from_slice(detail.as_bytes()))
     }
+}
+
+/// The value of header `name` in `headers` (case-sensitive); if it is repeated, the first one.
+pub fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
 }
 
 /// Reads a `heart-beat` value, two whole numbers `x,y` in milliseconds.

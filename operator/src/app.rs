@@ -13,7 +13,7 @@ use crate::controller::{self, Context};
 use crate::error::Result;
 use crate::leader::{LeaderElector, run_as_leader};
 use crate::metrics::{self, Metrics};
-use crate::sentinel::TcpSentinelProbe;
+use crate::sentinel::FredSentinelProbe;
 
 /// Settings of `chat-operator run`.
 #[derive(Clone, Debug)]
@@ -78,7 +78,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
         metrics.clone(),
         config.operator_namespace.clone(),
         Some(config.identity.clone()),
-        Arc::new(TcpSentinelProbe::default()),
+        Arc::new(FredSentinelProbe::default()),
     ));
     let elector = LeaderElector::new(
         client,

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use kube::Client;
 use kube::client::Body;
@@ -16,9 +15,9 @@ use serde_json::{Value, json};
 
 use crate::controller::Context;
 use crate::crd::ChatCluster;
-use crate::error::{Error, Result};
+use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::sentinel::SentinelProbe;
+use crate::sentinel::{Answer, MasterAddr, MasterQuery, SentinelProbe};
 
 /// One request the fake received.
 #[derive(Clone, Debug)]
@@ -261,21 +260,15 @@ impl FakeSentinels {
 }
 
 impl SentinelProbe for FakeSentinels {
-    fn master_host<'a>(
-        &'a self,
-        addr: &'a str,
-        _password: Option<&'a str>,
-        _master_name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<String>>> {
-        Box::pin(async move {
-            match self.answers.get(addr) {
-                Some(answer) => Ok(answer.clone()),
-                None => Err(Error::Sentinel {
-                    addr: addr.to_owned(),
-                    reason: "unreachable".to_owned(),
-                }),
-            }
-        })
+    fn master_addr<'a>(&'a self, query: MasterQuery<'a>) -> Answer<'a> {
+        let answer = match self.answers.get(query.addr) {
+            Some(host) => Ok(host.clone().map(|host| MasterAddr { host, port: 6379 })),
+            None => Err(Error::Sentinel {
+                addr: query.addr.to_owned(),
+                reason: "unreachable".to_owned(),
+            }),
+        };
+        Box::pin(std::future::ready(answer))
     }
 }
 

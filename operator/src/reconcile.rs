@@ -33,6 +33,7 @@ use crate::resources::{
     REDIS_ROLE_MASTER, deploys, generates_password, redis_password_ref, secret, selector_string,
     sentinel_addresses,
 };
+use crate::sentinel::MasterQuery;
 use crate::status::{self, MasterView, Observed, Workload, compute, decide_master, flipped};
 
 /// Requeue interval in Sentinel mode: how soon a failover is noticed at the latest.
@@ -319,12 +320,14 @@ pub fn observe(cc: &ChatCluster, ns: &str, applied: &Applied) -> Observed {
 async fn ask_sentinels(ctx: &Context, cc: &ChatCluster, password: Option<&str>) -> MasterView {
     let addresses = sentinel_addresses(cc);
     let asks = addresses.iter().map(|addr| async move {
-        match ctx
-            .sentinel
-            .master_host(addr, password, SENTINEL_MASTER_NAME)
-            .await
-        {
-            Ok(host) => host,
+        let query = MasterQuery {
+            addr,
+            password,
+            master_name: SENTINEL_MASTER_NAME,
+        };
+        match ctx.sentinel.master_addr(query).await {
+            // The data nodes' port is fixed; what identifies the master is its host.
+            Ok(master) => master.map(|m| m.host),
             Err(e) => {
                 debug!(sentinel = %addr, error = %e, "sentinel did not answer");
                 None

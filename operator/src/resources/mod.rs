@@ -18,12 +18,13 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, EnvVar, EnvVarSource, ObjectFieldSelector, PodSecurityContext,
-    SeccompProfile, SecretKeySelector, SecurityContext, Service, ServiceAccount,
-    TopologySpreadConstraint,
+    SeccompProfile, SecretKeySelector, SecurityContext, Service, ServiceAccount, ServicePort,
+    ServiceSpec, TopologySpreadConstraint,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::{ChatCluster, RedisMode};
@@ -220,6 +221,60 @@ pub fn meta(cc: &ChatCluster, name: String, component: Component) -> ObjectMeta 
         labels: Some(labels(cc, component)),
         owner_references: owner_references(cc),
         ..ObjectMeta::default()
+    }
+}
+
+/// How a Service is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceKind<'a> {
+    /// A virtual IP of this Service type (`ClusterIP`, `LoadBalancer`, `NodePort`).
+    Typed(&'a str),
+    /// No virtual IP: a DNS name per pod, published before the pod is ready, because the data
+    /// nodes and sentinels find each other through it while they start.
+    Headless,
+}
+
+/// The Service type of every Service but the clients' (theirs comes from the spec).
+pub const CLUSTER_IP: ServiceKind<'static> = ServiceKind::Typed("ClusterIP");
+
+/// The Service `name` of `component` on one `port`, in front of the pods `selector` picks.
+pub fn service(
+    cc: &ChatCluster,
+    name: String,
+    component: Component,
+    kind: ServiceKind<'_>,
+    selector: BTreeMap<String, String>,
+    port: ServicePort,
+) -> Service {
+    let spec = match kind {
+        ServiceKind::Typed(type_) => ServiceSpec {
+            type_: Some(type_.to_owned()),
+            ..ServiceSpec::default()
+        },
+        ServiceKind::Headless => ServiceSpec {
+            cluster_ip: Some("None".to_owned()),
+            publish_not_ready_addresses: Some(true),
+            ..ServiceSpec::default()
+        },
+    };
+    Service {
+        metadata: meta(cc, name, component),
+        spec: Some(ServiceSpec {
+            selector: Some(selector),
+            ports: Some(vec![port]),
+            ..spec
+        }),
+        ..Service::default()
+    }
+}
+
+/// A Service port that targets the container port of the same name.
+pub fn named_port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.to_owned()),
+        port,
+        target_port: Some(IntOrString::String(name.to_owned())),
+        ..ServicePort::default()
     }
 }
 

@@ -16,7 +16,7 @@ use k8s_openapi::api::autoscaling::v2::{
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, Lifecycle,
     LifecycleHandler, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Service,
-    ServiceAccount, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
+    ServiceAccount, ServicePort, SleepAction, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -24,9 +24,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    Component, Names, REDIS_PORT, SERVER_PORT, container_security_context, env_field, env_secret,
-    env_value, label_selector, labels, meta, pod_security_context, redis_password_ref,
-    selector_labels, sentinel_addresses, spread_constraints,
+    Component, Names, REDIS_PORT, SERVER_PORT, ServiceKind, container_security_context, env_field,
+    env_secret, env_value, label_selector, labels, meta, named_port, pod_security_context,
+    redis_password_ref, selector_labels, sentinel_addresses, spread_constraints,
 };
 use crate::crd::{ChatCluster, RedisMode, SENTINEL_MASTER_NAME};
 
@@ -240,26 +240,22 @@ pub fn deployment(cc: &ChatCluster) -> Deployment {
 /// The Service clients connect to, named like the cluster.
 pub fn service(cc: &ChatCluster) -> Service {
     let svc = &cc.spec.server.service;
-    let mut metadata = meta(cc, Names::of(cc).server_service(), Component::Server);
+    let port = ServicePort {
+        app_protocol: Some("http".to_owned()),
+        ..named_port("http", svc.port)
+    };
+    let mut service = super::service(
+        cc,
+        Names::of(cc).server_service(),
+        Component::Server,
+        ServiceKind::Typed(svc.type_.as_str()),
+        selector_labels(cc, Component::Server),
+        port,
+    );
     if !svc.annotations.is_empty() {
-        metadata.annotations = Some(svc.annotations.clone());
+        service.metadata.annotations = Some(svc.annotations.clone());
     }
-    Service {
-        metadata,
-        spec: Some(ServiceSpec {
-            type_: Some(svc.type_.as_str().to_owned()),
-            selector: Some(selector_labels(cc, Component::Server)),
-            ports: Some(vec![ServicePort {
-                name: Some("http".to_owned()),
-                port: svc.port,
-                target_port: Some(IntOrString::String("http".to_owned())),
-                app_protocol: Some("http".to_owned()),
-                ..ServicePort::default()
-            }]),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
-    }
+    service
 }
 
 /// The PodDisruptionBudget `NAME-server`.

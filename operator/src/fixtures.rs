@@ -248,6 +248,14 @@ pub struct FakeSentinels {
 }
 
 impl FakeSentinels {
+    /// The same, except that the first sentinel of `cc` names `host`.
+    pub fn first_naming(mut self, cc: &ChatCluster, host: &str) -> Self {
+        if let Some(first) = crate::resources::sentinel_addresses(cc).into_iter().next() {
+            self.answers.insert(first, Some(host.to_owned()));
+        }
+        self
+    }
+
     /// Every sentinel of `cc` names `host`.
     pub fn all_naming(cc: &ChatCluster, host: &str) -> Self {
         Self {

@@ -23,7 +23,7 @@ use serde_json::json;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::controller::{Context, key};
-use crate::crd::{ChatCluster, RedisMode, SENTINEL_MASTER_NAME};
+use crate::crd::{ChatCluster, ChatClusterStatus, RedisMode, SENTINEL_MASTER_NAME};
 use crate::error::{Error, Result};
 use crate::render::validate;
 use crate::resources::redis::standalone_address;
@@ -425,7 +425,17 @@ async fn write_failure(
     if news {
         publish(ctx, cc, EventType::Warning, reason, error.to_string()).await;
     }
-    if cc.status.as_ref() == Some(&new) {
+    patch_status(ctx, cc, ns, &new).await
+}
+
+/// Write `new` as the status of `cc`, unless it already is.
+async fn patch_status(
+    ctx: &Context,
+    cc: &ChatCluster,
+    ns: &str,
+    new: &ChatClusterStatus,
+) -> Result<()> {
+    if cc.status.as_ref() == Some(new) {
         return Ok(());
     }
     let api: Api<ChatCluster> = Api::namespaced(ctx.client.clone(), ns);
@@ -446,15 +456,7 @@ async fn write_status(
 ) -> Result<()> {
     let new = compute(cc, observed, Time(Timestamp::now()));
     let old = cc.status.as_ref();
-    if old != Some(&new) {
-        let api: Api<ChatCluster> = Api::namespaced(ctx.client.clone(), ns);
-        api.patch_status(
-            &cc.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": new })),
-        )
-        .await?;
-    }
+    patch_status(ctx, cc, ns, &new).await?;
     for (type_, state, reason, message) in flipped(old, &new) {
         // A first observation of a healthy condition is not news.
         if old.is_none() && !is_bad(&type_, &state) && type_ != status::READY {
@@ -555,6 +557,24 @@ mod scenarios {
     use crate::resources::testing::{sentinel, standalone};
     use serde_json::Value;
 
+    /// Reconcile `cc` once against `fake` and `sentinels`: the result and every request sent.
+    async fn run(
+        cc: &ChatCluster,
+        fake: FakeApi,
+        sentinels: FakeSentinels,
+    ) -> (Result<Action>, Vec<Call>) {
+        let (ctx, task) = context(fake, sentinels);
+        let result = reconcile(Arc::new(cc.clone()), ctx.clone()).await;
+        (result, finish(ctx, task).await)
+    }
+
+    /// Like [`run`], for a reconcile that succeeds: the requests sent.
+    async fn reconciled(cc: &ChatCluster, fake: FakeApi, sentinels: FakeSentinels) -> Vec<Call> {
+        let (result, calls) = run(cc, fake, sentinels).await;
+        result.unwrap();
+        calls
+    }
+
     fn applied_kinds(calls: &[Call]) -> Vec<String> {
         calls
             .iter()
@@ -571,9 +591,15 @@ mod scenarios {
         serde_json::from_value(call.body["status"].clone()).unwrap()
     }
 
-    fn condition(s: &ChatClusterStatus, t: &str) -> (String, String) {
+    /// The status a reconcile wrote, asserting it patched no pod (so moved no master label).
+    fn status_moving_no_label(calls: &[Call]) -> ChatClusterStatus {
+        assert!(!calls.iter().any(|c| c.target().0 == "pods"));
+        status_written(calls)
+    }
+
+    fn condition<'a>(s: &'a ChatClusterStatus, t: &str) -> (&'a str, &'a str) {
         let c = s.conditions.iter().find(|c| c.type_ == t).unwrap();
-        (c.status.clone(), c.reason.clone())
+        (&c.status, &c.reason)
     }
 
     fn event_reasons(calls: &[Call]) -> Vec<String> {
@@ -587,10 +613,9 @@ mod scenarios {
     #[tokio::test]
     async fn creating_a_standalone_cluster_applies_every_child_and_writes_status() {
         let cc = standalone();
-        let (ctx, task) = context(FakeApi::new(&cc), FakeSentinels::default());
-        let action = reconcile(Arc::new(cc), ctx.clone()).await.unwrap();
+        let (action, calls) = run(&cc, FakeApi::new(&cc), FakeSentinels::default()).await;
+        let action = action.unwrap();
         assert_eq!(action, Action::requeue(DEFAULT_REQUEUE));
-        let calls = finish(ctx, task).await;
 
         // The password Secret is looked up, then created once.
         assert_eq!(
@@ -632,7 +657,7 @@ mod scenarios {
                 )));
 
         let status = status_written(&calls);
-        assert_eq!(condition(&status, "Ready"), ("True".into(), "Ready".into()));
+        assert_eq!(condition(&status, "Ready"), ("True", "Ready"));
         assert_eq!(condition(&status, "RedisReady").0, "True");
         assert_eq!(condition(&status, "ServersReady").0, "True");
         assert_eq!(condition(&status, "Degraded").0, "False");
@@ -654,9 +679,7 @@ mod scenarios {
     async fn an_existing_password_secret_is_read_and_never_rewritten() {
         let cc = standalone();
         let fake = FakeApi::new(&cc).with_secret("chat-redis-password", "password", "kept");
-        let (ctx, task) = context(fake, FakeSentinels::default());
-        reconcile(Arc::new(cc), ctx.clone()).await.unwrap();
-        let calls = finish(ctx, task).await;
+        let calls = reconciled(&cc, fake, FakeSentinels::default()).await;
         assert!(
             !calls
                 .iter()
@@ -669,9 +692,7 @@ mod scenarios {
     async fn autoscaling_applies_an_hpa_and_omits_deployment_replicas() {
         let mut cc = standalone();
         cc.spec.server.autoscaling.enabled = true;
-        let (ctx, task) = context(FakeApi::new(&cc), FakeSentinels::default());
-        reconcile(Arc::new(cc), ctx.clone()).await.unwrap();
-        let calls = finish(ctx, task).await;
+        let calls = reconciled(&cc, FakeApi::new(&cc), FakeSentinels::default()).await;
         let deployment = calls.iter().find(|c| c.is_apply_of("deployments")).unwrap();
         assert!(deployment.body["spec"].get("replicas").is_none());
         let hpa = calls
@@ -692,10 +713,9 @@ mod scenarios {
             .with_redis_pod("chat-redis-0", true)
             .with_redis_pod("chat-redis-1", false)
             .with_redis_pod("chat-redis-2", false);
-        let (ctx, task) = context(fake, FakeSentinels::all_naming(&cc, new_master));
-        let action = reconcile(Arc::new(cc), ctx.clone()).await.unwrap();
+        let (action, calls) = run(&cc, fake, FakeSentinels::all_naming(&cc, new_master)).await;
+        let action = action.unwrap();
         assert_eq!(action, Action::requeue(SENTINEL_REQUEUE));
-        let calls = finish(ctx, task).await;
 
         let pod_patches: Vec<(String, Value)> = calls
             .iter()
@@ -719,10 +739,7 @@ mod scenarios {
             status.redis_master.as_deref(),
             Some(&*format!("{new_master}:6379"))
         );
-        assert_eq!(
-            condition(&status, "RedisReady"),
-            ("True".into(), "MasterKnown".into())
-        );
+        assert_eq!(condition(&status, "RedisReady"), ("True", "MasterKnown"));
         assert!(event_reasons(&calls).contains(&"MasterChanged".to_owned()));
         assert_eq!(
             applied_kinds(&calls)
@@ -736,47 +753,24 @@ mod scenarios {
     #[tokio::test]
     async fn sentinels_naming_two_masters_degrade_the_cluster_and_move_nothing() {
         let cc = sentinel();
-        let mut sentinels =
-            FakeSentinels::all_naming(&cc, "chat-redis-0.chat-redis-headless.prod.svc");
-        let first = crate::resources::sentinel_addresses(&cc)[0].clone();
-        sentinels.answers.insert(
-            first,
-            Some("chat-redis-1.chat-redis-headless.prod.svc".into()),
-        );
+        let sentinels = FakeSentinels::all_naming(&cc, "chat-redis-0.chat-redis-headless.prod.svc")
+            .first_naming(&cc, "chat-redis-1.chat-redis-headless.prod.svc");
         let fake = FakeApi::new(&cc)
             .with_redis_pod("chat-redis-0", true)
             .with_redis_pod("chat-redis-1", false);
-        let (ctx, task) = context(fake, sentinels);
-        reconcile(Arc::new(cc), ctx.clone()).await.unwrap();
-        let calls = finish(ctx, task).await;
-        assert!(!calls.iter().any(|c| c.target().0 == "pods"));
-        let status = status_written(&calls);
-        assert_eq!(
-            condition(&status, "Degraded"),
-            ("True".into(), "MultipleMasters".into())
-        );
+        let status = status_moving_no_label(&reconciled(&cc, fake, sentinels).await);
+        assert_eq!(condition(&status, "Degraded"), ("True", "MultipleMasters"));
         assert_eq!(condition(&status, "Ready").0, "False");
     }
 
     #[tokio::test]
     async fn an_incomplete_sentinel_view_changes_no_label() {
         let cc = sentinel();
-        let mut sentinels = FakeSentinels::default();
-        let first = crate::resources::sentinel_addresses(&cc)[0].clone();
-        sentinels.answers.insert(
-            first,
-            Some("chat-redis-1.chat-redis-headless.prod.svc".into()),
-        );
+        let sentinels =
+            FakeSentinels::default().first_naming(&cc, "chat-redis-1.chat-redis-headless.prod.svc");
         let fake = FakeApi::new(&cc).with_redis_pod("chat-redis-0", true);
-        let (ctx, task) = context(fake, sentinels);
-        reconcile(Arc::new(cc), ctx.clone()).await.unwrap();
-        let calls = finish(ctx, task).await;
-        assert!(!calls.iter().any(|c| c.target().0 == "pods"));
-        let status = status_written(&calls);
-        assert_eq!(
-            condition(&status, "RedisReady"),
-            ("False".into(), "NoQuorum".into())
-        );
+        let status = status_moving_no_label(&reconciled(&cc, fake, sentinels).await);
+        assert_eq!(condition(&status, "RedisReady"), ("False", "NoQuorum"));
         assert_eq!(condition(&status, "Degraded").0, "False");
     }
 
@@ -806,10 +800,7 @@ mod scenarios {
         assert!(!calls.iter().any(|c| c.target().0 == "secrets"));
         assert_eq!(event_reasons(&calls)[0], "InvalidSpec");
         let status = status_written(&calls);
-        assert_eq!(
-            condition(&status, "Degraded"),
-            ("True".into(), "InvalidSpec".into())
-        );
+        assert_eq!(condition(&status, "Degraded"), ("True", "InvalidSpec"));
         assert_eq!(condition(&status, "Ready").0, "False");
     }
 
@@ -831,10 +822,7 @@ mod scenarios {
         );
         assert!(applied_kinds(&calls).is_empty());
         let status = status_written(&calls);
-        assert_eq!(
-            condition(&status, "Degraded"),
-            ("True".into(), "ReconcileFailed".into())
-        );
+        assert_eq!(condition(&status, "Degraded"), ("True", "ReconcileFailed"));
     }
 
     #[tokio::test]
@@ -854,15 +842,11 @@ mod scenarios {
     async fn an_unchanged_status_is_not_rewritten_and_raises_no_events() {
         let cc = standalone();
         let fake = FakeApi::new(&cc).with_secret("chat-redis-password", "password", "kept");
-        let (ctx, task) = context(fake.clone(), FakeSentinels::default());
-        reconcile(Arc::new(cc.clone()), ctx.clone()).await.unwrap();
-        let first = status_written(&finish(ctx, task).await);
+        let first = status_written(&reconciled(&cc, fake.clone(), FakeSentinels::default()).await);
 
         let mut again = cc;
         again.status = Some(first);
-        let (ctx, task) = context(fake, FakeSentinels::default());
-        reconcile(Arc::new(again), ctx.clone()).await.unwrap();
-        let calls = finish(ctx, task).await;
+        let calls = reconciled(&again, fake, FakeSentinels::default()).await;
         assert!(
             !calls
                 .iter()

@@ -89,6 +89,11 @@ impl Names {
         }
     }
 
+    /// `NAME-suffix`: every child but the clients' Service is named so.
+    fn suffixed(&self, suffix: &str) -> String {
+        format!("{}-{suffix}", self.base)
+    }
+
     /// The cluster's own name.
     pub fn cluster(&self) -> &str {
         &self.base
@@ -99,31 +104,31 @@ impl Names {
     }
     /// Deployment, PodDisruptionBudget, ServiceAccount and HPA of the servers.
     pub fn server(&self) -> String {
-        format!("{}-server", self.base)
+        self.suffixed("server")
     }
     /// Redis StatefulSet, ConfigMap, Service (standalone) and NetworkPolicy.
     pub fn redis(&self) -> String {
-        format!("{}-redis", self.base)
+        self.suffixed("redis")
     }
     /// Headless Service of the Redis data nodes (Sentinel mode).
     pub fn redis_headless(&self) -> String {
-        format!("{}-redis-headless", self.base)
+        self.suffixed("redis-headless")
     }
     /// Service that follows the master label (Sentinel mode).
     pub fn redis_master(&self) -> String {
-        format!("{}-redis-master", self.base)
+        self.suffixed("redis-master")
     }
     /// Generated password Secret.
     pub fn redis_password(&self) -> String {
-        format!("{}-redis-password", self.base)
+        self.suffixed("redis-password")
     }
     /// Sentinel StatefulSet and Service.
     pub fn sentinel(&self) -> String {
-        format!("{}-sentinel", self.base)
+        self.suffixed("sentinel")
     }
     /// Headless Service of the sentinels.
     pub fn sentinel_headless(&self) -> String {
-        format!("{}-sentinel-headless", self.base)
+        self.suffixed("sentinel-headless")
     }
 }
 

@@ -427,9 +427,9 @@ mod tests {
         assert_eq!(live.port, IntOrString::Int(6379));
     }
 
-    #[test]
-    fn the_password_comes_from_the_generated_secret_unless_one_is_named() {
-        let c = pod_spec(&redis_statefulset(&standalone())).containers[0].clone();
+    /// The Secret name and key the data node's `REDIS_PASSWORD` comes from.
+    fn password_source(cc: &ChatCluster) -> (String, String) {
+        let c = pod_spec(&redis_statefulset(cc)).containers[0].clone();
         let pw = c
             .env
             .unwrap()
@@ -437,8 +437,14 @@ mod tests {
             .find(|e| e.name == "REDIS_PASSWORD")
             .unwrap();
         let sel = pw.value_from.unwrap().secret_key_ref.unwrap();
+        (sel.name, sel.key)
+    }
+
+    #[test]
+    fn the_password_comes_from_the_generated_secret_unless_one_is_named() {
+        let (name, key) = password_source(&standalone());
         assert_eq!(
-            (sel.name.as_str(), sel.key.as_str()),
+            (name.as_str(), key.as_str()),
             ("chat-redis-password", "password")
         );
 
@@ -447,15 +453,8 @@ mod tests {
             name: "mine".into(),
             key: "pw".into(),
         });
-        let c = pod_spec(&redis_statefulset(&cc)).containers[0].clone();
-        let pw = c
-            .env
-            .unwrap()
-            .into_iter()
-            .find(|e| e.name == "REDIS_PASSWORD")
-            .unwrap();
-        let sel = pw.value_from.unwrap().secret_key_ref.unwrap();
-        assert_eq!((sel.name.as_str(), sel.key.as_str()), ("mine", "pw"));
+        let (name, key) = password_source(&cc);
+        assert_eq!((name.as_str(), key.as_str()), ("mine", "pw"));
     }
 
     #[test]

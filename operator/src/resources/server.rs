@@ -2,7 +2,7 @@
 //! ServiceAccount and HorizontalPodAutoscaler.
 //!
 //! [`server_env`] is the one place where the operator speaks chat-server's configuration
-//! contract (DESIGN.md, "Configuration").
+//! contract (`docs/CONFIGURATION.md`).
 
 use std::collections::BTreeMap;
 
@@ -41,8 +41,8 @@ fn bool_str(b: bool) -> &'static str {
     if b { "true" } else { "false" }
 }
 
-/// The chat-server environment for `cc`, exactly as DESIGN.md's configuration contract names
-/// it. `CHAT_SERVER_ID` is left unset: the server uses `POD_NAME`, set here from the pod name.
+/// The chat-server environment for `cc`, exactly as `docs/CONFIGURATION.md` names it.
+/// `CHAT_SERVER_ID` is left unset: the server uses `POD_NAME`, set here from the pod name.
 pub fn server_env(cc: &ChatCluster) -> Vec<EnvVar> {
     let server = &cc.spec.server;
     let redis = &cc.spec.redis;
@@ -578,35 +578,12 @@ mod chat_server_contract {
     use crate::crd::SecretKeyRef;
     use crate::resources::testing::{sentinel, standalone};
 
-    /// Every variable DESIGN.md's "Configuration" section names.
-    const DESIGN_NAMES: &[&str] = &[
-        "CHAT_LISTEN_ADDR",
-        "CHAT_REDIS_URL",
-        "CHAT_REDIS_SENTINELS",
-        "CHAT_REDIS_SENTINEL_MASTER",
-        "CHAT_REDIS_PASSWORD",
-        "CHAT_REDIS_PASSWORD_FILE",
-        // Beyond DESIGN.md: the operator's sentinels require a password too.
-        "CHAT_REDIS_SENTINEL_PASSWORD",
-        "CHAT_REDIS_MIN_REPLICAS",
-        "CHAT_KEY_PREFIX",
-        "CHAT_SERVER_ID",
-        "CHAT_JWT_SECRET",
-        "CHAT_JWT_PUBLIC_KEY_FILE",
-        "CHAT_ALLOW_ANONYMOUS",
-        "CHAT_ALLOWED_ORIGINS",
-        "CHAT_HEARTBEAT_INTERVAL_MS",
-        "CHAT_SERVER_TTL_MS",
-        "CHAT_HISTORY_MAX_LEN",
-        "CHAT_HISTORY_TTL_SECS",
-        "CHAT_MAX_FRAME_BYTES",
-        "CHAT_MAX_CONNECTIONS",
-        "CHAT_SHUTDOWN_GRACE_SECS",
-        "CHAT_LOG_FORMAT",
-        "RUST_LOG",
-        // Not a CHAT_ variable: the server's default for CHAT_SERVER_ID.
-        "POD_NAME",
-    ];
+    /// Whether chat-server reads `name`: one of its own variables (`chat_server::config::VARS`,
+    /// the list `docs/CONFIGURATION.md` documents), or `POD_NAME`, which is not a `CHAT_`
+    /// variable but the server's default for `CHAT_SERVER_ID`.
+    fn is_a_configuration_variable(name: &str) -> bool {
+        chat_server::config::VARS.iter().any(|v| v.name == name) || name == "POD_NAME"
+    }
 
     fn shapes() -> Vec<crate::crd::ChatCluster> {
         let mut with_jwt = sentinel();
@@ -619,12 +596,12 @@ mod chat_server_contract {
     }
 
     #[test]
-    fn every_rendered_variable_is_one_the_design_names() {
+    fn every_rendered_variable_is_one_the_configuration_names() {
         for cc in shapes() {
             for name in env_map(&server_env(&cc)).keys() {
                 assert!(
-                    DESIGN_NAMES.contains(&name.as_str()),
-                    "{name} is not in DESIGN.md"
+                    is_a_configuration_variable(name),
+                    "{name} is not in docs/CONFIGURATION.md"
                 );
             }
         }
@@ -694,7 +671,7 @@ mod chat_server_contract {
             );
             for name in env.keys() {
                 assert!(
-                    chat_server::config::VARS.iter().any(|v| v.name == name) || name == "POD_NAME",
+                    is_a_configuration_variable(name),
                     "{name} is not a variable chat-server reads"
                 );
             }

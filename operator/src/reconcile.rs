@@ -37,12 +37,12 @@ use crate::sentinel::MasterQuery;
 use crate::status::{self, MasterView, Observed, Workload, compute, decide_master, flipped};
 
 /// Requeue interval in Sentinel mode: how soon a failover is noticed at the latest.
-pub const SENTINEL_REQUEUE: Duration = Duration::from_secs(15);
+pub(crate) const SENTINEL_REQUEUE: Duration = Duration::from_secs(15);
 /// Requeue interval otherwise (owned workloads trigger reconciles on change anyway).
-pub const DEFAULT_REQUEUE: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_REQUEUE: Duration = Duration::from_secs(300);
 
 /// Reconcile `cc`: the entry point the controller calls.
-pub async fn reconcile(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action> {
+pub(crate) async fn reconcile(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action> {
     let span = info_span!(
         "reconcile",
         namespace = cc.namespace().unwrap_or_default(),
@@ -205,13 +205,13 @@ where
 
 /// What the API server answered to the applies that the status is computed from.
 #[derive(Clone, Debug, Default)]
-pub struct Applied {
+pub(crate) struct Applied {
     /// The servers' Deployment, with its status.
-    pub deployment: Option<Deployment>,
+    pub(crate) deployment: Option<Deployment>,
     /// Redis and sentinel StatefulSets, with their status.
-    pub stateful_sets: Vec<StatefulSet>,
+    pub(crate) stateful_sets: Vec<StatefulSet>,
     /// The clients' Service, with its status.
-    pub service: Option<Service>,
+    pub(crate) service: Option<Service>,
 }
 
 async fn apply_children(ctx: &Context, ns: &str, c: &Children) -> Result<Applied> {
@@ -278,7 +278,7 @@ fn statefulset_workload(s: &StatefulSet) -> Workload {
 
 /// Where clients connect: the load balancer's address once it has one, else the Service's
 /// cluster DNS name.
-pub fn endpoint(cc: &ChatCluster, ns: &str, service: Option<&Service>) -> String {
+pub(crate) fn endpoint(cc: &ChatCluster, ns: &str, service: Option<&Service>) -> String {
     let port = cc.spec.server.service.port;
     let ingress = service
         .and_then(|s| s.status.as_ref())
@@ -293,7 +293,7 @@ pub fn endpoint(cc: &ChatCluster, ns: &str, service: Option<&Service>) -> String
 }
 
 /// The observation a status is computed from, given the apply responses.
-pub fn observe(cc: &ChatCluster, ns: &str, applied: &Applied) -> Observed {
+pub(crate) fn observe(cc: &ChatCluster, ns: &str, applied: &Applied) -> Observed {
     let names = Names::of(cc);
     let find = |name: String| {
         applied
@@ -341,7 +341,7 @@ async fn ask_sentinels(ctx: &Context, cc: &ChatCluster, password: Option<&str>) 
 
 /// Label changes that make `master` the only pod with the master label: `(pod, add?)`,
 /// removals first. Nothing changes when `master` is not among `pods` (an incomplete view).
-pub fn master_label_changes(pods: &[(String, bool)], master: &str) -> Vec<(String, bool)> {
+pub(crate) fn master_label_changes(pods: &[(String, bool)], master: &str) -> Vec<(String, bool)> {
     if !pods.iter().any(|(name, _)| name == master) {
         return Vec::new();
     }

@@ -73,7 +73,7 @@ fn text(value: Value) -> Option<String> {
 
 /// The master address in a `GET-MASTER-ADDR-BY-NAME` reply: `[host, port]`, or nil when the
 /// sentinel monitors no master of that name.
-pub fn master_from_reply(addr: &str, reply: Value) -> Result<Option<MasterAddr>> {
+fn master_from_reply(addr: &str, reply: Value) -> Result<Option<MasterAddr>> {
     match reply {
         Value::Null => Ok(None),
         Value::Array(items) => {
@@ -96,7 +96,7 @@ pub fn master_from_reply(addr: &str, reply: Value) -> Result<Option<MasterAddr>>
 #[derive(Clone, Debug)]
 pub struct FredSentinelProbe {
     /// Bound on connecting plus the whole exchange.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 impl Default for FredSentinelProbe {

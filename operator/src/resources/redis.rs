@@ -23,12 +23,12 @@ use super::{
 use crate::crd::{ChatCluster, RedisMode, SENTINEL_MASTER_NAME};
 
 /// The uid the official Redis image's `redis` user has.
-pub const REDIS_UID: i64 = 999;
+pub(crate) const REDIS_UID: i64 = 999;
 /// Annotation with the checksum of the scripts a pod was started with.
-pub const CONFIG_CHECKSUM_ANNOTATION: &str = "chat.dev/config-checksum";
+pub(crate) const CONFIG_CHECKSUM_ANNOTATION: &str = "chat.dev/config-checksum";
 
 /// Environment shared by data nodes and sentinels: who they are and where the others live.
-pub fn topology_env(cc: &ChatCluster) -> Vec<EnvVar> {
+pub(crate) fn topology_env(cc: &ChatCluster) -> Vec<EnvVar> {
     let names = Names::of(cc);
     let mut env = vec![
         env_field("POD_NAME", "metadata.name"),
@@ -48,7 +48,7 @@ pub fn topology_env(cc: &ChatCluster) -> Vec<EnvVar> {
 }
 
 /// An exec probe that PINGs a local Redis (or sentinel) with the password.
-pub fn ping_probe(port: i32) -> Probe {
+pub(crate) fn ping_probe(port: i32) -> Probe {
     Probe {
         exec: Some(ExecAction {
             command: Some(vec![
@@ -68,7 +68,7 @@ pub fn ping_probe(port: i32) -> Probe {
 }
 
 /// A TCP liveness probe (a node loading a big data set answers PING with an error).
-pub fn tcp_probe(port: i32) -> Probe {
+pub(crate) fn tcp_probe(port: i32) -> Probe {
     Probe {
         tcp_socket: Some(TCPSocketAction {
             port: IntOrString::Int(port),
@@ -82,7 +82,7 @@ pub fn tcp_probe(port: i32) -> Probe {
 }
 
 /// `requests` for a Redis container when the spec leaves resources unset.
-pub fn default_resources(cpu: &str, memory: &str) -> ResourceRequirements {
+pub(crate) fn default_resources(cpu: &str, memory: &str) -> ResourceRequirements {
     ResourceRequirements {
         requests: Some(BTreeMap::from([
             ("cpu".to_owned(), Quantity(cpu.to_owned())),
@@ -93,7 +93,7 @@ pub fn default_resources(cpu: &str, memory: &str) -> ResourceRequirements {
 }
 
 /// Volumes both StatefulSets mount: the scripts and a writable run directory.
-pub fn script_volumes(cc: &ChatCluster) -> Vec<Volume> {
+pub(crate) fn script_volumes(cc: &ChatCluster) -> Vec<Volume> {
     vec![
         Volume {
             name: "config".to_owned(),
@@ -112,7 +112,7 @@ pub fn script_volumes(cc: &ChatCluster) -> Vec<Volume> {
 }
 
 /// A read-only or writable volume mount.
-pub fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+pub(crate) fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: name.to_owned(),
         mount_path: path.to_owned(),
@@ -122,26 +122,26 @@ pub fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
 }
 
 /// How the data nodes' StatefulSet and the sentinels' differ; the rest they share.
-pub struct RedisImageSet {
+pub(crate) struct RedisImageSet {
     /// Data nodes or sentinels.
-    pub component: Component,
+    pub(crate) component: Component,
     /// Names the StatefulSet.
-    pub name: String,
+    pub(crate) name: String,
     /// The headless (or standalone) Service that names the pods.
-    pub service_name: String,
+    pub(crate) service_name: String,
     /// How many pods.
-    pub replicas: i32,
+    pub(crate) replicas: i32,
     /// The one container.
-    pub container: Container,
+    pub(crate) container: Container,
     /// Volumes beside the scripts and the run directory.
-    pub volumes: Vec<Volume>,
+    pub(crate) volumes: Vec<Volume>,
     /// Seconds a pod has to stop.
-    pub grace_seconds: i64,
+    pub(crate) grace_seconds: i64,
 }
 
 /// The container of a Redis-image pod: `role` (`redis`, `sentinel`) names it, its port, its
 /// start script `/config/ROLE-start.sh` and its writable run directory `/run/ROLE`.
-pub fn redis_image_container(
+pub(crate) fn redis_image_container(
     cc: &ChatCluster,
     role: &str,
     port: i32,
@@ -172,7 +172,7 @@ pub fn redis_image_container(
 
 /// A StatefulSet of Redis-image pods: started in parallel, as the Redis user, hardened,
 /// spread, with the scripts and a run directory mounted, and rolled when the scripts change.
-pub fn redis_image_statefulset(cc: &ChatCluster, set: RedisImageSet) -> StatefulSet {
+pub(crate) fn redis_image_statefulset(cc: &ChatCluster, set: RedisImageSet) -> StatefulSet {
     let component = set.component;
     let mut volumes = script_volumes(cc);
     volumes.extend(set.volumes);
@@ -236,7 +236,7 @@ fn data_claim(cc: &ChatCluster) -> PersistentVolumeClaim {
 
 /// The data-node StatefulSet `NAME-redis`: one node in Standalone mode, `replicas` in
 /// Sentinel mode (pod 0 bootstraps as master; a restarted pod asks the sentinels first).
-pub fn redis_statefulset(cc: &ChatCluster) -> StatefulSet {
+pub(crate) fn redis_statefulset(cc: &ChatCluster) -> StatefulSet {
     let names = Names::of(cc);
     let redis = &cc.spec.redis;
     let persistence = redis.persistence.enabled;
@@ -292,13 +292,13 @@ fn data_service(
 }
 
 /// The Standalone Service `NAME-redis` the servers connect to.
-pub fn redis_service(cc: &ChatCluster) -> Service {
+pub(crate) fn redis_service(cc: &ChatCluster) -> Service {
     let selector = selector_labels(cc, Component::Redis);
     data_service(cc, Names::of(cc).redis(), CLUSTER_IP, selector)
 }
 
 /// The headless Service `NAME-redis-headless` that gives each data node a DNS name, ready or not.
-pub fn redis_headless_service(cc: &ChatCluster) -> Service {
+pub(crate) fn redis_headless_service(cc: &ChatCluster) -> Service {
     let selector = selector_labels(cc, Component::Redis);
     data_service(
         cc,
@@ -310,14 +310,14 @@ pub fn redis_headless_service(cc: &ChatCluster) -> Service {
 
 /// The Service `NAME-redis-master`: it selects the data node the operator labelled master
 /// after asking the sentinels.
-pub fn redis_master_service(cc: &ChatCluster) -> Service {
+pub(crate) fn redis_master_service(cc: &ChatCluster) -> Service {
     let mut selector = selector_labels(cc, Component::Redis);
     selector.insert(REDIS_ROLE_LABEL.to_owned(), REDIS_ROLE_MASTER.to_owned());
     data_service(cc, Names::of(cc).redis_master(), CLUSTER_IP, selector)
 }
 
 /// `host:port` of the standalone Redis inside the cluster.
-pub fn standalone_address(cc: &ChatCluster) -> String {
+pub(crate) fn standalone_address(cc: &ChatCluster) -> String {
     format!(
         "{}.{}.svc:{REDIS_PORT}",
         Names::of(cc).redis(),

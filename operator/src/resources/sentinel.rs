@@ -13,12 +13,12 @@ use super::{
 use crate::crd::ChatCluster;
 
 /// Sentinels that must agree before a failover: a majority.
-pub fn quorum(sentinels: i32) -> i32 {
+pub(crate) fn quorum(sentinels: i32) -> i32 {
     sentinels / 2 + 1
 }
 
 /// The StatefulSet `NAME-sentinel` (three or more sentinels).
-pub fn sentinel_statefulset(cc: &ChatCluster) -> StatefulSet {
+pub(crate) fn sentinel_statefulset(cc: &ChatCluster) -> StatefulSet {
     let names = Names::of(cc);
     let sentinels = cc.spec.redis.sentinel_replicas();
     let mut env = topology_env(cc);
@@ -45,12 +45,12 @@ fn sentinel_service_of(cc: &ChatCluster, name: String, kind: ServiceKind<'_>) ->
 }
 
 /// The headless Service `NAME-sentinel-headless`: a stable DNS name per sentinel.
-pub fn sentinel_headless_service(cc: &ChatCluster) -> Service {
+pub(crate) fn sentinel_headless_service(cc: &ChatCluster) -> Service {
     sentinel_service_of(cc, Names::of(cc).sentinel_headless(), ServiceKind::Headless)
 }
 
 /// The Service `NAME-sentinel` in front of the ready sentinels.
-pub fn sentinel_service(cc: &ChatCluster) -> Service {
+pub(crate) fn sentinel_service(cc: &ChatCluster) -> Service {
     sentinel_service_of(cc, Names::of(cc).sentinel(), CLUSTER_IP)
 }
 

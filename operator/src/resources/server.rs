@@ -31,11 +31,11 @@ use super::{
 use crate::crd::{ChatCluster, RedisMode, SENTINEL_MASTER_NAME};
 
 /// The uid of the `nonroot` user of the chat-server image.
-pub const SERVER_UID: i64 = 65532;
+pub(crate) const SERVER_UID: i64 = 65532;
 /// Seconds the pod waits in preStop so that endpoints stop sending it traffic first.
-pub const PRE_STOP_SLEEP_SECS: i64 = 5;
+pub(crate) const PRE_STOP_SLEEP_SECS: i64 = 5;
 /// Slack between the server's own drain deadline and the kubelet's SIGKILL.
-pub const GRACE_MARGIN_SECS: i64 = 10;
+pub(crate) const GRACE_MARGIN_SECS: i64 = 10;
 
 fn bool_str(b: bool) -> &'static str {
     if b { "true" } else { "false" }
@@ -43,7 +43,7 @@ fn bool_str(b: bool) -> &'static str {
 
 /// The chat-server environment for `cc`, exactly as `docs/CONFIGURATION.md` names it.
 /// `CHAT_SERVER_ID` is left unset: the server uses `POD_NAME`, set here from the pod name.
-pub fn server_env(cc: &ChatCluster) -> Vec<EnvVar> {
+pub(crate) fn server_env(cc: &ChatCluster) -> Vec<EnvVar> {
     let server = &cc.spec.server;
     let redis = &cc.spec.redis;
     let names = Names::of(cc);
@@ -125,7 +125,7 @@ pub fn server_env(cc: &ChatCluster) -> Vec<EnvVar> {
 }
 
 /// The pod's termination grace period: preStop, then the server's drain, then a margin.
-pub fn termination_grace_seconds(cc: &ChatCluster) -> i64 {
+pub(crate) fn termination_grace_seconds(cc: &ChatCluster) -> i64 {
     PRE_STOP_SLEEP_SECS + cc.spec.server.shutdown_grace_seconds + GRACE_MARGIN_SECS
 }
 
@@ -144,7 +144,7 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
 }
 
 /// Resources when the spec leaves them unset.
-pub fn default_server_resources() -> ResourceRequirements {
+pub(crate) fn default_server_resources() -> ResourceRequirements {
     ResourceRequirements {
         requests: Some(BTreeMap::from([
             ("cpu".to_owned(), Quantity("100m".to_owned())),
@@ -160,7 +160,7 @@ pub fn default_server_resources() -> ResourceRequirements {
 
 /// The Deployment `NAME-server`. With autoscaling on, `replicas` is left out so that the
 /// server-side apply never fights the HPA over it.
-pub fn deployment(cc: &ChatCluster) -> Deployment {
+pub(crate) fn deployment(cc: &ChatCluster) -> Deployment {
     let server = &cc.spec.server;
     let names = Names::of(cc);
     let container = Container {
@@ -238,7 +238,7 @@ pub fn deployment(cc: &ChatCluster) -> Deployment {
 }
 
 /// The Service clients connect to, named like the cluster.
-pub fn service(cc: &ChatCluster) -> Service {
+pub(crate) fn service(cc: &ChatCluster) -> Service {
     let svc = &cc.spec.server.service;
     let port = ServicePort {
         app_protocol: Some("http".to_owned()),
@@ -259,7 +259,7 @@ pub fn service(cc: &ChatCluster) -> Service {
 }
 
 /// The PodDisruptionBudget `NAME-server`.
-pub fn pod_disruption_budget(cc: &ChatCluster) -> PodDisruptionBudget {
+pub(crate) fn pod_disruption_budget(cc: &ChatCluster) -> PodDisruptionBudget {
     PodDisruptionBudget {
         metadata: meta(cc, Names::of(cc).server(), Component::Server),
         spec: Some(PodDisruptionBudgetSpec {
@@ -272,7 +272,7 @@ pub fn pod_disruption_budget(cc: &ChatCluster) -> PodDisruptionBudget {
 }
 
 /// The ServiceAccount `NAME-server` (the servers need no API access: no token is mounted).
-pub fn service_account(cc: &ChatCluster) -> ServiceAccount {
+pub(crate) fn service_account(cc: &ChatCluster) -> ServiceAccount {
     ServiceAccount {
         metadata: meta(cc, Names::of(cc).server(), Component::Server),
         automount_service_account_token: Some(false),
@@ -281,7 +281,7 @@ pub fn service_account(cc: &ChatCluster) -> ServiceAccount {
 }
 
 /// The HorizontalPodAutoscaler `NAME-server`, when autoscaling is on.
-pub fn horizontal_pod_autoscaler(cc: &ChatCluster) -> Option<HorizontalPodAutoscaler> {
+pub(crate) fn horizontal_pod_autoscaler(cc: &ChatCluster) -> Option<HorizontalPodAutoscaler> {
     let auto = &cc.spec.server.autoscaling;
     auto.enabled.then(|| HorizontalPodAutoscaler {
         metadata: meta(cc, Names::of(cc).server(), Component::Server),

@@ -334,6 +334,15 @@ mod tests {
         sts.spec.clone().unwrap().template.spec.unwrap()
     }
 
+    fn env_var(c: &Container, name: &str) -> EnvVar {
+        c.env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .cloned()
+            .unwrap()
+    }
+
     fn env_names(c: &Container) -> Vec<String> {
         c.env.iter().flatten().map(|e| e.name.clone()).collect()
     }
@@ -394,12 +403,7 @@ mod tests {
                 "{name} missing from {env:?}"
             );
         }
-        let sentinels = c
-            .env
-            .iter()
-            .flatten()
-            .find(|e| e.name == "SENTINELS")
-            .unwrap();
+        let sentinels = env_var(c, "SENTINELS");
         assert_eq!(sentinels.value.as_deref(), Some("3"));
     }
 
@@ -429,13 +433,10 @@ mod tests {
 
     /// The Secret name and key the data node's `REDIS_PASSWORD` comes from.
     fn password_source(cc: &ChatCluster) -> (String, String) {
-        let c = pod_spec(&redis_statefulset(cc)).containers[0].clone();
-        let pw = c
-            .env
-            .unwrap()
-            .into_iter()
-            .find(|e| e.name == "REDIS_PASSWORD")
-            .unwrap();
+        let pw = env_var(
+            &pod_spec(&redis_statefulset(cc)).containers[0],
+            "REDIS_PASSWORD",
+        );
         let sel = pw.value_from.unwrap().secret_key_ref.unwrap();
         (sel.name, sel.key)
     }

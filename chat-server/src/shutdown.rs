@@ -1,6 +1,9 @@
 //! The process's shutdown trigger: the first SIGTERM or SIGINT.
+//!
+//! chat-server and chat-operator both stop on it, so both take it from here.
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+/// Resolves on SIGTERM or SIGINT (Ctrl-C). A signal that cannot be listened for never fires,
+/// so the other one still stops the process.
 pub async fn signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {

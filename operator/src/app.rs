@@ -13,7 +13,7 @@ use crate::controller::{self, Context};
 use crate::error::Result;
 use crate::leader::{LeaderElector, run_as_leader};
 use crate::metrics::{self, Metrics};
-use crate::sentinel::TcpSentinelProbe;
+use crate::sentinel::FredSentinelProbe;
 
 /// Settings of `chat-operator run`.
 #[derive(Clone, Debug)]
@@ -47,30 +47,6 @@ pub fn init_tracing(format: &str) {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-}
-
 fn stopped(
     rx: &watch::Receiver<bool>,
 ) -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
@@ -87,7 +63,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
     let metrics = Arc::new(Metrics::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        shutdown_signal().await;
+        chat_server::shutdown::signal().await;
         info!("shutdown signal received");
         let _ = stop_tx.send(true);
     });
@@ -102,7 +78,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
         metrics.clone(),
         config.operator_namespace.clone(),
         Some(config.identity.clone()),
-        Arc::new(TcpSentinelProbe::default()),
+        Arc::new(FredSentinelProbe::default()),
     ));
     let elector = LeaderElector::new(
         client,

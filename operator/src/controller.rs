@@ -21,24 +21,24 @@ use crate::reconcile::reconcile;
 use crate::sentinel::SentinelProbe;
 
 /// Name the operator reports Events under.
-pub const CONTROLLER_NAME: &str = "chat-operator";
+pub(crate) const CONTROLLER_NAME: &str = "chat-operator";
 /// First retry after a failure; doubled per consecutive failure.
-pub const BACKOFF_BASE: Duration = Duration::from_secs(5);
+pub(crate) const BACKOFF_BASE: Duration = Duration::from_secs(5);
 /// Longest wait between retries.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 /// Shared state of every reconcile.
-pub struct Context {
+pub(crate) struct Context {
     /// The Kubernetes client.
-    pub client: Client,
+    pub(crate) client: Client,
     /// Publishes Kubernetes Events.
-    pub recorder: Recorder,
+    pub(crate) recorder: Recorder,
     /// The operator's metrics.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Namespace the operator runs in.
-    pub operator_namespace: String,
+    pub(crate) operator_namespace: String,
     /// Asks sentinels who the master is.
-    pub sentinel: Arc<dyn SentinelProbe>,
+    pub(crate) sentinel: Arc<dyn SentinelProbe>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -52,7 +52,7 @@ impl std::fmt::Debug for Context {
 
 impl Context {
     /// A context around `client`; `instance` names this replica in Events.
-    pub fn new(
+    pub(crate) fn new(
         client: Client,
         metrics: Arc<Metrics>,
         operator_namespace: String,
@@ -77,7 +77,7 @@ impl Context {
     }
 
     /// Count one more consecutive failure of `key`; returns the count.
-    pub fn record_failure(&self, key: &str) -> u32 {
+    pub(crate) fn record_failure(&self, key: &str) -> u32 {
         let mut failures = self
             .failures
             .lock()
@@ -88,7 +88,7 @@ impl Context {
     }
 
     /// `key` reconciled: its backoff starts over.
-    pub fn record_success(&self, key: &str) {
+    pub(crate) fn record_success(&self, key: &str) {
         self.failures
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -97,18 +97,18 @@ impl Context {
 }
 
 /// `namespace/name` of a cluster, the key of its backoff.
-pub fn key(cc: &ChatCluster) -> String {
+pub(crate) fn key(cc: &ChatCluster) -> String {
     format!("{}/{}", cc.namespace().unwrap_or_default(), cc.name_any())
 }
 
 /// Wait before retry number `failures` (1-based): 5 s, 10 s, 20 s, ... up to 5 min.
-pub fn backoff(failures: u32) -> Duration {
+pub(crate) fn backoff(failures: u32) -> Duration {
     let exp = failures.saturating_sub(1).min(16);
     BACKOFF_BASE.saturating_mul(1 << exp).min(BACKOFF_MAX)
 }
 
 /// The error policy: log, count, and retry with exponential backoff per object.
-pub fn error_policy(cc: Arc<ChatCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+pub(crate) fn error_policy(cc: Arc<ChatCluster>, error: &Error, ctx: Arc<Context>) -> Action {
     let failures = ctx.record_failure(&key(&cc));
     let wait = backoff(failures);
     warn!(
@@ -125,7 +125,7 @@ pub fn error_policy(cc: Arc<ChatCluster>, error: &Error, ctx: Arc<Context>) -> A
 
 /// Watch ChatClusters (and the Deployments and StatefulSets they own) and reconcile them
 /// until `shutdown` resolves.
-pub async fn run(
+pub(crate) async fn run(
     ctx: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<()> {

@@ -17,15 +17,13 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The version of this crate; the default images carry it as their tag.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Default chat-server image repository (tag: the operator's version).
-pub const SERVER_IMAGE_REPOSITORY: &str = "ghcr.io/chatcluster/chat-server";
-/// Default operator image repository (tag: the operator's version).
-pub const OPERATOR_IMAGE_REPOSITORY: &str = "ghcr.io/chatcluster/chat-operator";
+pub(crate) const SERVER_IMAGE_REPOSITORY: &str = "ghcr.io/chatcluster/chat-server";
 /// Default Redis image; sentinels run `redis-server --sentinel` from the same image.
-pub const DEFAULT_REDIS_IMAGE: &str = "redis:7.2";
+pub(crate) const DEFAULT_REDIS_IMAGE: &str = "redis:7.2";
 /// The Sentinel master name the chat-server asks for.
-pub const SENTINEL_MASTER_NAME: &str = "mymaster";
+pub(crate) const SENTINEL_MASTER_NAME: &str = "mymaster";
 
 /// Desired state of a chat service: chat-server replicas and the Redis they share.
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
@@ -154,7 +152,7 @@ impl Default for ServerSpec {
 
 impl ServerSpec {
     /// `allowAnonymous` as the server will see it: explicit, or on when no JWT secret is set.
-    pub fn effective_allow_anonymous(&self) -> bool {
+    pub(crate) fn effective_allow_anonymous(&self) -> bool {
         self.allow_anonymous
             .unwrap_or(self.jwt_secret_ref.is_none())
     }
@@ -308,7 +306,7 @@ pub enum ServiceType {
 
 impl ServiceType {
     /// The Kubernetes spelling.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::ClusterIP => "ClusterIP",
             Self::NodePort => "NodePort",
@@ -380,7 +378,7 @@ pub enum RedisMode {
 
 impl RedisMode {
     /// The spelling in the spec.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Standalone => "Standalone",
             Self::Sentinel => "Sentinel",
@@ -454,7 +452,7 @@ impl Default for RedisSpec {
 
 impl RedisSpec {
     /// Data nodes the operator runs (none for an external Redis).
-    pub fn data_replicas(&self) -> i32 {
+    pub(crate) fn data_replicas(&self) -> i32 {
         match (self.external.is_some(), self.mode) {
             (true, _) => 0,
             (false, RedisMode::Standalone) => 1,
@@ -463,7 +461,7 @@ impl RedisSpec {
     }
 
     /// Sentinels the operator runs.
-    pub fn sentinel_replicas(&self) -> i32 {
+    pub(crate) fn sentinel_replicas(&self) -> i32 {
         match (self.external.is_some(), self.mode) {
             (false, RedisMode::Sentinel) => self.sentinels.unwrap_or(3),
             _ => 0,
@@ -471,7 +469,7 @@ impl RedisSpec {
     }
 
     /// Replicas a write must reach before it is acknowledged, in Sentinel mode.
-    pub fn effective_min_replicas_to_ack(&self) -> Option<i32> {
+    pub(crate) fn effective_min_replicas_to_ack(&self) -> Option<i32> {
         match self.mode {
             RedisMode::Sentinel => Some(self.min_replicas_to_ack.unwrap_or(1)),
             RedisMode::Standalone => None,

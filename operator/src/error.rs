@@ -44,7 +44,7 @@ pub enum Error {
 
 impl Error {
     /// A short, stable label for metrics.
-    pub fn metric_label(&self) -> &'static str {
+    pub(crate) fn metric_label(&self) -> &'static str {
         match self {
             Self::Kube(_) => "kube",
             Self::InvalidSpec(_) => "invalid_spec",

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use kube::Client;
 use kube::client::Body;
@@ -16,26 +15,26 @@ use serde_json::{Value, json};
 
 use crate::controller::Context;
 use crate::crd::ChatCluster;
-use crate::error::{Error, Result};
+use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::sentinel::SentinelProbe;
+use crate::sentinel::{Answer, MasterAddr, MasterQuery, SentinelProbe};
 
 /// One request the fake received.
 #[derive(Clone, Debug)]
-pub struct Call {
+pub(crate) struct Call {
     /// HTTP method.
-    pub method: String,
+    pub(crate) method: String,
     /// URL path.
-    pub path: String,
+    pub(crate) path: String,
     /// URL query.
-    pub query: String,
+    pub(crate) query: String,
     /// JSON body (`Null` when empty).
-    pub body: Value,
+    pub(crate) body: Value,
 }
 
 impl Call {
     /// `(resource, name, subresource)` of a namespaced path.
-    pub fn target(&self) -> (String, Option<String>, Option<String>) {
+    pub(crate) fn target(&self) -> (String, Option<String>, Option<String>) {
         let segs: Vec<&str> = self.path.split('/').collect();
         let i = segs.iter().position(|s| *s == "namespaces").unwrap_or(0);
         (
@@ -46,7 +45,7 @@ impl Call {
     }
 
     /// Whether this is a server-side apply of `resource`.
-    pub fn is_apply_of(&self, resource: &str) -> bool {
+    pub(crate) fn is_apply_of(&self, resource: &str) -> bool {
         self.method == "PATCH"
             && self.target().0 == resource
             && self.target().2.is_none()
@@ -56,22 +55,22 @@ impl Call {
 
 /// The fake API server's state.
 #[derive(Clone, Debug)]
-pub struct FakeApi {
+pub(crate) struct FakeApi {
     /// The ChatCluster the status patches are answered with.
-    pub cluster: Value,
+    pub(crate) cluster: Value,
     /// Secrets by name.
-    pub secrets: BTreeMap<String, Value>,
+    pub(crate) secrets: BTreeMap<String, Value>,
     /// Pods returned by a list.
-    pub pods: Vec<Value>,
+    pub(crate) pods: Vec<Value>,
     /// Replicas a Deployment reports when its apply leaves them out (the HPA's choice).
-    pub hpa_replicas: i32,
+    pub(crate) hpa_replicas: i32,
     /// Whether workloads report every pod ready.
-    pub ready: bool,
+    pub(crate) ready: bool,
 }
 
 impl FakeApi {
     /// A fake for `cc` with nothing in it yet.
-    pub fn new(cc: &ChatCluster) -> Self {
+    pub(crate) fn new(cc: &ChatCluster) -> Self {
         Self {
             cluster: serde_json::to_value(cc).unwrap_or(Value::Null),
             secrets: BTreeMap::new(),
@@ -82,7 +81,7 @@ impl FakeApi {
     }
 
     /// A Redis data pod, with or without the master label.
-    pub fn with_redis_pod(mut self, name: &str, master: bool) -> Self {
+    pub(crate) fn with_redis_pod(mut self, name: &str, master: bool) -> Self {
         let mut labels = json!({
             "app.kubernetes.io/name": "redis",
             "app.kubernetes.io/instance": "chat",
@@ -99,7 +98,7 @@ impl FakeApi {
     }
 
     /// An existing Secret.
-    pub fn with_secret(mut self, name: &str, key: &str, value: &str) -> Self {
+    pub(crate) fn with_secret(mut self, name: &str, key: &str, value: &str) -> Self {
         use std::io::Write as _;
         let mut encoded = Vec::new();
         // A tiny base64 encoder keeps the fixture free of another dependency.
@@ -207,7 +206,7 @@ fn not_found() -> (u16, Value) {
 }
 
 /// Serve `fake` until every client is dropped; the handle yields every request received.
-pub fn serve(mut fake: FakeApi) -> (Client, tokio::task::JoinHandle<Vec<Call>>) {
+pub(crate) fn serve(mut fake: FakeApi) -> (Client, tokio::task::JoinHandle<Vec<Call>>) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let task = tokio::spawn(async move {
         let mut calls = Vec::new();
@@ -243,14 +242,22 @@ pub fn serve(mut fake: FakeApi) -> (Client, tokio::task::JoinHandle<Vec<Call>>) 
 
 /// A sentinel that answers from a fixed table (`None`: unreachable).
 #[derive(Clone, Debug, Default)]
-pub struct FakeSentinels {
+pub(crate) struct FakeSentinels {
     /// Answer per sentinel address; addresses not listed are unreachable.
-    pub answers: BTreeMap<String, Option<String>>,
+    pub(crate) answers: BTreeMap<String, Option<String>>,
 }
 
 impl FakeSentinels {
+    /// The same, except that the first sentinel of `cc` names `host`.
+    pub(crate) fn first_naming(mut self, cc: &ChatCluster, host: &str) -> Self {
+        if let Some(first) = crate::resources::sentinel_addresses(cc).into_iter().next() {
+            self.answers.insert(first, Some(host.to_owned()));
+        }
+        self
+    }
+
     /// Every sentinel of `cc` names `host`.
-    pub fn all_naming(cc: &ChatCluster, host: &str) -> Self {
+    pub(crate) fn all_naming(cc: &ChatCluster, host: &str) -> Self {
         Self {
             answers: crate::resources::sentinel_addresses(cc)
                 .into_iter()
@@ -261,26 +268,20 @@ impl FakeSentinels {
 }
 
 impl SentinelProbe for FakeSentinels {
-    fn master_host<'a>(
-        &'a self,
-        addr: &'a str,
-        _password: Option<&'a str>,
-        _master_name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<String>>> {
-        Box::pin(async move {
-            match self.answers.get(addr) {
-                Some(answer) => Ok(answer.clone()),
-                None => Err(Error::Sentinel {
-                    addr: addr.to_owned(),
-                    reason: "unreachable".to_owned(),
-                }),
-            }
-        })
+    fn master_addr<'a>(&'a self, query: MasterQuery<'a>) -> Answer<'a> {
+        let answer = match self.answers.get(query.addr) {
+            Some(host) => Ok(host.clone().map(|host| MasterAddr { host, port: 6379 })),
+            None => Err(Error::Sentinel {
+                addr: query.addr.to_owned(),
+                reason: "unreachable".to_owned(),
+            }),
+        };
+        Box::pin(std::future::ready(answer))
     }
 }
 
 /// A context on the fake API server.
-pub fn context(
+pub(crate) fn context(
     fake: FakeApi,
     sentinels: FakeSentinels,
 ) -> (Arc<Context>, tokio::task::JoinHandle<Vec<Call>>) {
@@ -296,7 +297,10 @@ pub fn context(
 }
 
 /// Drop the context and collect what the fake received.
-pub async fn finish(ctx: Arc<Context>, task: tokio::task::JoinHandle<Vec<Call>>) -> Vec<Call> {
+pub(crate) async fn finish(
+    ctx: Arc<Context>,
+    task: tokio::task::JoinHandle<Vec<Call>>,
+) -> Vec<Call> {
     drop(ctx);
     match tokio::time::timeout(Duration::from_secs(5), task).await {
         Ok(Ok(calls)) => calls,

@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 
 /// What to do with the Lease as found.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LeaseDecision {
+pub(crate) enum LeaseDecision {
     /// No Lease yet: create it, holding it.
     Create,
     /// We hold it: renew.
@@ -32,7 +32,7 @@ pub enum LeaseDecision {
 }
 
 /// Decide from the Lease `lease` (if any) what `me` does at `now`.
-pub fn decide(lease: Option<&Lease>, me: &str, now: Timestamp) -> LeaseDecision {
+pub(crate) fn decide(lease: Option<&Lease>, me: &str, now: Timestamp) -> LeaseDecision {
     let Some(lease) = lease else {
         return LeaseDecision::Create;
     };
@@ -54,7 +54,7 @@ pub fn decide(lease: Option<&Lease>, me: &str, now: Timestamp) -> LeaseDecision 
 
 /// The Lease `me` writes for `decision`, starting from `existing` (its resourceVersion makes
 /// the write fail if someone else wrote first).
-pub fn next_lease(
+pub(crate) fn next_lease(
     decision: &LeaseDecision,
     existing: Option<&Lease>,
     name: &str,
@@ -91,7 +91,7 @@ pub fn next_lease(
 
 /// Holds or waits for one Lease.
 #[derive(Clone)]
-pub struct LeaderElector {
+pub(crate) struct LeaderElector {
     api: Api<Lease>,
     name: String,
     identity: String,
@@ -113,7 +113,7 @@ fn conflict(e: &kube::Error) -> bool {
 
 impl LeaderElector {
     /// An elector for the Lease `namespace/name`, as `identity`, holding it for `duration`.
-    pub fn new(
+    pub(crate) fn new(
         client: Client,
         namespace: &str,
         name: &str,
@@ -129,7 +129,7 @@ impl LeaderElector {
     }
 
     /// One attempt to acquire or renew; `Ok(true)` when we hold the Lease afterwards.
-    pub async fn try_acquire_or_renew(&self) -> Result<bool> {
+    pub(crate) async fn try_acquire_or_renew(&self) -> Result<bool> {
         let existing = self.api.get_opt(&self.name).await?;
         let now = Timestamp::now();
         let decision = decide(existing.as_ref(), &self.identity, now);
@@ -161,7 +161,7 @@ impl LeaderElector {
     }
 
     /// Give the Lease up (on shutdown) so that a follower takes over at once.
-    pub async fn release(&self) -> Result<()> {
+    pub(crate) async fn release(&self) -> Result<()> {
         let Some(mut lease) = self.api.get_opt(&self.name).await? else {
             return Ok(());
         };
@@ -182,7 +182,7 @@ impl LeaderElector {
     }
 
     /// How often to retry or renew.
-    pub fn retry_period(&self) -> Duration {
+    pub(crate) fn retry_period(&self) -> Duration {
         self.duration / 3
     }
 }
@@ -206,7 +206,7 @@ async fn keep_renewing(elector: &LeaderElector) -> Error {
 
 /// Wait for the Lease, then run `work` while renewing it. Returns when `work` ends, when the
 /// Lease is lost (an error: the process should stop), or when `shutdown` resolves first.
-pub async fn run_as_leader<W, F, S>(
+pub(crate) async fn run_as_leader<W, F, S>(
     elector: &LeaderElector,
     metrics: &Metrics,
     work: W,

@@ -2,17 +2,17 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
-pub mod controller;
+pub(crate) mod controller;
 pub mod crd;
 pub mod error;
 #[cfg(test)]
-pub mod fixtures;
-pub mod leader;
-pub mod metrics;
-pub mod reconcile;
+pub(crate) mod fixtures;
+pub(crate) mod leader;
+pub(crate) mod metrics;
+pub(crate) mod reconcile;
 pub mod render;
-pub mod resources;
+pub(crate) mod resources;
 pub mod sentinel;
-pub mod status;
+pub(crate) mod status;
 
 pub use error::{Error, Result};

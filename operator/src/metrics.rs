@@ -22,7 +22,7 @@ use crate::error::Error;
 type ErrorLabels = Vec<(String, String)>;
 
 /// Counters and histograms of reconciles, and whether this replica leads.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     reconciliations: Counter,
     failures: Family<ErrorLabels, Counter>,
@@ -77,29 +77,29 @@ impl Default for Metrics {
 
 impl Metrics {
     /// A reconcile started.
-    pub fn reconcile_started(&self) {
+    pub(crate) fn reconcile_started(&self) {
         self.reconciliations.inc();
     }
     /// A reconcile finished after `elapsed`.
-    pub fn reconcile_finished(&self, elapsed: Duration) {
+    pub(crate) fn reconcile_finished(&self, elapsed: Duration) {
         self.duration.observe(elapsed.as_secs_f64());
     }
     /// A reconcile failed with `error`.
-    pub fn reconcile_failed(&self, error: &Error) {
+    pub(crate) fn reconcile_failed(&self, error: &Error) {
         self.failures
             .get_or_create(&vec![("error".to_owned(), error.metric_label().to_owned())])
             .inc();
     }
     /// Whether this replica leads.
-    pub fn set_leader(&self, leader: bool) {
+    pub(crate) fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
     }
     /// Mark the process ready (it has started and can take over leadership).
-    pub fn set_ready(&self, ready: bool) {
+    pub(crate) fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
     /// The OpenMetrics text.
-    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+    pub(crate) fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
         encode(&mut out, &self.registry)?;
         Ok(out)
@@ -134,7 +134,7 @@ async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
 }
 
 /// The HTTP routes of the operator.
-pub fn router(metrics: Arc<Metrics>) -> Router {
+pub(crate) fn router(metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/metrics", get(serve_metrics))
         .route("/healthz", get(healthz))
@@ -143,7 +143,7 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
 }
 
 /// Serve [`router`] on `addr` until `shutdown` resolves.
-pub async fn serve(
+pub(crate) async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,

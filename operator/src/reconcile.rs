@@ -23,7 +23,7 @@ use serde_json::json;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::controller::{Context, key};
-use crate::crd::{ChatCluster, RedisMode, SENTINEL_MASTER_NAME};
+use crate::crd::{ChatCluster, ChatClusterStatus, RedisMode, SENTINEL_MASTER_NAME};
 use crate::error::{Error, Result};
 use crate::render::validate;
 use crate::resources::redis::standalone_address;
@@ -33,15 +33,16 @@ use crate::resources::{
     REDIS_ROLE_MASTER, deploys, generates_password, redis_password_ref, secret, selector_string,
     sentinel_addresses,
 };
+use crate::sentinel::MasterQuery;
 use crate::status::{self, MasterView, Observed, Workload, compute, decide_master, flipped};
 
 /// Requeue interval in Sentinel mode: how soon a failover is noticed at the latest.
-pub const SENTINEL_REQUEUE: Duration = Duration::from_secs(15);
+pub(crate) const SENTINEL_REQUEUE: Duration = Duration::from_secs(15);
 /// Requeue interval otherwise (owned workloads trigger reconciles on change anyway).
-pub const DEFAULT_REQUEUE: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_REQUEUE: Duration = Duration::from_secs(300);
 
 /// Reconcile `cc`: the entry point the controller calls.
-pub async fn reconcile(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action> {
+pub(crate) async fn reconcile(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action> {
     let span = info_span!(
         "reconcile",
         namespace = cc.namespace().unwrap_or_default(),
@@ -204,13 +205,13 @@ where
 
 /// What the API server answered to the applies that the status is computed from.
 #[derive(Clone, Debug, Default)]
-pub struct Applied {
+pub(crate) struct Applied {
     /// The servers' Deployment, with its status.
-    pub deployment: Option<Deployment>,
+    pub(crate) deployment: Option<Deployment>,
     /// Redis and sentinel StatefulSets, with their status.
-    pub stateful_sets: Vec<StatefulSet>,
+    pub(crate) stateful_sets: Vec<StatefulSet>,
     /// The clients' Service, with its status.
-    pub service: Option<Service>,
+    pub(crate) service: Option<Service>,
 }
 
 async fn apply_children(ctx: &Context, ns: &str, c: &Children) -> Result<Applied> {
@@ -277,7 +278,7 @@ fn statefulset_workload(s: &StatefulSet) -> Workload {
 
 /// Where clients connect: the load balancer's address once it has one, else the Service's
 /// cluster DNS name.
-pub fn endpoint(cc: &ChatCluster, ns: &str, service: Option<&Service>) -> String {
+pub(crate) fn endpoint(cc: &ChatCluster, ns: &str, service: Option<&Service>) -> String {
     let port = cc.spec.server.service.port;
     let ingress = service
         .and_then(|s| s.status.as_ref())
@@ -292,7 +293,7 @@ pub fn endpoint(cc: &ChatCluster, ns: &str, service: Option<&Service>) -> String
 }
 
 /// The observation a status is computed from, given the apply responses.
-pub fn observe(cc: &ChatCluster, ns: &str, applied: &Applied) -> Observed {
+pub(crate) fn observe(cc: &ChatCluster, ns: &str, applied: &Applied) -> Observed {
     let names = Names::of(cc);
     let find = |name: String| {
         applied
@@ -319,12 +320,14 @@ pub fn observe(cc: &ChatCluster, ns: &str, applied: &Applied) -> Observed {
 async fn ask_sentinels(ctx: &Context, cc: &ChatCluster, password: Option<&str>) -> MasterView {
     let addresses = sentinel_addresses(cc);
     let asks = addresses.iter().map(|addr| async move {
-        match ctx
-            .sentinel
-            .master_host(addr, password, SENTINEL_MASTER_NAME)
-            .await
-        {
-            Ok(host) => host,
+        let query = MasterQuery {
+            addr,
+            password,
+            master_name: SENTINEL_MASTER_NAME,
+        };
+        match ctx.sentinel.master_addr(query).await {
+            // The data nodes' port is fixed; what identifies the master is its host.
+            Ok(master) => master.map(|m| m.host),
             Err(e) => {
                 debug!(sentinel = %addr, error = %e, "sentinel did not answer");
                 None
@@ -338,7 +341,7 @@ async fn ask_sentinels(ctx: &Context, cc: &ChatCluster, password: Option<&str>) 
 
 /// Label changes that make `master` the only pod with the master label: `(pod, add?)`,
 /// removals first. Nothing changes when `master` is not among `pods` (an incomplete view).
-pub fn master_label_changes(pods: &[(String, bool)], master: &str) -> Vec<(String, bool)> {
+pub(crate) fn master_label_changes(pods: &[(String, bool)], master: &str) -> Vec<(String, bool)> {
     if !pods.iter().any(|(name, _)| name == master) {
         return Vec::new();
     }
@@ -422,7 +425,17 @@ async fn write_failure(
     if news {
         publish(ctx, cc, EventType::Warning, reason, error.to_string()).await;
     }
-    if cc.status.as_ref() == Some(&new) {
+    patch_status(ctx, cc, ns, &new).await
+}
+
+/// Write `new` as the status of `cc`, unless it already is.
+async fn patch_status(
+    ctx: &Context,
+    cc: &ChatCluster,
+    ns: &str,
+    new: &ChatClusterStatus,
+) -> Result<()> {
+    if cc.status.as_ref() == Some(new) {
         return Ok(());
     }
     let api: Api<ChatCluster> = Api::namespaced(ctx.client.clone(), ns);
@@ -443,15 +456,7 @@ async fn write_status(
 ) -> Result<()> {
     let new = compute(cc, observed, Time(Timestamp::now()));
     let old = cc.status.as_ref();
-    if old != Some(&new) {
-        let api: Api<ChatCluster> = Api::namespaced(ctx.client.clone(), ns);
-        api.patch_status(
-            &cc.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": new })),
-        )
-        .await?;
-    }
+    patch_status(ctx, cc, ns, &new).await?;
     for (type_, state, reason, message) in flipped(old, &new) {
         // A first observation of a healthy condition is not news.
         if old.is_none() && !is_bad(&type_, &state) && type_ != status::READY {
@@ -552,6 +557,24 @@ mod scenarios {
     use crate::resources::testing::{sentinel, standalone};
     use serde_json::Value;
 
+    /// Reconcile `cc` once against `fake` and `sentinels`: the result and every request sent.
+    async fn run(
+        cc: &ChatCluster,
+        fake: FakeApi,
+        sentinels: FakeSentinels,
+    ) -> (Result<Action>, Vec<Call>) {
+        let (ctx, task) = context(fake, sentinels);
+        let result = reconcile(Arc::new(cc.clone()), ctx.clone()).await;
+        (result, finish(ctx, task).await)
+    }
+
+    /// Like [`run`], for a reconcile that succeeds: the requests sent.
+    async fn reconciled(cc: &ChatCluster, fake: FakeApi, sentinels: FakeSentinels) -> Vec<Call> {
+        let (result, calls) = run(cc, fake, sentinels).await;
+        result.unwrap();
+        calls
+    }
+
     fn applied_kinds(calls: &[Call]) -> Vec<String> {
         calls
             .iter()
@@ -568,9 +591,15 @@ mod scenarios {
         serde_json::from_value(call.body["status"].clone()).unwrap()
     }
 
-    fn condition(s: &ChatClusterStatus, t: &str) -> (String, String) {
+    /// The status a reconcile wrote, asserting it patched no pod (so moved no master label).
+    fn status_moving_no_label(calls: &[Call]) -> ChatClusterStatus {
+        assert!(!calls.iter().any(|c| c.target().0 == "pods"));
+        status_written(calls)
+    }
+
+    fn condition<'a>(s: &'a ChatClusterStatus, t: &str) -> (&'a str, &'a str) {
         let c = s.conditions.iter().find(|c| c.type_ == t).unwrap();
-        (c.status.clone(), c.reason.clone())
+        (&c.status, &c.reason)
     }
 
     fn event_reasons(calls: &[Call]) -> Vec<String> {
@@ -584,10 +613,9 @@ mod scenarios {
     #[tokio::test]
     async fn creating_a_standalone_cluster_applies_every_child_and_writes_status() {
         let cc = standalone();
-        let (ctx, task) = context(FakeApi::new(&cc), FakeSentinels::default());
-        let action = reconcile(Arc::new(cc), ctx.clone()).await.unwrap();
+        let (action, calls) = run(&cc, FakeApi::new(&cc), FakeSentinels::default()).await;
+        let action = action.unwrap();
         assert_eq!(action, Action::requeue(DEFAULT_REQUEUE));
-        let calls = finish(ctx, task).await;
 
         // The password Secret is looked up, then created once.
         assert_eq!(
@@ -629,7 +657,7 @@ mod scenarios {
                 )));
 
         let status = status_written(&calls);
-        assert_eq!(condition(&status, "Ready"), ("True".into(), "Ready".into()));
+        assert_eq!(condition(&status, "Ready"), ("True", "Ready"));
         assert_eq!(condition(&status, "RedisReady").0, "True");
         assert_eq!(condition(&status, "ServersReady").0, "True");
         assert_eq!(condition(&status, "Degraded").0, "False");
@@ -651,9 +679,7 @@ mod scenarios {
     async fn an_existing_password_secret_is_read_and_never_rewritten() {
         let cc = standalone();
         let fake = FakeApi::new(&cc).with_secret("chat-redis-password", "password", "kept");
-        let (ctx, task) = context(fake, FakeSentinels::default());
-        reconcile(Arc::new(cc), ctx.clone()).await.unwrap();
-        let calls = finish(ctx, task).await;
+        let calls = reconciled(&cc, fake, FakeSentinels::default()).await;
         assert!(
             !calls
                 .iter()
@@ -666,9 +692,7 @@ mod scenarios {
     async fn autoscaling_applies_an_hpa_and_omits_deployment_replicas() {
         let mut cc = standalone();
         cc.spec.server.autoscaling.enabled = true;
-        let (ctx, task) = context(FakeApi::new(&cc), FakeSentinels::default());
-        reconcile(Arc::new(cc), ctx.clone()).await.unwrap();
-        let calls = finish(ctx, task).await;
+        let calls = reconciled(&cc, FakeApi::new(&cc), FakeSentinels::default()).await;
         let deployment = calls.iter().find(|c| c.is_apply_of("deployments")).unwrap();
         assert!(deployment.body["spec"].get("replicas").is_none());
         let hpa = calls
@@ -689,10 +713,9 @@ mod scenarios {
             .with_redis_pod("chat-redis-0", true)
             .with_redis_pod("chat-redis-1", false)
             .with_redis_pod("chat-redis-2", false);
-        let (ctx, task) = context(fake, FakeSentinels::all_naming(&cc, new_master));
-        let action = reconcile(Arc::new(cc), ctx.clone()).await.unwrap();
+        let (action, calls) = run(&cc, fake, FakeSentinels::all_naming(&cc, new_master)).await;
+        let action = action.unwrap();
         assert_eq!(action, Action::requeue(SENTINEL_REQUEUE));
-        let calls = finish(ctx, task).await;
 
         let pod_patches: Vec<(String, Value)> = calls
             .iter()
@@ -716,10 +739,7 @@ mod scenarios {
             status.redis_master.as_deref(),
             Some(&*format!("{new_master}:6379"))
         );
-        assert_eq!(
-            condition(&status, "RedisReady"),
-            ("True".into(), "MasterKnown".into())
-        );
+        assert_eq!(condition(&status, "RedisReady"), ("True", "MasterKnown"));
         assert!(event_reasons(&calls).contains(&"MasterChanged".to_owned()));
         assert_eq!(
             applied_kinds(&calls)
@@ -733,47 +753,24 @@ mod scenarios {
     #[tokio::test]
     async fn sentinels_naming_two_masters_degrade_the_cluster_and_move_nothing() {
         let cc = sentinel();
-        let mut sentinels =
-            FakeSentinels::all_naming(&cc, "chat-redis-0.chat-redis-headless.prod.svc");
-        let first = crate::resources::sentinel_addresses(&cc)[0].clone();
-        sentinels.answers.insert(
-            first,
-            Some("chat-redis-1.chat-redis-headless.prod.svc".into()),
-        );
+        let sentinels = FakeSentinels::all_naming(&cc, "chat-redis-0.chat-redis-headless.prod.svc")
+            .first_naming(&cc, "chat-redis-1.chat-redis-headless.prod.svc");
         let fake = FakeApi::new(&cc)
             .with_redis_pod("chat-redis-0", true)
             .with_redis_pod("chat-redis-1", false);
-        let (ctx, task) = context(fake, sentinels);
-        reconcile(Arc::new(cc), ctx.clone()).await.unwrap();
-        let calls = finish(ctx, task).await;
-        assert!(!calls.iter().any(|c| c.target().0 == "pods"));
-        let status = status_written(&calls);
-        assert_eq!(
-            condition(&status, "Degraded"),
-            ("True".into(), "MultipleMasters".into())
-        );
+        let status = status_moving_no_label(&reconciled(&cc, fake, sentinels).await);
+        assert_eq!(condition(&status, "Degraded"), ("True", "MultipleMasters"));
         assert_eq!(condition(&status, "Ready").0, "False");
     }
 
     #[tokio::test]
     async fn an_incomplete_sentinel_view_changes_no_label() {
         let cc = sentinel();
-        let mut sentinels = FakeSentinels::default();
-        let first = crate::resources::sentinel_addresses(&cc)[0].clone();
-        sentinels.answers.insert(
-            first,
-            Some("chat-redis-1.chat-redis-headless.prod.svc".into()),
-        );
+        let sentinels =
+            FakeSentinels::default().first_naming(&cc, "chat-redis-1.chat-redis-headless.prod.svc");
         let fake = FakeApi::new(&cc).with_redis_pod("chat-redis-0", true);
-        let (ctx, task) = context(fake, sentinels);
-        reconcile(Arc::new(cc), ctx.clone()).await.unwrap();
-        let calls = finish(ctx, task).await;
-        assert!(!calls.iter().any(|c| c.target().0 == "pods"));
-        let status = status_written(&calls);
-        assert_eq!(
-            condition(&status, "RedisReady"),
-            ("False".into(), "NoQuorum".into())
-        );
+        let status = status_moving_no_label(&reconciled(&cc, fake, sentinels).await);
+        assert_eq!(condition(&status, "RedisReady"), ("False", "NoQuorum"));
         assert_eq!(condition(&status, "Degraded").0, "False");
     }
 
@@ -803,10 +800,7 @@ mod scenarios {
         assert!(!calls.iter().any(|c| c.target().0 == "secrets"));
         assert_eq!(event_reasons(&calls)[0], "InvalidSpec");
         let status = status_written(&calls);
-        assert_eq!(
-            condition(&status, "Degraded"),
-            ("True".into(), "InvalidSpec".into())
-        );
+        assert_eq!(condition(&status, "Degraded"), ("True", "InvalidSpec"));
         assert_eq!(condition(&status, "Ready").0, "False");
     }
 
@@ -828,10 +822,7 @@ mod scenarios {
         );
         assert!(applied_kinds(&calls).is_empty());
         let status = status_written(&calls);
-        assert_eq!(
-            condition(&status, "Degraded"),
-            ("True".into(), "ReconcileFailed".into())
-        );
+        assert_eq!(condition(&status, "Degraded"), ("True", "ReconcileFailed"));
     }
 
     #[tokio::test]
@@ -851,15 +842,11 @@ mod scenarios {
     async fn an_unchanged_status_is_not_rewritten_and_raises_no_events() {
         let cc = standalone();
         let fake = FakeApi::new(&cc).with_secret("chat-redis-password", "password", "kept");
-        let (ctx, task) = context(fake.clone(), FakeSentinels::default());
-        reconcile(Arc::new(cc.clone()), ctx.clone()).await.unwrap();
-        let first = status_written(&finish(ctx, task).await);
+        let first = status_written(&reconciled(&cc, fake.clone(), FakeSentinels::default()).await);
 
         let mut again = cc;
         again.status = Some(first);
-        let (ctx, task) = context(fake, FakeSentinels::default());
-        reconcile(Arc::new(again), ctx.clone()).await.unwrap();
-        let calls = finish(ctx, task).await;
+        let calls = reconciled(&again, fake, FakeSentinels::default()).await;
         assert!(
             !calls
                 .iter()

@@ -12,10 +12,10 @@ use crate::error::{Error, Result};
 use crate::resources::{self, generates_password, secret};
 
 /// The uid owner references get when the manifest has none.
-pub const PLACEHOLDER_UID: &str = "00000000-0000-0000-0000-000000000000";
+pub(crate) const PLACEHOLDER_UID: &str = "00000000-0000-0000-0000-000000000000";
 
 /// Every ChatCluster in a (multi-document) YAML text. Documents of other kinds are skipped.
-pub fn parse_clusters(yaml: &str) -> Result<Vec<ChatCluster>> {
+pub(crate) fn parse_clusters(yaml: &str) -> Result<Vec<ChatCluster>> {
     let mut clusters = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(yaml) {
         let value = serde_yaml::Value::deserialize(doc)?;
@@ -28,13 +28,13 @@ pub fn parse_clusters(yaml: &str) -> Result<Vec<ChatCluster>> {
 }
 
 /// Check a ChatCluster against the CRD's CEL rules, as the API server would.
-pub fn validate(cc: &ChatCluster) -> Result<()> {
+pub(crate) fn validate(cc: &ChatCluster) -> Result<()> {
     cc.validate_cel()
         .map_err(|e| Error::InvalidSpec(format!("{e:?}")))
 }
 
 /// The objects for `cc`, in apply order, as JSON values.
-pub fn render_cluster(
+pub(crate) fn render_cluster(
     cc: &ChatCluster,
     operator_namespace: &str,
 ) -> Result<Vec<serde_json::Value>> {

@@ -1,137 +1,105 @@
-//! Asking Redis sentinels who the master is, over a minimal RESP2 exchange.
+//! Asking Redis sentinels who the master is, through fred (the Redis client chat-server uses).
 //!
-//! The operator only reads: it sends `AUTH` and `SENTINEL GET-MASTER-ADDR-BY-NAME` and never
-//! reconfigures replication; the sentinels own failover.
+//! The operator only reads: it sends `SENTINEL GET-MASTER-ADDR-BY-NAME` (after `AUTH` when the
+//! sentinels have a password) and never reconfigures replication; the sentinels own failover.
+//! Each question is one fresh connection that is closed after the answer. Connecting, the
+//! command and closing are bounded by one timeout and nothing is retried or reconnected, so an
+//! unreachable sentinel costs at most that timeout and the reconcile decides with the others.
 
+use std::fmt::Display;
 use std::time::Duration;
 
+use fred::prelude::{Builder, ClientLike, Config, ServerConfig, Value};
+use fred::types::{ClusterHash, CustomCommand};
 use futures_util::future::BoxFuture;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 use crate::error::{Error, Result};
 
-/// Something that can ask one sentinel for the master's host.
-pub trait SentinelProbe: Send + Sync {
-    /// The host the sentinel at `addr` names as master of `master_name` (`None`: it knows none).
-    fn master_host<'a>(
-        &'a self,
-        addr: &'a str,
-        password: Option<&'a str>,
-        master_name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<String>>>;
+/// One question to one sentinel: who is master of `master_name`?
+#[derive(Clone, Copy)]
+pub struct MasterQuery<'a> {
+    /// `host:port` of the sentinel.
+    pub addr: &'a str,
+    /// The sentinel's password, if it has one.
+    pub password: Option<&'a str>,
+    /// The name the sentinels monitor the master under.
+    pub master_name: &'a str,
 }
 
-/// Encode a command as a RESP array of bulk strings.
-pub fn encode_command(args: &[&str]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for arg in args {
-        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-        out.extend_from_slice(arg.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out
-}
-
-/// A RESP2 reply, as far as the operator needs it.
+/// Where a sentinel says the master is.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reply {
-    /// `+OK`
-    Simple(String),
-    /// `-ERR ...`
-    Error(String),
-    /// `:n`
-    Integer(i64),
-    /// `$n` (None for `$-1`)
-    Bulk(Option<String>),
-    /// `*n` (None for `*-1`)
-    Array(Option<Vec<Reply>>),
+pub struct MasterAddr {
+    /// The master's host name or IP, as the sentinels announce it.
+    pub host: String,
+    /// The master's port.
+    pub port: u16,
 }
 
-fn protocol(addr: &str, reason: impl Into<String>) -> Error {
+/// A sentinel's answer: the master's address (`None`: it knows no master of that name).
+pub type Answer<'a> = BoxFuture<'a, Result<Option<MasterAddr>>>;
+
+/// Something that can ask one sentinel where the master is.
+pub trait SentinelProbe: Send + Sync {
+    /// Ask the sentinel at `query.addr`.
+    fn master_addr<'a>(&'a self, query: MasterQuery<'a>) -> Answer<'a>;
+}
+
+fn failure(addr: &str, reason: impl Display) -> Error {
     Error::Sentinel {
         addr: addr.to_owned(),
-        reason: reason.into(),
+        reason: reason.to_string(),
     }
 }
 
-/// Read one reply. Boxed because arrays nest.
-pub fn read_reply<'a, R>(reader: &'a mut R, addr: &'a str) -> BoxFuture<'a, Result<Reply>>
-where
-    R: AsyncBufReadExt + Unpin + Send,
-{
-    Box::pin(async move {
-        let mut line = String::new();
-        let n = reader
-            .read_line(&mut line)
-            .await
-            .map_err(|e| protocol(addr, e.to_string()))?;
-        if n == 0 {
-            return Err(protocol(addr, "connection closed"));
-        }
-        let line = line.trim_end_matches(['\r', '\n']);
-        let (kind, rest) = line.split_at(line.len().min(1));
-        let number = || {
-            rest.parse::<i64>()
-                .map_err(|_| protocol(addr, format!("bad length in {line:?}")))
-        };
-        match kind {
-            "+" => Ok(Reply::Simple(rest.to_owned())),
-            "-" => Ok(Reply::Error(rest.to_owned())),
-            ":" => Ok(Reply::Integer(number()?)),
-            "$" => {
-                let len = number()?;
-                if len < 0 {
-                    return Ok(Reply::Bulk(None));
-                }
-                let len = usize::try_from(len).map_err(|_| protocol(addr, "bad length"))?;
-                let mut buf = vec![0; len + 2];
-                reader
-                    .read_exact(&mut buf)
-                    .await
-                    .map_err(|e| protocol(addr, e.to_string()))?;
-                buf.truncate(len);
-                Ok(Reply::Bulk(Some(
-                    String::from_utf8(buf).map_err(|_| protocol(addr, "non-UTF-8 reply"))?,
-                )))
-            }
-            "*" => {
-                let len = number()?;
-                if len < 0 {
-                    return Ok(Reply::Array(None));
-                }
-                let mut items = Vec::new();
-                for _ in 0..len {
-                    items.push(read_reply(reader, addr).await?);
-                }
-                Ok(Reply::Array(Some(items)))
-            }
-            _ => Err(protocol(addr, format!("unexpected reply {line:?}"))),
-        }
-    })
+/// `host` and `port` of a `host:port` address (`[v6]:port` too).
+fn split_addr(addr: &str) -> Result<(&str, u16)> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| failure(addr, "not a host:port address"))?;
+    let port = port
+        .parse()
+        .map_err(|_| failure(addr, "not a host:port address"))?;
+    Ok((host.trim_start_matches('[').trim_end_matches(']'), port))
 }
 
-/// The master host in a `GET-MASTER-ADDR-BY-NAME` reply.
-pub fn master_from_reply(addr: &str, reply: Reply) -> Result<Option<String>> {
+/// A bulk string of a reply as text.
+fn text(value: Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.to_string()),
+        Value::Bytes(b) => String::from_utf8(b.to_vec()).ok(),
+        _ => None,
+    }
+}
+
+/// The master address in a `GET-MASTER-ADDR-BY-NAME` reply: `[host, port]`, or nil when the
+/// sentinel monitors no master of that name.
+fn master_from_reply(addr: &str, reply: Value) -> Result<Option<MasterAddr>> {
     match reply {
-        Reply::Array(None) | Reply::Bulk(None) => Ok(None),
-        Reply::Array(Some(items)) => match items.first() {
-            Some(Reply::Bulk(Some(host))) => Ok(Some(host.clone())),
-            _ => Err(protocol(addr, "unexpected master address")),
-        },
-        Reply::Error(e) => Err(protocol(addr, e)),
-        other => Err(protocol(addr, format!("unexpected reply {other:?}"))),
+        Value::Null => Ok(None),
+        Value::Array(items) => {
+            let mut items = items.into_iter().map(text);
+            match (items.next().flatten(), items.next().flatten()) {
+                (Some(host), Some(port)) => {
+                    let port = port
+                        .parse()
+                        .map_err(|_| failure(addr, format!("bad master port {port:?}")))?;
+                    Ok(Some(MasterAddr { host, port }))
+                }
+                _ => Err(failure(addr, "unexpected master address")),
+            }
+        }
+        other => Err(failure(addr, format!("unexpected reply {other:?}"))),
     }
 }
 
-/// Asks sentinels over TCP, each exchange bounded by a timeout.
+/// Asks sentinels with a short-lived fred client per question.
 #[derive(Clone, Debug)]
-pub struct TcpSentinelProbe {
+pub struct FredSentinelProbe {
     /// Bound on connecting plus the whole exchange.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
-impl Default for TcpSentinelProbe {
+impl Default for FredSentinelProbe {
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(3),
@@ -139,52 +107,47 @@ impl Default for TcpSentinelProbe {
     }
 }
 
-impl TcpSentinelProbe {
-    async fn ask(
-        &self,
-        addr: &str,
-        password: Option<&str>,
-        master_name: &str,
-    ) -> Result<Option<String>> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| protocol(addr, e.to_string()))?;
-        let mut stream = BufReader::new(stream);
-        if let Some(pw) = password {
-            stream
-                .get_mut()
-                .write_all(&encode_command(&["AUTH", pw]))
-                .await
-                .map_err(|e| protocol(addr, e.to_string()))?;
-            if let Reply::Error(e) = read_reply(&mut stream, addr).await? {
-                return Err(protocol(addr, format!("auth refused: {e}")));
-            }
-        }
-        stream
-            .get_mut()
-            .write_all(&encode_command(&[
-                "SENTINEL",
-                "GET-MASTER-ADDR-BY-NAME",
-                master_name,
-            ]))
-            .await
-            .map_err(|e| protocol(addr, e.to_string()))?;
-        let reply = read_reply(&mut stream, addr).await?;
-        master_from_reply(addr, reply)
+impl FredSentinelProbe {
+    async fn ask(&self, query: MasterQuery<'_>) -> Result<Option<MasterAddr>> {
+        let addr = query.addr;
+        let (host, port) = split_addr(addr)?;
+        let mut builder = Builder::from_config(Config {
+            server: ServerConfig::new_centralized(host, port),
+            password: query.password.map(str::to_owned),
+            // A command while disconnected fails at once instead of waiting for a reconnect.
+            fail_fast: true,
+            ..Config::default()
+        });
+        // No reconnect policy is set: a failed connection is this sentinel's answer; the next
+        // reconcile asks again.
+        builder
+            .with_connection_config(|c| {
+                c.connection_timeout = self.timeout;
+                c.internal_command_timeout = self.timeout;
+                c.max_command_attempts = 1;
+            })
+            .with_performance_config(|p| p.default_command_timeout = self.timeout);
+        let client = builder.build().map_err(|e| failure(addr, e))?;
+        // `init` fails when the connection or the `AUTH` fails, and then closes the client.
+        client.init().await.map_err(|e| failure(addr, e))?;
+        let reply = client
+            .custom::<Value, _>(
+                CustomCommand::new_static("SENTINEL", ClusterHash::FirstKey, false),
+                vec!["GET-MASTER-ADDR-BY-NAME", query.master_name],
+            )
+            .await;
+        // The answer is in; a failure to say goodbye changes nothing.
+        let _ = client.quit().await;
+        master_from_reply(addr, reply.map_err(|e| failure(addr, e))?)
     }
 }
 
-impl SentinelProbe for TcpSentinelProbe {
-    fn master_host<'a>(
-        &'a self,
-        addr: &'a str,
-        password: Option<&'a str>,
-        master_name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<String>>> {
+impl SentinelProbe for FredSentinelProbe {
+    fn master_addr<'a>(&'a self, query: MasterQuery<'a>) -> Answer<'a> {
         Box::pin(async move {
-            tokio::time::timeout(self.timeout, self.ask(addr, password, master_name))
+            tokio::time::timeout(self.timeout, self.ask(query))
                 .await
-                .map_err(|_| protocol(addr, "timed out"))?
+                .map_err(|_| failure(query.addr, "timed out"))?
         })
     }
 }
@@ -192,98 +155,46 @@ impl SentinelProbe for TcpSentinelProbe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::net::TcpListener;
-
-    async fn parse(bytes: &[u8]) -> Result<Reply> {
-        let mut reader = BufReader::new(bytes);
-        read_reply(&mut reader, "test").await
-    }
-
-    #[test]
-    fn commands_are_encoded_as_arrays_of_bulk_strings() {
-        assert_eq!(
-            encode_command(&["AUTH", "pw"]),
-            b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n"
-        );
-    }
-
-    #[tokio::test]
-    async fn replies_of_every_kind_are_parsed() {
-        assert_eq!(parse(b"+OK\r\n").await.unwrap(), Reply::Simple("OK".into()));
-        assert_eq!(
-            parse(b"-ERR no\r\n").await.unwrap(),
-            Reply::Error("ERR no".into())
-        );
-        assert_eq!(parse(b":7\r\n").await.unwrap(), Reply::Integer(7));
-        assert_eq!(parse(b"$-1\r\n").await.unwrap(), Reply::Bulk(None));
-        assert_eq!(parse(b"*-1\r\n").await.unwrap(), Reply::Array(None));
-        assert_eq!(
-            parse(b"*2\r\n$6\r\nhost-1\r\n$4\r\n6379\r\n")
-                .await
-                .unwrap(),
-            Reply::Array(Some(vec![
-                Reply::Bulk(Some("host-1".into())),
-                Reply::Bulk(Some("6379".into()))
-            ]))
-        );
-        assert!(parse(b"").await.is_err());
-        assert!(parse(b"?what\r\n").await.is_err());
-    }
 
     #[test]
     fn the_master_host_is_the_first_element_and_null_means_unknown() {
-        let reply = Reply::Array(Some(vec![
-            Reply::Bulk(Some("chat-redis-1.h".into())),
-            Reply::Bulk(Some("6379".into())),
-        ]));
+        let reply = Value::Array(vec![Value::from("chat-redis-1.h"), Value::from("6379")]);
         assert_eq!(
-            master_from_reply("s", reply).unwrap().as_deref(),
-            Some("chat-redis-1.h")
+            master_from_reply("s", reply).unwrap(),
+            Some(MasterAddr {
+                host: "chat-redis-1.h".to_owned(),
+                port: 6379
+            })
         );
-        assert_eq!(master_from_reply("s", Reply::Array(None)).unwrap(), None);
-        assert!(master_from_reply("s", Reply::Error("NOAUTH".into())).is_err());
+        assert_eq!(master_from_reply("s", Value::Null).unwrap(), None);
+        assert!(master_from_reply("s", Value::Array(Vec::new())).is_err());
+        assert!(master_from_reply("s", Value::Integer(1)).is_err());
+        let bad_port = Value::Array(vec![Value::from("h"), Value::from("x")]);
+        assert!(master_from_reply("s", bad_port).is_err());
     }
 
-    #[tokio::test]
-    async fn the_tcp_probe_authenticates_then_asks_for_the_master() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let server = tokio::spawn(async move {
-            let (socket, _) = listener.accept().await.unwrap();
-            let mut socket = BufReader::new(socket);
-            let mut seen = Vec::new();
-            for reply in [&b"+OK\r\n"[..], b"*2\r\n$3\r\nm-0\r\n$4\r\n6379\r\n"] {
-                let Reply::Array(Some(args)) = read_reply(&mut socket, "client").await.unwrap()
-                else {
-                    panic!("expected a command array");
-                };
-                seen.push(args);
-                socket.get_mut().write_all(reply).await.unwrap();
-            }
-            seen
-        });
-        let probe = TcpSentinelProbe::default();
-        let host = probe
-            .master_host(&addr, Some("pw"), "mymaster")
-            .await
-            .unwrap();
-        assert_eq!(host.as_deref(), Some("m-0"));
-        let seen = server.await.unwrap();
-        assert_eq!(seen[0][0], Reply::Bulk(Some("AUTH".into())));
-        assert_eq!(seen[1][2], Reply::Bulk(Some("mymaster".into())));
+    #[test]
+    fn addresses_are_split_into_host_and_port() {
+        assert_eq!(
+            split_addr("chat-sentinel-0.h.prod.svc:26379").unwrap(),
+            ("chat-sentinel-0.h.prod.svc", 26379)
+        );
+        assert_eq!(split_addr("[::1]:26379").unwrap(), ("::1", 26379));
+        assert!(split_addr("no-port").is_err());
+        assert!(split_addr("host:port").is_err());
     }
 
     #[tokio::test]
     async fn an_unreachable_sentinel_is_an_error_not_a_hang() {
-        let probe = TcpSentinelProbe {
+        let probe = FredSentinelProbe {
             timeout: Duration::from_millis(500),
         };
-        // Port 1 on localhost refuses connections.
-        assert!(
-            probe
-                .master_host("127.0.0.1:1", None, "mymaster")
-                .await
-                .is_err()
-        );
+        let query = MasterQuery {
+            // Port 1 on localhost refuses connections.
+            addr: "127.0.0.1:1",
+            password: None,
+            master_name: "mymaster",
+        };
+        assert!(probe.master_addr(query).await.is_err());
     }
 }

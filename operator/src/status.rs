@@ -9,34 +9,34 @@ use crate::crd::{ChatCluster, ChatClusterStatus};
 use crate::resources::{Component, selector_string};
 
 /// Condition types, in the order they appear in the status.
-pub const READY: &str = "Ready";
+pub(crate) const READY: &str = "Ready";
 /// Redis (or the external Redis) can serve the servers.
-pub const REDIS_READY: &str = "RedisReady";
+pub(crate) const REDIS_READY: &str = "RedisReady";
 /// Every desired chat-server replica is ready.
-pub const SERVERS_READY: &str = "ServersReady";
+pub(crate) const SERVERS_READY: &str = "ServersReady";
 /// A rollout or scale is under way.
-pub const PROGRESSING: &str = "Progressing";
+pub(crate) const PROGRESSING: &str = "Progressing";
 /// Something needs a human: a bad spec, a failing reconcile, more than one Redis master.
-pub const DEGRADED: &str = "Degraded";
+pub(crate) const DEGRADED: &str = "Degraded";
 
 /// Replica counts of a Deployment or StatefulSet.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Workload {
+pub(crate) struct Workload {
     /// Replicas wanted.
-    pub desired: i32,
+    pub(crate) desired: i32,
     /// Pods that exist.
-    pub current: i32,
+    pub(crate) current: i32,
     /// Pods that are ready.
-    pub ready: i32,
+    pub(crate) ready: i32,
     /// Pods on the latest template.
-    pub updated: i32,
+    pub(crate) updated: i32,
     /// Whether the workload controller has seen the latest spec.
-    pub observed_latest: bool,
+    pub(crate) observed_latest: bool,
 }
 
 impl Workload {
     /// All desired pods are ready and updated.
-    pub fn settled(&self) -> bool {
+    pub(crate) fn settled(&self) -> bool {
         self.observed_latest
             && self.ready >= self.desired
             && self.updated >= self.desired
@@ -46,9 +46,7 @@ impl Workload {
 
 /// What the sentinels say about the master.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MasterView {
-    /// Standalone or external Redis: there are no sentinels to ask.
-    NotApplicable,
+pub(crate) enum MasterView {
     /// A quorum of sentinels names this host.
     Agreed(String),
     /// Fewer than a quorum answered: the topology is incomplete, nothing is changed.
@@ -63,7 +61,7 @@ pub enum MasterView {
 }
 
 /// Decide the master from each sentinel's answer (`None`: unreachable or no master known).
-pub fn decide_master(answers: &[Option<String>], quorum: usize) -> MasterView {
+pub(crate) fn decide_master(answers: &[Option<String>], quorum: usize) -> MasterView {
     let mut named: Vec<&String> = answers.iter().flatten().collect();
     named.sort();
     let answered = named.len();
@@ -84,19 +82,19 @@ pub fn decide_master(answers: &[Option<String>], quorum: usize) -> MasterView {
 
 /// Everything the status is computed from.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Observed {
+pub(crate) struct Observed {
     /// The chat-server Deployment.
-    pub servers: Workload,
+    pub(crate) servers: Workload,
     /// Redis data nodes (`None` for an external Redis).
-    pub redis: Option<Workload>,
+    pub(crate) redis: Option<Workload>,
     /// Sentinels (Sentinel mode only).
-    pub sentinels: Option<Workload>,
+    pub(crate) sentinels: Option<Workload>,
     /// The sentinels' view of the master.
-    pub master: Option<MasterView>,
+    pub(crate) master: Option<MasterView>,
     /// The Redis master to report (`host:port`).
-    pub redis_master: Option<String>,
+    pub(crate) redis_master: Option<String>,
     /// Where clients connect.
-    pub endpoint: Option<String>,
+    pub(crate) endpoint: Option<String>,
 }
 
 struct Verdict {
@@ -219,7 +217,7 @@ fn degraded_verdict(o: &Observed) -> Verdict {
 
 /// The status for `cc` given what was observed, keeping transition times from `previous`
 /// where a condition did not flip.
-pub fn compute(cc: &ChatCluster, observed: &Observed, now: Time) -> ChatClusterStatus {
+pub(crate) fn compute(cc: &ChatCluster, observed: &Observed, now: Time) -> ChatClusterStatus {
     let previous = cc.status.as_ref();
     let redis = redis_verdict(observed);
     let servers = servers_verdict(observed);
@@ -298,13 +296,18 @@ fn set_condition(conditions: &mut Vec<Condition>, new: Condition) {
 }
 
 /// Reason of `Degraded` when the spec was refused.
-pub const INVALID_SPEC: &str = "InvalidSpec";
+pub(crate) const INVALID_SPEC: &str = "InvalidSpec";
 /// Reason of `Degraded` when a reconcile failed.
-pub const RECONCILE_FAILED: &str = "ReconcileFailed";
+pub(crate) const RECONCILE_FAILED: &str = "ReconcileFailed";
 
 /// The previous status with `Degraded` true (for `reason`) and `Ready` false: what a refused
 /// spec or a failed reconcile can say without having observed the workloads.
-pub fn mark_failed(cc: &ChatCluster, reason: &str, message: &str, now: Time) -> ChatClusterStatus {
+pub(crate) fn mark_failed(
+    cc: &ChatCluster,
+    reason: &str,
+    message: &str,
+    now: Time,
+) -> ChatClusterStatus {
     let mut status = cc.status.clone().unwrap_or_default();
     let generation = cc.metadata.generation;
     for (type_, status_, reason, msg) in [
@@ -329,7 +332,7 @@ pub fn mark_failed(cc: &ChatCluster, reason: &str, message: &str, now: Time) -> 
 
 /// Conditions whose status differs between `old` and `new` (new ones included), as
 /// `(type, new status, reason, message)`.
-pub fn flipped(
+pub(crate) fn flipped(
     old: Option<&ChatClusterStatus>,
     new: &ChatClusterStatus,
 ) -> Vec<(String, String, String, String)> {

@@ -445,83 +445,49 @@ fn run_cli(
 }
 
 // ---------------------------------------------------------------------------------------------
-// redis-server
+// Nodes: what data nodes and sentinels share
 // ---------------------------------------------------------------------------------------------
 
-/// Options of [`RedisServer::start`].
-#[derive(Debug, Clone, Default)]
-pub struct RedisOpts {
-    /// Sets both `requirepass` and `masterauth`.
-    pub password: Option<String>,
-    /// `replicaof 127.0.0.1 <port>`.
-    pub replica_of: Option<u16>,
-    /// A fixed port; a free one when `None`.
-    pub port: Option<u16>,
+/// What a [`Node`] runs: `redis-server` ([`DataNode`]) or `redis-sentinel` ([`Sentinel`]).
+pub trait Role {
+    /// How messages name the process.
+    const WHAT: &'static str;
+    /// The password this process's clients authenticate with.
+    fn password(&self) -> Option<&str>;
 }
 
-/// A `redis-server` process on 127.0.0.1, killed when dropped.
-pub struct RedisServer {
+/// A `redis-server` or `redis-sentinel` process on 127.0.0.1, killed when dropped.
+pub struct Node<R> {
     pub port: u16,
     pub dir: TempDir,
     child: ChildProc,
-    password: Option<String>,
-    opts: RedisOpts,
     log: PathBuf,
+    role: R,
 }
 
-impl RedisServer {
-    /// Starts `redis-server` on a free port (or `opts.port`) without persistence and waits
-    /// until it answers PING with PONG.
-    pub fn start(opts: RedisOpts) -> RedisServer {
-        let dir = tempfile::Builder::new()
-            .prefix("chat-redis-")
-            .tempdir()
-            .expect("create a temp dir for redis-server");
-        let log = dir.path().join("redis.log");
-        let (port, child) = launch_redis(dir.path(), &log, opts.port, &opts);
-        RedisServer {
-            port,
-            dir,
-            child,
-            password: opts.password.clone(),
-            opts,
-            log,
-        }
-    }
-
-    /// `redis://127.0.0.1:<port>` (the password is not part of it: see [`Self::password`]).
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    pub fn password(&self) -> Option<&str> {
-        self.password.as_deref()
-    }
-
-    pub fn opts(&self) -> &RedisOpts {
-        &self.opts
-    }
-
+impl<R: Role> Node<R> {
     /// Runs `redis-cli -h 127.0.0.1 -p <port> [-a <pw> --no-auth-warning] args...` and returns
     /// its trimmed stdout. Panics if redis-cli fails (cannot connect, exits non-zero) or takes
     /// longer than [`COMMAND_TIMEOUT`]. Note: redis-cli exits 0 on error replies and prints
     /// them (e.g. `NOAUTH ...`); a nil reply prints as an empty string.
     pub fn cli(&self, args: &[&str]) -> String {
-        run_cli(self.port, self.password(), args, COMMAND_TIMEOUT).unwrap_or_else(|e| {
+        run_cli(self.port, self.role.password(), args, COMMAND_TIMEOUT).unwrap_or_else(|e| {
             panic!(
-                "redis-cli {args:?} against redis-server on port {} failed: {e}; log tail:\n{}",
+                "redis-cli {args:?} against {} on port {} failed: {e}; log tail:\n{}",
+                R::WHAT,
                 self.port,
                 self.log_tail()
             )
         })
     }
 
-    /// One command over RESP (authenticated when the server has a password). Panics if the
+    /// One command over RESP (authenticated when the process has a password). Panics if the
     /// connection fails or times out; error replies are returned as [`Resp::Error`].
     pub fn command(&self, args: &[&str]) -> Resp {
         self.try_command(args, COMMAND_TIMEOUT).unwrap_or_else(|e| {
             panic!(
-                "{args:?} against redis-server on port {} failed: {e}; log tail:\n{}",
+                "{args:?} against {} on port {} failed: {e}; log tail:\n{}",
+                R::WHAT,
                 self.port,
                 self.log_tail()
             )
@@ -530,16 +496,7 @@ impl RedisServer {
 
     /// Like [`Self::command`] but returns connection failures and timeouts.
     pub fn try_command(&self, args: &[&str], timeout: Duration) -> io::Result<Resp> {
-        resp_command(self.port, self.password(), args, timeout)
-    }
-
-    /// `INFO <section>` as a field map (`role`, `master_link_status`, ...).
-    pub fn info(&self, section: &str) -> HashMap<String, String> {
-        let text = self
-            .command(&["INFO", section])
-            .as_text()
-            .unwrap_or_else(|| panic!("INFO {section} on port {} gave no text", self.port));
-        parse_info(&text)
+        resp_command(self.port, self.role.password(), args, timeout)
     }
 
     /// SIGKILL and wait. No-op if the process already exited.
@@ -556,23 +513,12 @@ impl RedisServer {
         self.child.signal("CONT");
     }
 
-    /// Kills the process (if running) and starts it again on the same port with the same
-    /// options and directory; the data is gone (any RDB file a replica wrote is removed).
-    /// Waits until it answers PING.
-    pub fn restart(&mut self) {
-        self.child.kill9();
-        remove_rdb_files(self.dir.path());
-        let (port, child) = launch_redis(self.dir.path(), &self.log, Some(self.port), &self.opts);
-        debug_assert_eq!(port, self.port);
-        self.child = child;
-    }
-
     /// The process has not exited (a SIGSTOPped process is alive).
     pub fn is_alive(&self) -> bool {
         self.child.is_alive()
     }
 
-    /// The pid of the current `redis-server` process (changes on [`Self::restart`]).
+    /// The pid of the current process (a data node's changes on [`RedisServer::restart`]).
     pub fn pid(&self) -> u32 {
         self.child.pid
     }
@@ -586,10 +532,95 @@ impl RedisServer {
     }
 }
 
-impl Drop for RedisServer {
+impl<R> Drop for Node<R> {
     fn drop(&mut self) {
         // Before `dir` is removed.
         self.child.kill9();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// redis-server
+// ---------------------------------------------------------------------------------------------
+
+/// Options of [`RedisServer::start`].
+#[derive(Debug, Clone, Default)]
+pub struct RedisOpts {
+    /// Sets both `requirepass` and `masterauth`.
+    pub password: Option<String>,
+    /// `replicaof 127.0.0.1 <port>`.
+    pub replica_of: Option<u16>,
+    /// A fixed port; a free one when `None`.
+    pub port: Option<u16>,
+}
+
+/// A data node: a `redis-server` started with [`RedisOpts`].
+pub struct DataNode {
+    opts: RedisOpts,
+}
+
+impl Role for DataNode {
+    const WHAT: &'static str = "redis-server";
+
+    fn password(&self) -> Option<&str> {
+        self.opts.password.as_deref()
+    }
+}
+
+/// A `redis-server` process on 127.0.0.1, killed when dropped.
+pub type RedisServer = Node<DataNode>;
+
+impl Node<DataNode> {
+    /// Starts `redis-server` on a free port (or `opts.port`) without persistence and waits
+    /// until it answers PING with PONG.
+    pub fn start(opts: RedisOpts) -> RedisServer {
+        let dir = tempfile::Builder::new()
+            .prefix("chat-redis-")
+            .tempdir()
+            .expect("create a temp dir for redis-server");
+        let log = dir.path().join("redis.log");
+        let (port, child) = launch_redis(dir.path(), &log, opts.port, &opts);
+        RedisServer {
+            port,
+            dir,
+            child,
+            log,
+            role: DataNode { opts },
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>` (the password is not part of it: see [`Self::password`]).
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn password(&self) -> Option<&str> {
+        self.role.password()
+    }
+
+    pub fn opts(&self) -> &RedisOpts {
+        &self.role.opts
+    }
+
+    /// `INFO <section>` as a field map (`role`, `master_link_status`, ...).
+    pub fn info(&self, section: &str) -> HashMap<String, String> {
+        let text = self
+            .command(&["INFO", section])
+            .as_text()
+            .unwrap_or_else(|| panic!("INFO {section} on port {} gave no text", self.port));
+        parse_info(&text)
+    }
+
+    /// Kills the process (if running) and starts it again on the same port with the same
+    /// options and directory; the data is gone (any RDB file a replica wrote is removed).
+    /// Waits until it answers PING.
+    pub fn restart(&mut self) {
+        self.child.kill9();
+        remove_rdb_files(self.dir.path());
+        let (port, child) =
+            launch_redis(self.dir.path(), &self.log, Some(self.port), &self.role.opts);
+        debug_assert_eq!(port, self.port);
+        self.child = child;
     }
 }
 
@@ -679,15 +710,21 @@ fn launch_redis(
 // redis-sentinel
 // ---------------------------------------------------------------------------------------------
 
-/// A `redis-sentinel` process on 127.0.0.1 monitoring [`MASTER_NAME`], killed when dropped.
-/// The sentinel itself has no password.
-pub struct SentinelProc {
-    pub port: u16,
-    pub dir: TempDir,
-    child: ChildProc,
+/// A sentinel: a `redis-sentinel` with its own config file. It has no password itself.
+pub struct Sentinel {
     conf: PathBuf,
-    log: PathBuf,
 }
+
+impl Role for Sentinel {
+    const WHAT: &'static str = "sentinel";
+
+    fn password(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// A `redis-sentinel` process on 127.0.0.1 monitoring [`MASTER_NAME`], killed when dropped.
+pub type SentinelProc = Node<Sentinel>;
 
 /// Quotes a value for a redis config file.
 fn conf_quote(value: &str) -> String {
@@ -705,7 +742,7 @@ fn conf_quote(value: &str) -> String {
     out
 }
 
-impl SentinelProc {
+impl Node<Sentinel> {
     /// Starts a sentinel on a free port monitoring `127.0.0.1:<master_port>` as
     /// [`MASTER_NAME`] (down-after-milliseconds 1000, failover-timeout 3000, parallel-syncs 1)
     /// and waits until it answers PING. It gets a fresh config file in its own temp dir.
@@ -756,40 +793,14 @@ impl SentinelProc {
                         port,
                         dir,
                         child,
-                        conf,
                         log,
+                        role: Sentinel { conf },
                     };
                 }
                 Launch::AddressInUse => continue,
             }
         }
         panic!("redis-sentinel found no free port after {PORT_ATTEMPTS} attempts");
-    }
-
-    /// One command to the sentinel over RESP; panics on connection failure or timeout.
-    pub fn command(&self, args: &[&str]) -> Resp {
-        self.try_command(args, COMMAND_TIMEOUT).unwrap_or_else(|e| {
-            panic!(
-                "{args:?} against sentinel on port {} failed: {e}; log tail:\n{}",
-                self.port,
-                self.log_tail()
-            )
-        })
-    }
-
-    pub fn try_command(&self, args: &[&str], timeout: Duration) -> io::Result<Resp> {
-        resp_command(self.port, None, args, timeout)
-    }
-
-    /// `redis-cli -h 127.0.0.1 -p <port> args...`, trimmed stdout; panics on failure.
-    pub fn cli(&self, args: &[&str]) -> String {
-        run_cli(self.port, None, args, COMMAND_TIMEOUT).unwrap_or_else(|e| {
-            panic!(
-                "redis-cli {args:?} against sentinel on port {} failed: {e}; log tail:\n{}",
-                self.port,
-                self.log_tail()
-            )
-        })
     }
 
     /// `SENTINEL get-master-addr-by-name mymaster` → the master's port.
@@ -822,39 +833,9 @@ impl SentinelProc {
             .ok_or_else(|| format!("unexpected reply to SENTINEL {what}: {reply:?}"))
     }
 
-    pub fn kill9(&mut self) {
-        self.child.kill9();
-    }
-
-    pub fn stop_signal(&self) {
-        self.child.signal("STOP");
-    }
-
-    pub fn cont_signal(&self) {
-        self.child.signal("CONT");
-    }
-
-    pub fn is_alive(&self) -> bool {
-        self.child.is_alive()
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.pid
-    }
-
     /// The config file the sentinel runs with (and rewrites).
     pub fn conf_path(&self) -> &Path {
-        &self.conf
-    }
-
-    pub fn log_tail(&self) -> String {
-        log_tail_from(&self.log, 0)
-    }
-}
-
-impl Drop for SentinelProc {
-    fn drop(&mut self) {
-        self.child.kill9();
+        &self.role.conf
     }
 }
 
@@ -932,6 +913,19 @@ impl SentinelCluster {
         cluster
     }
 
+    /// The log tail of every sentinel, each under a heading, for a panic message.
+    fn sentinel_logs(&self) -> String {
+        let mut logs = String::new();
+        for s in &self.sentinels {
+            logs.push_str(&format!(
+                "\n--- sentinel {} log tail:\n{}",
+                s.port,
+                s.log_tail()
+            ));
+        }
+        logs
+    }
+
     fn wait_until(&self, what: &str, problems: impl Fn(&Self) -> Vec<String>) {
         let deadline = Instant::now() + CLUSTER_READY_TIMEOUT;
         loop {
@@ -940,14 +934,7 @@ impl SentinelCluster {
                 return;
             }
             if Instant::now() >= deadline {
-                let mut logs = String::new();
-                for s in &self.sentinels {
-                    logs.push_str(&format!(
-                        "\n--- sentinel {} log tail:\n{}",
-                        s.port,
-                        s.log_tail()
-                    ));
-                }
+                let mut logs = self.sentinel_logs();
                 for r in self.data_nodes() {
                     logs.push_str(&format!(
                         "\n--- redis {} log tail:\n{}",
@@ -1097,14 +1084,7 @@ impl SentinelCluster {
                 return new;
             }
             if Instant::now() >= deadline {
-                let mut logs = String::new();
-                for s in &self.sentinels {
-                    logs.push_str(&format!(
-                        "\n--- sentinel {} log tail:\n{}",
-                        s.port,
-                        s.log_tail()
-                    ));
-                }
+                let logs = self.sentinel_logs();
                 panic!(
                     "sentinels did not agree on a master other than {old_port} within {timeout:?}; \
                      answers (sentinel port, master port): {answers:?}{logs}"

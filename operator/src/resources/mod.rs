@@ -5,12 +5,12 @@
 //! ChatCluster deletes it), and every pod runs as non-root with a read-only root file system,
 //! no privilege escalation, all capabilities dropped and the runtime's seccomp profile.
 
-pub mod config_map;
-pub mod network_policy;
-pub mod redis;
-pub mod secret;
-pub mod sentinel;
-pub mod server;
+pub(crate) mod config_map;
+pub(crate) mod network_policy;
+pub(crate) mod redis;
+pub(crate) mod secret;
+pub(crate) mod sentinel;
+pub(crate) mod server;
 
 use std::collections::BTreeMap;
 
@@ -18,34 +18,35 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, EnvVar, EnvVarSource, ObjectFieldSelector, PodSecurityContext,
-    SeccompProfile, SecretKeySelector, SecurityContext, Service, ServiceAccount,
-    TopologySpreadConstraint,
+    SeccompProfile, SecretKeySelector, SecurityContext, Service, ServiceAccount, ServicePort,
+    ServiceSpec, TopologySpreadConstraint,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::{ChatCluster, RedisMode};
 
 /// Field manager of every server-side apply.
-pub const FIELD_MANAGER: &str = "chat-operator";
+pub(crate) const FIELD_MANAGER: &str = "chat-operator";
 /// Label the operator puts on the Redis pod the sentinels name as master.
-pub const REDIS_ROLE_LABEL: &str = "chat.dev/redis-role";
+pub(crate) const REDIS_ROLE_LABEL: &str = "chat.dev/redis-role";
 /// Value of [`REDIS_ROLE_LABEL`] on the master.
-pub const REDIS_ROLE_MASTER: &str = "master";
+pub(crate) const REDIS_ROLE_MASTER: &str = "master";
 /// chat-server's HTTP/WebSocket port.
-pub const SERVER_PORT: i32 = 8080;
+pub(crate) const SERVER_PORT: i32 = 8080;
 /// Redis data port.
-pub const REDIS_PORT: i32 = 6379;
+pub(crate) const REDIS_PORT: i32 = 6379;
 /// Sentinel port.
-pub const SENTINEL_PORT: i32 = 26379;
+pub(crate) const SENTINEL_PORT: i32 = 26379;
 /// Key of the generated password in its Secret.
-pub const PASSWORD_KEY: &str = "password";
+pub(crate) const PASSWORD_KEY: &str = "password";
 
 /// Which part of the cluster an object belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Component {
+pub(crate) enum Component {
     /// chat-server pods and their objects.
     Server,
     /// Redis data nodes.
@@ -56,7 +57,7 @@ pub enum Component {
 
 impl Component {
     /// `app.kubernetes.io/component`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Server => "server",
             Self::Redis => "redis",
@@ -65,7 +66,7 @@ impl Component {
     }
 
     /// `app.kubernetes.io/name`.
-    pub fn app_name(self) -> &'static str {
+    pub(crate) fn app_name(self) -> &'static str {
         match self {
             Self::Server => "chat-server",
             Self::Redis => "redis",
@@ -76,68 +77,69 @@ impl Component {
 
 /// Names of every child, derived from the cluster's name.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Names {
+pub(crate) struct Names {
     base: String,
 }
 
 impl Names {
     /// Names for the cluster `cc`.
-    pub fn of(cc: &ChatCluster) -> Self {
+    pub(crate) fn of(cc: &ChatCluster) -> Self {
         Self {
             base: cc.name_any(),
         }
     }
 
-    /// The cluster's own name.
-    pub fn cluster(&self) -> &str {
-        &self.base
+    /// `NAME-suffix`: every child but the clients' Service is named so.
+    fn suffixed(&self, suffix: &str) -> String {
+        format!("{}-{suffix}", self.base)
     }
+
     /// The clients' Service: the cluster's name itself.
-    pub fn server_service(&self) -> String {
+    pub(crate) fn server_service(&self) -> String {
         self.base.clone()
     }
     /// Deployment, PodDisruptionBudget, ServiceAccount and HPA of the servers.
-    pub fn server(&self) -> String {
-        format!("{}-server", self.base)
+    pub(crate) fn server(&self) -> String {
+        self.suffixed("server")
     }
     /// Redis StatefulSet, ConfigMap, Service (standalone) and NetworkPolicy.
-    pub fn redis(&self) -> String {
-        format!("{}-redis", self.base)
+    pub(crate) fn redis(&self) -> String {
+        self.suffixed("redis")
     }
     /// Headless Service of the Redis data nodes (Sentinel mode).
-    pub fn redis_headless(&self) -> String {
-        format!("{}-redis-headless", self.base)
+    pub(crate) fn redis_headless(&self) -> String {
+        self.suffixed("redis-headless")
     }
     /// Service that follows the master label (Sentinel mode).
-    pub fn redis_master(&self) -> String {
-        format!("{}-redis-master", self.base)
+    pub(crate) fn redis_master(&self) -> String {
+        self.suffixed("redis-master")
     }
     /// Generated password Secret.
-    pub fn redis_password(&self) -> String {
-        format!("{}-redis-password", self.base)
+    pub(crate) fn redis_password(&self) -> String {
+        self.suffixed("redis-password")
     }
     /// Sentinel StatefulSet and Service.
-    pub fn sentinel(&self) -> String {
-        format!("{}-sentinel", self.base)
+    pub(crate) fn sentinel(&self) -> String {
+        self.suffixed("sentinel")
     }
     /// Headless Service of the sentinels.
-    pub fn sentinel_headless(&self) -> String {
-        format!("{}-sentinel-headless", self.base)
+    pub(crate) fn sentinel_headless(&self) -> String {
+        self.suffixed("sentinel-headless")
     }
 }
 
 /// The namespace of the cluster (`default` when the manifest names none).
-pub fn namespace(cc: &ChatCluster) -> String {
+pub(crate) fn namespace(cc: &ChatCluster) -> String {
     cc.namespace().unwrap_or_else(|| "default".to_owned())
 }
 
 /// DNS name of pod `ordinal` of a StatefulSet behind a headless Service.
-pub fn pod_host(statefulset: &str, ordinal: i32, headless: &str, namespace: &str) -> String {
+pub(crate) fn pod_host(statefulset: &str, ordinal: i32, headless: &str, namespace: &str) -> String {
     format!("{statefulset}-{ordinal}.{headless}.{namespace}.svc")
 }
 
 /// `host:port` of every sentinel the operator runs for `cc`.
-pub fn sentinel_addresses(cc: &ChatCluster) -> Vec<String> {
+pub(crate) fn sentinel_addresses(cc: &ChatCluster) -> Vec<String> {
     let names = Names::of(cc);
     let ns = namespace(cc);
     (0..cc.spec.redis.sentinel_replicas())
@@ -151,7 +153,7 @@ pub fn sentinel_addresses(cc: &ChatCluster) -> Vec<String> {
 }
 
 /// Labels that select a component's pods (stable: part of immutable selectors).
-pub fn selector_labels(cc: &ChatCluster, component: Component) -> BTreeMap<String, String> {
+pub(crate) fn selector_labels(cc: &ChatCluster, component: Component) -> BTreeMap<String, String> {
     BTreeMap::from([
         (
             "app.kubernetes.io/name".to_owned(),
@@ -166,7 +168,7 @@ pub fn selector_labels(cc: &ChatCluster, component: Component) -> BTreeMap<Strin
 }
 
 /// The full standard label set of a component's objects.
-pub fn labels(cc: &ChatCluster, component: Component) -> BTreeMap<String, String> {
+pub(crate) fn labels(cc: &ChatCluster, component: Component) -> BTreeMap<String, String> {
     let mut labels = selector_labels(cc, component);
     labels.insert(
         "app.kubernetes.io/part-of".to_owned(),
@@ -180,7 +182,7 @@ pub fn labels(cc: &ChatCluster, component: Component) -> BTreeMap<String, String
 }
 
 /// Labels every pod of the cluster shares, whatever its component.
-pub fn cluster_pod_labels(cc: &ChatCluster) -> BTreeMap<String, String> {
+pub(crate) fn cluster_pod_labels(cc: &ChatCluster) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/instance".to_owned(), cc.name_any()),
         (
@@ -191,7 +193,7 @@ pub fn cluster_pod_labels(cc: &ChatCluster) -> BTreeMap<String, String> {
 }
 
 /// `matchLabels` selector of a component's pods.
-pub fn label_selector(cc: &ChatCluster, component: Component) -> LabelSelector {
+pub(crate) fn label_selector(cc: &ChatCluster, component: Component) -> LabelSelector {
     LabelSelector {
         match_labels: Some(selector_labels(cc, component)),
         ..LabelSelector::default()
@@ -199,7 +201,7 @@ pub fn label_selector(cc: &ChatCluster, component: Component) -> LabelSelector {
 }
 
 /// The same selector as a string (`status.selector`, for the scale subresource).
-pub fn selector_string(cc: &ChatCluster, component: Component) -> String {
+pub(crate) fn selector_string(cc: &ChatCluster, component: Component) -> String {
     selector_labels(cc, component)
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
@@ -208,12 +210,12 @@ pub fn selector_string(cc: &ChatCluster, component: Component) -> String {
 }
 
 /// The controller owner reference to `cc` (none until the API server gave it a uid).
-pub fn owner_references(cc: &ChatCluster) -> Option<Vec<OwnerReference>> {
+pub(crate) fn owner_references(cc: &ChatCluster) -> Option<Vec<OwnerReference>> {
     cc.controller_owner_ref(&()).map(|r| vec![r])
 }
 
 /// Metadata of a child: name, namespace, labels, owner reference.
-pub fn meta(cc: &ChatCluster, name: String, component: Component) -> ObjectMeta {
+pub(crate) fn meta(cc: &ChatCluster, name: String, component: Component) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: Some(namespace(cc)),
@@ -223,8 +225,62 @@ pub fn meta(cc: &ChatCluster, name: String, component: Component) -> ObjectMeta 
     }
 }
 
+/// How a Service is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ServiceKind<'a> {
+    /// A virtual IP of this Service type (`ClusterIP`, `LoadBalancer`, `NodePort`).
+    Typed(&'a str),
+    /// No virtual IP: a DNS name per pod, published before the pod is ready, because the data
+    /// nodes and sentinels find each other through it while they start.
+    Headless,
+}
+
+/// The Service type of every Service but the clients' (theirs comes from the spec).
+pub(crate) const CLUSTER_IP: ServiceKind<'static> = ServiceKind::Typed("ClusterIP");
+
+/// The Service `name` of `component` on one `port`, in front of the pods `selector` picks.
+pub(crate) fn service(
+    cc: &ChatCluster,
+    name: String,
+    component: Component,
+    kind: ServiceKind<'_>,
+    selector: BTreeMap<String, String>,
+    port: ServicePort,
+) -> Service {
+    let spec = match kind {
+        ServiceKind::Typed(type_) => ServiceSpec {
+            type_: Some(type_.to_owned()),
+            ..ServiceSpec::default()
+        },
+        ServiceKind::Headless => ServiceSpec {
+            cluster_ip: Some("None".to_owned()),
+            publish_not_ready_addresses: Some(true),
+            ..ServiceSpec::default()
+        },
+    };
+    Service {
+        metadata: meta(cc, name, component),
+        spec: Some(ServiceSpec {
+            selector: Some(selector),
+            ports: Some(vec![port]),
+            ..spec
+        }),
+        ..Service::default()
+    }
+}
+
+/// A Service port that targets the container port of the same name.
+pub(crate) fn named_port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.to_owned()),
+        port,
+        target_port: Some(IntOrString::String(name.to_owned())),
+        ..ServicePort::default()
+    }
+}
+
 /// Pod-level security: non-root as `uid`, group-owned volumes, runtime seccomp profile.
-pub fn pod_security_context(uid: i64) -> PodSecurityContext {
+pub(crate) fn pod_security_context(uid: i64) -> PodSecurityContext {
     PodSecurityContext {
         run_as_non_root: Some(true),
         run_as_user: Some(uid),
@@ -239,7 +295,7 @@ pub fn pod_security_context(uid: i64) -> PodSecurityContext {
 }
 
 /// Container-level security: read-only root, no escalation, every capability dropped.
-pub fn container_security_context() -> SecurityContext {
+pub(crate) fn container_security_context() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
         read_only_root_filesystem: Some(true),
@@ -257,7 +313,10 @@ pub fn container_security_context() -> SecurityContext {
 }
 
 /// Spread a component's pods across nodes (and zones), preferring but not requiring it.
-pub fn spread_constraints(cc: &ChatCluster, component: Component) -> Vec<TopologySpreadConstraint> {
+pub(crate) fn spread_constraints(
+    cc: &ChatCluster,
+    component: Component,
+) -> Vec<TopologySpreadConstraint> {
     ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
         .into_iter()
         .map(|key| TopologySpreadConstraint {
@@ -272,7 +331,7 @@ pub fn spread_constraints(cc: &ChatCluster, component: Component) -> Vec<Topolog
 
 /// Where the Redis password lives: the spec's Secret or the generated one. `None` for an
 /// external Redis without a password.
-pub fn redis_password_ref(cc: &ChatCluster) -> Option<(String, String)> {
+pub(crate) fn redis_password_ref(cc: &ChatCluster) -> Option<(String, String)> {
     match (&cc.spec.redis.password_secret_ref, &cc.spec.redis.external) {
         (Some(r), _) => Some((r.name.clone(), r.key.clone())),
         (None, Some(_)) => None,
@@ -281,17 +340,17 @@ pub fn redis_password_ref(cc: &ChatCluster) -> Option<(String, String)> {
 }
 
 /// Whether the operator generates the password Secret for `cc`.
-pub fn generates_password(cc: &ChatCluster) -> bool {
+pub(crate) fn generates_password(cc: &ChatCluster) -> bool {
     cc.spec.redis.password_secret_ref.is_none() && cc.spec.redis.external.is_none()
 }
 
 /// Whether the operator deploys Redis in `mode` for `cc`.
-pub fn deploys(cc: &ChatCluster, mode: RedisMode) -> bool {
+pub(crate) fn deploys(cc: &ChatCluster, mode: RedisMode) -> bool {
     cc.spec.redis.external.is_none() && cc.spec.redis.mode == mode
 }
 
 /// A plain `name=value` environment variable.
-pub fn env_value(name: &str, value: impl Into<String>) -> EnvVar {
+pub(crate) fn env_value(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
         value: Some(value.into()),
@@ -300,7 +359,7 @@ pub fn env_value(name: &str, value: impl Into<String>) -> EnvVar {
 }
 
 /// An environment variable read from a Secret key.
-pub fn env_secret(name: &str, secret: &str, key: &str) -> EnvVar {
+pub(crate) fn env_secret(name: &str, secret: &str, key: &str) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
         value_from: Some(EnvVarSource {
@@ -316,7 +375,7 @@ pub fn env_secret(name: &str, secret: &str, key: &str) -> EnvVar {
 }
 
 /// An environment variable from the pod's own fields (downward API).
-pub fn env_field(name: &str, field_path: &str) -> EnvVar {
+pub(crate) fn env_field(name: &str, field_path: &str) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
         value_from: Some(EnvVarSource {
@@ -333,30 +392,30 @@ pub fn env_field(name: &str, field_path: &str) -> EnvVar {
 /// Every child the operator applies for a cluster, except the password Secret (which is
 /// created once, see [`secret`]). Listed in apply order.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Children {
+pub(crate) struct Children {
     /// Redis configuration and start scripts (none for an external Redis).
-    pub config_map: Option<ConfigMap>,
+    pub(crate) config_map: Option<ConfigMap>,
     /// Redis and sentinel Services.
-    pub redis_services: Vec<Service>,
+    pub(crate) redis_services: Vec<Service>,
     /// Redis data nodes, then sentinels.
-    pub stateful_sets: Vec<StatefulSet>,
+    pub(crate) stateful_sets: Vec<StatefulSet>,
     /// Who may reach Redis.
-    pub network_policy: Option<NetworkPolicy>,
+    pub(crate) network_policy: Option<NetworkPolicy>,
     /// The servers' ServiceAccount.
-    pub service_account: ServiceAccount,
+    pub(crate) service_account: ServiceAccount,
     /// The servers.
-    pub deployment: Deployment,
+    pub(crate) deployment: Deployment,
     /// The clients' Service.
-    pub service: Service,
+    pub(crate) service: Service,
     /// The servers' disruption budget.
-    pub pod_disruption_budget: PodDisruptionBudget,
+    pub(crate) pod_disruption_budget: PodDisruptionBudget,
     /// The autoscaler, when autoscaling is on.
-    pub horizontal_pod_autoscaler: Option<HorizontalPodAutoscaler>,
+    pub(crate) horizontal_pod_autoscaler: Option<HorizontalPodAutoscaler>,
 }
 
 /// Build every child of `cc`. `operator_namespace` is where the operator runs (the
 /// NetworkPolicy lets it reach the sentinels).
-pub fn children(cc: &ChatCluster, operator_namespace: &str) -> Children {
+pub(crate) fn children(cc: &ChatCluster, operator_namespace: &str) -> Children {
     let mut redis_services = Vec::new();
     let mut stateful_sets = Vec::new();
     if deploys(cc, RedisMode::Standalone) {
@@ -391,7 +450,7 @@ pub fn children(cc: &ChatCluster, operator_namespace: &str) -> Children {
 
 impl Children {
     /// Every child as JSON, in apply order.
-    pub fn to_values(&self) -> Result<Vec<serde_json::Value>, serde_json::Error> {
+    pub(crate) fn to_values(&self) -> Result<Vec<serde_json::Value>, serde_json::Error> {
         let mut out = Vec::new();
         if let Some(cm) = &self.config_map {
             out.push(serde_json::to_value(cm)?);
@@ -424,7 +483,7 @@ pub(crate) mod testing {
     use crate::crd::{ChatCluster, ChatClusterSpec, RedisMode, RedisSpec};
 
     /// A ChatCluster as the API server hands it over: namespaced, with a uid.
-    pub fn cluster(spec: ChatClusterSpec) -> ChatCluster {
+    pub(crate) fn cluster(spec: ChatClusterSpec) -> ChatCluster {
         let mut cc = ChatCluster::new("chat", spec);
         cc.metadata = ObjectMeta {
             name: Some("chat".into()),
@@ -436,11 +495,11 @@ pub(crate) mod testing {
         cc
     }
 
-    pub fn standalone() -> ChatCluster {
+    pub(crate) fn standalone() -> ChatCluster {
         cluster(ChatClusterSpec::default())
     }
 
-    pub fn sentinel() -> ChatCluster {
+    pub(crate) fn sentinel() -> ChatCluster {
         cluster(ChatClusterSpec {
             redis: RedisSpec {
                 mode: RedisMode::Sentinel,

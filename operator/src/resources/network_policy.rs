@@ -14,7 +14,7 @@ use super::{Component, Names, REDIS_PORT, SENTINEL_PORT, cluster_pod_labels, dep
 use crate::crd::{ChatCluster, RedisMode};
 
 /// `app.kubernetes.io/name` of the operator's own pods (the Helm chart sets it).
-pub const OPERATOR_APP_NAME: &str = "chat-operator";
+pub(crate) const OPERATOR_APP_NAME: &str = "chat-operator";
 
 fn port(p: i32) -> NetworkPolicyPort {
     NetworkPolicyPort {
@@ -26,7 +26,10 @@ fn port(p: i32) -> NetworkPolicyPort {
 
 /// The policy for `cc`; `operator_namespace` is where the operator's pods run. `None` when the
 /// operator deploys no Redis.
-pub fn redis_network_policy(cc: &ChatCluster, operator_namespace: &str) -> Option<NetworkPolicy> {
+pub(crate) fn redis_network_policy(
+    cc: &ChatCluster,
+    operator_namespace: &str,
+) -> Option<NetworkPolicy> {
     if cc.spec.redis.external.is_some() {
         return None;
     }

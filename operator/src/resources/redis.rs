@@ -6,7 +6,7 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, ExecAction,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+    ResourceRequirements, Service, TCPSocketAction, Volume, VolumeMount,
     VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -15,19 +15,20 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::config_map::{checksum, redis_config_map};
 use super::{
-    Component, Names, REDIS_PORT, REDIS_ROLE_LABEL, REDIS_ROLE_MASTER, container_security_context,
-    env_field, env_secret, env_value, label_selector, labels, meta, namespace,
-    pod_security_context, redis_password_ref, selector_labels, spread_constraints,
+    CLUSTER_IP, Component, Names, REDIS_PORT, REDIS_ROLE_LABEL, REDIS_ROLE_MASTER, ServiceKind,
+    container_security_context, env_field, env_secret, env_value, label_selector, labels, meta,
+    named_port, namespace, pod_security_context, redis_password_ref, selector_labels, service,
+    spread_constraints,
 };
 use crate::crd::{ChatCluster, RedisMode, SENTINEL_MASTER_NAME};
 
 /// The uid the official Redis image's `redis` user has.
-pub const REDIS_UID: i64 = 999;
+pub(crate) const REDIS_UID: i64 = 999;
 /// Annotation with the checksum of the scripts a pod was started with.
-pub const CONFIG_CHECKSUM_ANNOTATION: &str = "chat.dev/config-checksum";
+pub(crate) const CONFIG_CHECKSUM_ANNOTATION: &str = "chat.dev/config-checksum";
 
 /// Environment shared by data nodes and sentinels: who they are and where the others live.
-pub fn topology_env(cc: &ChatCluster) -> Vec<EnvVar> {
+pub(crate) fn topology_env(cc: &ChatCluster) -> Vec<EnvVar> {
     let names = Names::of(cc);
     let mut env = vec![
         env_field("POD_NAME", "metadata.name"),
@@ -47,7 +48,7 @@ pub fn topology_env(cc: &ChatCluster) -> Vec<EnvVar> {
 }
 
 /// An exec probe that PINGs a local Redis (or sentinel) with the password.
-pub fn ping_probe(port: i32) -> Probe {
+pub(crate) fn ping_probe(port: i32) -> Probe {
     Probe {
         exec: Some(ExecAction {
             command: Some(vec![
@@ -67,7 +68,7 @@ pub fn ping_probe(port: i32) -> Probe {
 }
 
 /// A TCP liveness probe (a node loading a big data set answers PING with an error).
-pub fn tcp_probe(port: i32) -> Probe {
+pub(crate) fn tcp_probe(port: i32) -> Probe {
     Probe {
         tcp_socket: Some(TCPSocketAction {
             port: IntOrString::Int(port),
@@ -81,7 +82,7 @@ pub fn tcp_probe(port: i32) -> Probe {
 }
 
 /// `requests` for a Redis container when the spec leaves resources unset.
-pub fn default_resources(cpu: &str, memory: &str) -> ResourceRequirements {
+pub(crate) fn default_resources(cpu: &str, memory: &str) -> ResourceRequirements {
     ResourceRequirements {
         requests: Some(BTreeMap::from([
             ("cpu".to_owned(), Quantity(cpu.to_owned())),
@@ -92,7 +93,7 @@ pub fn default_resources(cpu: &str, memory: &str) -> ResourceRequirements {
 }
 
 /// Volumes both StatefulSets mount: the scripts and a writable run directory.
-pub fn script_volumes(cc: &ChatCluster) -> Vec<Volume> {
+pub(crate) fn script_volumes(cc: &ChatCluster) -> Vec<Volume> {
     vec![
         Volume {
             name: "config".to_owned(),
@@ -111,7 +112,7 @@ pub fn script_volumes(cc: &ChatCluster) -> Vec<Volume> {
 }
 
 /// A read-only or writable volume mount.
-pub fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+pub(crate) fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: name.to_owned(),
         mount_path: path.to_owned(),
@@ -120,82 +121,71 @@ pub fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     }
 }
 
-/// The data-node StatefulSet `NAME-redis`: one node in Standalone mode, `replicas` in
-/// Sentinel mode (pod 0 bootstraps as master; a restarted pod asks the sentinels first).
-pub fn redis_statefulset(cc: &ChatCluster) -> StatefulSet {
-    let names = Names::of(cc);
-    let redis = &cc.spec.redis;
-    let persistence = redis.persistence.enabled;
-    let mut volumes = script_volumes(cc);
-    if !persistence {
-        volumes.push(Volume {
-            name: "data".to_owned(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Volume::default()
-        });
-    }
-    let claims = persistence.then(|| {
-        vec![PersistentVolumeClaim {
-            metadata: ObjectMeta {
-                name: Some("data".to_owned()),
-                labels: Some(labels(cc, Component::Redis)),
-                ..ObjectMeta::default()
-            },
-            spec: Some(PersistentVolumeClaimSpec {
-                access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
-                storage_class_name: redis.persistence.storage_class_name.clone(),
-                resources: Some(VolumeResourceRequirements {
-                    requests: Some(BTreeMap::from([(
-                        "storage".to_owned(),
-                        redis.persistence.size.clone(),
-                    )])),
-                    ..VolumeResourceRequirements::default()
-                }),
-                ..PersistentVolumeClaimSpec::default()
-            }),
-            ..PersistentVolumeClaim::default()
-        }]
-    });
-    let service_name = match redis.mode {
-        RedisMode::Standalone => names.redis(),
-        RedisMode::Sentinel => names.redis_headless(),
-    };
-    let container = Container {
-        name: "redis".to_owned(),
-        image: Some(redis.image.clone()),
-        command: Some(vec!["sh".to_owned(), "/config/redis-start.sh".to_owned()]),
-        env: Some(topology_env(cc)),
+/// How the data nodes' StatefulSet and the sentinels' differ; the rest they share.
+pub(crate) struct RedisImageSet {
+    /// Data nodes or sentinels.
+    pub(crate) component: Component,
+    /// Names the StatefulSet.
+    pub(crate) name: String,
+    /// The headless (or standalone) Service that names the pods.
+    pub(crate) service_name: String,
+    /// How many pods.
+    pub(crate) replicas: i32,
+    /// The one container.
+    pub(crate) container: Container,
+    /// Volumes beside the scripts and the run directory.
+    pub(crate) volumes: Vec<Volume>,
+    /// Seconds a pod has to stop.
+    pub(crate) grace_seconds: i64,
+}
+
+/// The container of a Redis-image pod: `role` (`redis`, `sentinel`) names it, its port, its
+/// start script `/config/ROLE-start.sh` and its writable run directory `/run/ROLE`.
+pub(crate) fn redis_image_container(
+    cc: &ChatCluster,
+    role: &str,
+    port: i32,
+    env: Vec<EnvVar>,
+    resources: ResourceRequirements,
+) -> Container {
+    Container {
+        name: role.to_owned(),
+        image: Some(cc.spec.redis.image.clone()),
+        command: Some(vec!["sh".to_owned(), format!("/config/{role}-start.sh")]),
+        env: Some(env),
         ports: Some(vec![ContainerPort {
-            name: Some("redis".to_owned()),
-            container_port: REDIS_PORT,
+            name: Some(role.to_owned()),
+            container_port: port,
             ..ContainerPort::default()
         }]),
-        readiness_probe: Some(ping_probe(REDIS_PORT)),
-        liveness_probe: Some(tcp_probe(REDIS_PORT)),
-        resources: Some(
-            redis
-                .resources
-                .clone()
-                .unwrap_or_else(|| default_resources("100m", "128Mi")),
-        ),
+        readiness_probe: Some(ping_probe(port)),
+        liveness_probe: Some(tcp_probe(port)),
+        resources: Some(resources),
         security_context: Some(container_security_context()),
         volume_mounts: Some(vec![
             mount("config", "/config", true),
-            mount("run", "/run/redis", false),
-            mount("data", "/data", false),
+            mount("run", &format!("/run/{role}"), false),
         ]),
         ..Container::default()
-    };
+    }
+}
+
+/// A StatefulSet of Redis-image pods: started in parallel, as the Redis user, hardened,
+/// spread, with the scripts and a run directory mounted, and rolled when the scripts change.
+pub(crate) fn redis_image_statefulset(cc: &ChatCluster, set: RedisImageSet) -> StatefulSet {
+    let component = set.component;
+    let mut volumes = script_volumes(cc);
+    volumes.extend(set.volumes);
     StatefulSet {
-        metadata: meta(cc, names.redis(), Component::Redis),
+        metadata: meta(cc, set.name, component),
         spec: Some(StatefulSetSpec {
-            replicas: Some(redis.data_replicas()),
-            service_name: Some(service_name),
+            replicas: Some(set.replicas),
+            service_name: Some(set.service_name),
             pod_management_policy: Some("Parallel".to_owned()),
-            selector: label_selector(cc, Component::Redis),
+            selector: label_selector(cc, component),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(labels(cc, Component::Redis)),
+                    labels: Some(labels(cc, component)),
                     annotations: Some(BTreeMap::from([(
                         CONFIG_CHECKSUM_ANNOTATION.to_owned(),
                         checksum(&redis_config_map(cc)),
@@ -206,77 +196,128 @@ pub fn redis_statefulset(cc: &ChatCluster) -> StatefulSet {
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     security_context: Some(pod_security_context(REDIS_UID)),
-                    topology_spread_constraints: Some(spread_constraints(cc, Component::Redis)),
-                    termination_grace_period_seconds: Some(30),
-                    containers: vec![container],
+                    topology_spread_constraints: Some(spread_constraints(cc, component)),
+                    termination_grace_period_seconds: Some(set.grace_seconds),
+                    containers: vec![set.container],
                     volumes: Some(volumes),
                     ..PodSpec::default()
                 }),
             },
-            volume_claim_templates: claims,
             ..StatefulSetSpec::default()
         }),
         ..StatefulSet::default()
     }
 }
 
-fn redis_port() -> ServicePort {
-    ServicePort {
-        name: Some("redis".to_owned()),
-        port: REDIS_PORT,
-        target_port: Some(IntOrString::String("redis".to_owned())),
-        ..ServicePort::default()
+/// The claim template of the data volume when persistence is on.
+fn data_claim(cc: &ChatCluster) -> PersistentVolumeClaim {
+    let persistence = &cc.spec.redis.persistence;
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some("data".to_owned()),
+            labels: Some(labels(cc, Component::Redis)),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+            storage_class_name: persistence.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    persistence.size.clone(),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
     }
+}
+
+/// The data-node StatefulSet `NAME-redis`: one node in Standalone mode, `replicas` in
+/// Sentinel mode (pod 0 bootstraps as master; a restarted pod asks the sentinels first).
+pub(crate) fn redis_statefulset(cc: &ChatCluster) -> StatefulSet {
+    let names = Names::of(cc);
+    let redis = &cc.spec.redis;
+    let persistence = redis.persistence.enabled;
+    // Without persistence the data lives as long as the pod.
+    let volumes = if persistence {
+        Vec::new()
+    } else {
+        vec![Volume {
+            name: "data".to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        }]
+    };
+    let resources = redis
+        .resources
+        .clone()
+        .unwrap_or_else(|| default_resources("100m", "128Mi"));
+    let mut container = redis_image_container(cc, "redis", REDIS_PORT, topology_env(cc), resources);
+    if let Some(mounts) = container.volume_mounts.as_mut() {
+        mounts.push(mount("data", "/data", false));
+    }
+    let service_name = match redis.mode {
+        RedisMode::Standalone => names.redis(),
+        RedisMode::Sentinel => names.redis_headless(),
+    };
+    let mut sts = redis_image_statefulset(
+        cc,
+        RedisImageSet {
+            component: Component::Redis,
+            name: names.redis(),
+            service_name,
+            replicas: redis.data_replicas(),
+            container,
+            volumes,
+            grace_seconds: 30,
+        },
+    );
+    if let Some(spec) = sts.spec.as_mut() {
+        spec.volume_claim_templates = persistence.then(|| vec![data_claim(cc)]);
+    }
+    sts
+}
+
+/// A data node Service of `kind` in front of the pods `selector` picks.
+fn data_service(
+    cc: &ChatCluster,
+    name: String,
+    kind: ServiceKind<'_>,
+    selector: BTreeMap<String, String>,
+) -> Service {
+    let port = named_port("redis", REDIS_PORT);
+    service(cc, name, Component::Redis, kind, selector, port)
 }
 
 /// The Standalone Service `NAME-redis` the servers connect to.
-pub fn redis_service(cc: &ChatCluster) -> Service {
-    Service {
-        metadata: meta(cc, Names::of(cc).redis(), Component::Redis),
-        spec: Some(ServiceSpec {
-            type_: Some("ClusterIP".to_owned()),
-            selector: Some(selector_labels(cc, Component::Redis)),
-            ports: Some(vec![redis_port()]),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
-    }
+pub(crate) fn redis_service(cc: &ChatCluster) -> Service {
+    let selector = selector_labels(cc, Component::Redis);
+    data_service(cc, Names::of(cc).redis(), CLUSTER_IP, selector)
 }
 
 /// The headless Service `NAME-redis-headless` that gives each data node a DNS name, ready or not.
-pub fn redis_headless_service(cc: &ChatCluster) -> Service {
-    Service {
-        metadata: meta(cc, Names::of(cc).redis_headless(), Component::Redis),
-        spec: Some(ServiceSpec {
-            cluster_ip: Some("None".to_owned()),
-            publish_not_ready_addresses: Some(true),
-            selector: Some(selector_labels(cc, Component::Redis)),
-            ports: Some(vec![redis_port()]),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
-    }
+pub(crate) fn redis_headless_service(cc: &ChatCluster) -> Service {
+    let selector = selector_labels(cc, Component::Redis);
+    data_service(
+        cc,
+        Names::of(cc).redis_headless(),
+        ServiceKind::Headless,
+        selector,
+    )
 }
 
 /// The Service `NAME-redis-master`: it selects the data node the operator labelled master
 /// after asking the sentinels.
-pub fn redis_master_service(cc: &ChatCluster) -> Service {
+pub(crate) fn redis_master_service(cc: &ChatCluster) -> Service {
     let mut selector = selector_labels(cc, Component::Redis);
     selector.insert(REDIS_ROLE_LABEL.to_owned(), REDIS_ROLE_MASTER.to_owned());
-    Service {
-        metadata: meta(cc, Names::of(cc).redis_master(), Component::Redis),
-        spec: Some(ServiceSpec {
-            type_: Some("ClusterIP".to_owned()),
-            selector: Some(selector),
-            ports: Some(vec![redis_port()]),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
-    }
+    data_service(cc, Names::of(cc).redis_master(), CLUSTER_IP, selector)
 }
 
 /// `host:port` of the standalone Redis inside the cluster.
-pub fn standalone_address(cc: &ChatCluster) -> String {
+pub(crate) fn standalone_address(cc: &ChatCluster) -> String {
     format!(
         "{}.{}.svc:{REDIS_PORT}",
         Names::of(cc).redis(),
@@ -291,6 +332,15 @@ mod tests {
 
     fn pod_spec(sts: &StatefulSet) -> PodSpec {
         sts.spec.clone().unwrap().template.spec.unwrap()
+    }
+
+    fn env_var(c: &Container, name: &str) -> EnvVar {
+        c.env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .cloned()
+            .unwrap()
     }
 
     fn env_names(c: &Container) -> Vec<String> {
@@ -353,12 +403,7 @@ mod tests {
                 "{name} missing from {env:?}"
             );
         }
-        let sentinels = c
-            .env
-            .iter()
-            .flatten()
-            .find(|e| e.name == "SENTINELS")
-            .unwrap();
+        let sentinels = env_var(c, "SENTINELS");
         assert_eq!(sentinels.value.as_deref(), Some("3"));
     }
 
@@ -386,18 +431,21 @@ mod tests {
         assert_eq!(live.port, IntOrString::Int(6379));
     }
 
+    /// The Secret name and key the data node's `REDIS_PASSWORD` comes from.
+    fn password_source(cc: &ChatCluster) -> (String, String) {
+        let pw = env_var(
+            &pod_spec(&redis_statefulset(cc)).containers[0],
+            "REDIS_PASSWORD",
+        );
+        let sel = pw.value_from.unwrap().secret_key_ref.unwrap();
+        (sel.name, sel.key)
+    }
+
     #[test]
     fn the_password_comes_from_the_generated_secret_unless_one_is_named() {
-        let c = pod_spec(&redis_statefulset(&standalone())).containers[0].clone();
-        let pw = c
-            .env
-            .unwrap()
-            .into_iter()
-            .find(|e| e.name == "REDIS_PASSWORD")
-            .unwrap();
-        let sel = pw.value_from.unwrap().secret_key_ref.unwrap();
+        let (name, key) = password_source(&standalone());
         assert_eq!(
-            (sel.name.as_str(), sel.key.as_str()),
+            (name.as_str(), key.as_str()),
             ("chat-redis-password", "password")
         );
 
@@ -406,15 +454,8 @@ mod tests {
             name: "mine".into(),
             key: "pw".into(),
         });
-        let c = pod_spec(&redis_statefulset(&cc)).containers[0].clone();
-        let pw = c
-            .env
-            .unwrap()
-            .into_iter()
-            .find(|e| e.name == "REDIS_PASSWORD")
-            .unwrap();
-        let sel = pw.value_from.unwrap().secret_key_ref.unwrap();
-        assert_eq!((sel.name.as_str(), sel.key.as_str()), ("mine", "pw"));
+        let (name, key) = password_source(&cc);
+        assert_eq!((name.as_str(), key.as_str()), ("mine", "pw"));
     }
 
     #[test]

@@ -11,10 +11,10 @@ use super::{Component, Names, PASSWORD_KEY, meta};
 use crate::crd::ChatCluster;
 
 /// Length of generated passwords (alphanumeric, about 190 bits).
-pub const PASSWORD_LEN: usize = 32;
+pub(crate) const PASSWORD_LEN: usize = 32;
 
 /// A fresh random password.
-pub fn generate_password() -> String {
+pub(crate) fn generate_password() -> String {
     rand::rng()
         .sample_iter(&Alphanumeric)
         .take(PASSWORD_LEN)
@@ -24,7 +24,7 @@ pub fn generate_password() -> String {
 
 /// The Secret `NAME-redis-password` holding `password`. The reconciler creates it only when it
 /// does not exist, so a password is never rotated by accident.
-pub fn redis_password_secret(cc: &ChatCluster, password: &str) -> Secret {
+pub(crate) fn redis_password_secret(cc: &ChatCluster, password: &str) -> Secret {
     Secret {
         metadata: meta(cc, Names::of(cc).redis_password(), Component::Redis),
         type_: Some("Opaque".to_owned()),

@@ -1,128 +1,57 @@
 //! Redis sentinels (Sentinel mode): the StatefulSet, its headless Service and the Service.
 
-use std::collections::BTreeMap;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Service;
 
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
-use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-
-use super::config_map::{checksum, redis_config_map};
 use super::redis::{
-    CONFIG_CHECKSUM_ANNOTATION, REDIS_UID, default_resources, mount, ping_probe, script_volumes,
-    tcp_probe, topology_env,
+    RedisImageSet, default_resources, redis_image_container, redis_image_statefulset, topology_env,
 };
 use super::{
-    Component, Names, SENTINEL_PORT, container_security_context, env_value, label_selector, labels,
-    meta, pod_security_context, selector_labels, spread_constraints,
+    CLUSTER_IP, Component, Names, SENTINEL_PORT, ServiceKind, env_value, named_port,
+    selector_labels, service,
 };
 use crate::crd::ChatCluster;
 
 /// Sentinels that must agree before a failover: a majority.
-pub fn quorum(sentinels: i32) -> i32 {
+pub(crate) fn quorum(sentinels: i32) -> i32 {
     sentinels / 2 + 1
 }
 
 /// The StatefulSet `NAME-sentinel` (three or more sentinels).
-pub fn sentinel_statefulset(cc: &ChatCluster) -> StatefulSet {
+pub(crate) fn sentinel_statefulset(cc: &ChatCluster) -> StatefulSet {
     let names = Names::of(cc);
     let sentinels = cc.spec.redis.sentinel_replicas();
     let mut env = topology_env(cc);
     env.push(env_value("QUORUM", quorum(sentinels).to_string()));
-    let container = Container {
-        name: "sentinel".to_owned(),
-        image: Some(cc.spec.redis.image.clone()),
-        command: Some(vec![
-            "sh".to_owned(),
-            "/config/sentinel-start.sh".to_owned(),
-        ]),
-        env: Some(env),
-        ports: Some(vec![ContainerPort {
-            name: Some("sentinel".to_owned()),
-            container_port: SENTINEL_PORT,
-            ..ContainerPort::default()
-        }]),
-        readiness_probe: Some(ping_probe(SENTINEL_PORT)),
-        liveness_probe: Some(tcp_probe(SENTINEL_PORT)),
-        resources: Some(default_resources("50m", "64Mi")),
-        security_context: Some(container_security_context()),
-        volume_mounts: Some(vec![
-            mount("config", "/config", true),
-            mount("run", "/run/sentinel", false),
-        ]),
-        ..Container::default()
+    let resources = default_resources("50m", "64Mi");
+    let set = RedisImageSet {
+        component: Component::Sentinel,
+        name: names.sentinel(),
+        service_name: names.sentinel_headless(),
+        replicas: sentinels,
+        container: redis_image_container(cc, "sentinel", SENTINEL_PORT, env, resources),
+        // Sentinels keep nothing but their rewritten config in the run directory.
+        volumes: Vec::new(),
+        grace_seconds: 10,
     };
-    StatefulSet {
-        metadata: meta(cc, names.sentinel(), Component::Sentinel),
-        spec: Some(StatefulSetSpec {
-            replicas: Some(sentinels),
-            service_name: Some(names.sentinel_headless()),
-            pod_management_policy: Some("Parallel".to_owned()),
-            selector: label_selector(cc, Component::Sentinel),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels(cc, Component::Sentinel)),
-                    annotations: Some(BTreeMap::from([(
-                        CONFIG_CHECKSUM_ANNOTATION.to_owned(),
-                        checksum(&redis_config_map(cc)),
-                    )])),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    security_context: Some(pod_security_context(REDIS_UID)),
-                    topology_spread_constraints: Some(spread_constraints(cc, Component::Sentinel)),
-                    termination_grace_period_seconds: Some(10),
-                    containers: vec![container],
-                    volumes: Some(script_volumes(cc)),
-                    ..PodSpec::default()
-                }),
-            },
-            ..StatefulSetSpec::default()
-        }),
-        ..StatefulSet::default()
-    }
+    redis_image_statefulset(cc, set)
 }
 
-fn sentinel_port() -> ServicePort {
-    ServicePort {
-        name: Some("sentinel".to_owned()),
-        port: SENTINEL_PORT,
-        target_port: Some(IntOrString::String("sentinel".to_owned())),
-        ..ServicePort::default()
-    }
+/// A sentinel Service of `kind`.
+fn sentinel_service_of(cc: &ChatCluster, name: String, kind: ServiceKind<'_>) -> Service {
+    let selector = selector_labels(cc, Component::Sentinel);
+    let port = named_port("sentinel", SENTINEL_PORT);
+    service(cc, name, Component::Sentinel, kind, selector, port)
 }
 
 /// The headless Service `NAME-sentinel-headless`: a stable DNS name per sentinel.
-pub fn sentinel_headless_service(cc: &ChatCluster) -> Service {
-    Service {
-        metadata: meta(cc, Names::of(cc).sentinel_headless(), Component::Sentinel),
-        spec: Some(ServiceSpec {
-            cluster_ip: Some("None".to_owned()),
-            publish_not_ready_addresses: Some(true),
-            selector: Some(selector_labels(cc, Component::Sentinel)),
-            ports: Some(vec![sentinel_port()]),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
-    }
+pub(crate) fn sentinel_headless_service(cc: &ChatCluster) -> Service {
+    sentinel_service_of(cc, Names::of(cc).sentinel_headless(), ServiceKind::Headless)
 }
 
 /// The Service `NAME-sentinel` in front of the ready sentinels.
-pub fn sentinel_service(cc: &ChatCluster) -> Service {
-    Service {
-        metadata: meta(cc, Names::of(cc).sentinel(), Component::Sentinel),
-        spec: Some(ServiceSpec {
-            type_: Some("ClusterIP".to_owned()),
-            selector: Some(selector_labels(cc, Component::Sentinel)),
-            ports: Some(vec![sentinel_port()]),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
-    }
+pub(crate) fn sentinel_service(cc: &ChatCluster) -> Service {
+    sentinel_service_of(cc, Names::of(cc).sentinel(), CLUSTER_IP)
 }
 
 #[cfg(test)]

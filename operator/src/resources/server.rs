@@ -2,7 +2,7 @@
 //! ServiceAccount and HorizontalPodAutoscaler.
 //!
 //! [`server_env`] is the one place where the operator speaks chat-server's configuration
-//! contract (DESIGN.md, "Configuration").
+//! contract (`docs/CONFIGURATION.md`).
 
 use std::collections::BTreeMap;
 
@@ -16,7 +16,7 @@ use k8s_openapi::api::autoscaling::v2::{
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, Lifecycle,
     LifecycleHandler, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Service,
-    ServiceAccount, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
+    ServiceAccount, ServicePort, SleepAction, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -24,26 +24,26 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    Component, Names, REDIS_PORT, SERVER_PORT, container_security_context, env_field, env_secret,
-    env_value, label_selector, labels, meta, pod_security_context, redis_password_ref,
-    selector_labels, sentinel_addresses, spread_constraints,
+    Component, Names, REDIS_PORT, SERVER_PORT, ServiceKind, container_security_context, env_field,
+    env_secret, env_value, label_selector, labels, meta, named_port, pod_security_context,
+    redis_password_ref, selector_labels, sentinel_addresses, spread_constraints,
 };
 use crate::crd::{ChatCluster, RedisMode, SENTINEL_MASTER_NAME};
 
 /// The uid of the `nonroot` user of the chat-server image.
-pub const SERVER_UID: i64 = 65532;
+pub(crate) const SERVER_UID: i64 = 65532;
 /// Seconds the pod waits in preStop so that endpoints stop sending it traffic first.
-pub const PRE_STOP_SLEEP_SECS: i64 = 5;
+pub(crate) const PRE_STOP_SLEEP_SECS: i64 = 5;
 /// Slack between the server's own drain deadline and the kubelet's SIGKILL.
-pub const GRACE_MARGIN_SECS: i64 = 10;
+pub(crate) const GRACE_MARGIN_SECS: i64 = 10;
 
 fn bool_str(b: bool) -> &'static str {
     if b { "true" } else { "false" }
 }
 
-/// The chat-server environment for `cc`, exactly as DESIGN.md's configuration contract names
-/// it. `CHAT_SERVER_ID` is left unset: the server uses `POD_NAME`, set here from the pod name.
-pub fn server_env(cc: &ChatCluster) -> Vec<EnvVar> {
+/// The chat-server environment for `cc`, exactly as `docs/CONFIGURATION.md` names it.
+/// `CHAT_SERVER_ID` is left unset: the server uses `POD_NAME`, set here from the pod name.
+pub(crate) fn server_env(cc: &ChatCluster) -> Vec<EnvVar> {
     let server = &cc.spec.server;
     let redis = &cc.spec.redis;
     let names = Names::of(cc);
@@ -125,7 +125,7 @@ pub fn server_env(cc: &ChatCluster) -> Vec<EnvVar> {
 }
 
 /// The pod's termination grace period: preStop, then the server's drain, then a margin.
-pub fn termination_grace_seconds(cc: &ChatCluster) -> i64 {
+pub(crate) fn termination_grace_seconds(cc: &ChatCluster) -> i64 {
     PRE_STOP_SLEEP_SECS + cc.spec.server.shutdown_grace_seconds + GRACE_MARGIN_SECS
 }
 
@@ -144,7 +144,7 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
 }
 
 /// Resources when the spec leaves them unset.
-pub fn default_server_resources() -> ResourceRequirements {
+pub(crate) fn default_server_resources() -> ResourceRequirements {
     ResourceRequirements {
         requests: Some(BTreeMap::from([
             ("cpu".to_owned(), Quantity("100m".to_owned())),
@@ -160,7 +160,7 @@ pub fn default_server_resources() -> ResourceRequirements {
 
 /// The Deployment `NAME-server`. With autoscaling on, `replicas` is left out so that the
 /// server-side apply never fights the HPA over it.
-pub fn deployment(cc: &ChatCluster) -> Deployment {
+pub(crate) fn deployment(cc: &ChatCluster) -> Deployment {
     let server = &cc.spec.server;
     let names = Names::of(cc);
     let container = Container {
@@ -238,32 +238,28 @@ pub fn deployment(cc: &ChatCluster) -> Deployment {
 }
 
 /// The Service clients connect to, named like the cluster.
-pub fn service(cc: &ChatCluster) -> Service {
+pub(crate) fn service(cc: &ChatCluster) -> Service {
     let svc = &cc.spec.server.service;
-    let mut metadata = meta(cc, Names::of(cc).server_service(), Component::Server);
+    let port = ServicePort {
+        app_protocol: Some("http".to_owned()),
+        ..named_port("http", svc.port)
+    };
+    let mut service = super::service(
+        cc,
+        Names::of(cc).server_service(),
+        Component::Server,
+        ServiceKind::Typed(svc.type_.as_str()),
+        selector_labels(cc, Component::Server),
+        port,
+    );
     if !svc.annotations.is_empty() {
-        metadata.annotations = Some(svc.annotations.clone());
+        service.metadata.annotations = Some(svc.annotations.clone());
     }
-    Service {
-        metadata,
-        spec: Some(ServiceSpec {
-            type_: Some(svc.type_.as_str().to_owned()),
-            selector: Some(selector_labels(cc, Component::Server)),
-            ports: Some(vec![ServicePort {
-                name: Some("http".to_owned()),
-                port: svc.port,
-                target_port: Some(IntOrString::String("http".to_owned())),
-                app_protocol: Some("http".to_owned()),
-                ..ServicePort::default()
-            }]),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
-    }
+    service
 }
 
 /// The PodDisruptionBudget `NAME-server`.
-pub fn pod_disruption_budget(cc: &ChatCluster) -> PodDisruptionBudget {
+pub(crate) fn pod_disruption_budget(cc: &ChatCluster) -> PodDisruptionBudget {
     PodDisruptionBudget {
         metadata: meta(cc, Names::of(cc).server(), Component::Server),
         spec: Some(PodDisruptionBudgetSpec {
@@ -276,7 +272,7 @@ pub fn pod_disruption_budget(cc: &ChatCluster) -> PodDisruptionBudget {
 }
 
 /// The ServiceAccount `NAME-server` (the servers need no API access: no token is mounted).
-pub fn service_account(cc: &ChatCluster) -> ServiceAccount {
+pub(crate) fn service_account(cc: &ChatCluster) -> ServiceAccount {
     ServiceAccount {
         metadata: meta(cc, Names::of(cc).server(), Component::Server),
         automount_service_account_token: Some(false),
@@ -285,7 +281,7 @@ pub fn service_account(cc: &ChatCluster) -> ServiceAccount {
 }
 
 /// The HorizontalPodAutoscaler `NAME-server`, when autoscaling is on.
-pub fn horizontal_pod_autoscaler(cc: &ChatCluster) -> Option<HorizontalPodAutoscaler> {
+pub(crate) fn horizontal_pod_autoscaler(cc: &ChatCluster) -> Option<HorizontalPodAutoscaler> {
     let auto = &cc.spec.server.autoscaling;
     auto.enabled.then(|| HorizontalPodAutoscaler {
         metadata: meta(cc, Names::of(cc).server(), Component::Server),
@@ -582,35 +578,12 @@ mod chat_server_contract {
     use crate::crd::SecretKeyRef;
     use crate::resources::testing::{sentinel, standalone};
 
-    /// Every variable DESIGN.md's "Configuration" section names.
-    const DESIGN_NAMES: &[&str] = &[
-        "CHAT_LISTEN_ADDR",
-        "CHAT_REDIS_URL",
-        "CHAT_REDIS_SENTINELS",
-        "CHAT_REDIS_SENTINEL_MASTER",
-        "CHAT_REDIS_PASSWORD",
-        "CHAT_REDIS_PASSWORD_FILE",
-        // Beyond DESIGN.md: the operator's sentinels require a password too.
-        "CHAT_REDIS_SENTINEL_PASSWORD",
-        "CHAT_REDIS_MIN_REPLICAS",
-        "CHAT_KEY_PREFIX",
-        "CHAT_SERVER_ID",
-        "CHAT_JWT_SECRET",
-        "CHAT_JWT_PUBLIC_KEY_FILE",
-        "CHAT_ALLOW_ANONYMOUS",
-        "CHAT_ALLOWED_ORIGINS",
-        "CHAT_HEARTBEAT_INTERVAL_MS",
-        "CHAT_SERVER_TTL_MS",
-        "CHAT_HISTORY_MAX_LEN",
-        "CHAT_HISTORY_TTL_SECS",
-        "CHAT_MAX_FRAME_BYTES",
-        "CHAT_MAX_CONNECTIONS",
-        "CHAT_SHUTDOWN_GRACE_SECS",
-        "CHAT_LOG_FORMAT",
-        "RUST_LOG",
-        // Not a CHAT_ variable: the server's default for CHAT_SERVER_ID.
-        "POD_NAME",
-    ];
+    /// Whether chat-server reads `name`: one of its own variables (`chat_server::config::VARS`,
+    /// the list `docs/CONFIGURATION.md` documents), or `POD_NAME`, which is not a `CHAT_`
+    /// variable but the server's default for `CHAT_SERVER_ID`.
+    fn is_a_configuration_variable(name: &str) -> bool {
+        chat_server::config::VARS.iter().any(|v| v.name == name) || name == "POD_NAME"
+    }
 
     fn shapes() -> Vec<crate::crd::ChatCluster> {
         let mut with_jwt = sentinel();
@@ -623,12 +596,12 @@ mod chat_server_contract {
     }
 
     #[test]
-    fn every_rendered_variable_is_one_the_design_names() {
+    fn every_rendered_variable_is_one_the_configuration_names() {
         for cc in shapes() {
             for name in env_map(&server_env(&cc)).keys() {
                 assert!(
-                    DESIGN_NAMES.contains(&name.as_str()),
-                    "{name} is not in DESIGN.md"
+                    is_a_configuration_variable(name),
+                    "{name} is not in docs/CONFIGURATION.md"
                 );
             }
         }
@@ -698,7 +671,7 @@ mod chat_server_contract {
             );
             for name in env.keys() {
                 assert!(
-                    chat_server::config::VARS.iter().any(|v| v.name == name) || name == "POD_NAME",
+                    is_a_configuration_variable(name),
                     "{name} is not a variable chat-server reads"
                 );
             }

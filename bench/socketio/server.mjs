@@ -1,4 +1,4 @@
-// The Socket.IO peer of chat-server for the issue 6 benchmark: Socket.IO 4 on a plain `http`
+// The Socket.IO peer of chat-server for the benchmark: Socket.IO 4 on a plain `http`
 // server, WebSocket transport only, clustered through Redis with @socket.io/redis-adapter
 // (node-redis 4 clients, as in the adapter's README).
 //

@@ -151,6 +151,16 @@ pub const VARS: &[Var] = &[
         Some("10000,10000"),
     ),
     var(
+        "CHAT_SOCKJS_HEARTBEAT_MS",
+        "SockJS heartbeat frame (h) interval on an idle receiving connection",
+        Some("25000"),
+    ),
+    var(
+        "CHAT_SOCKJS_DISCONNECT_MS",
+        "a SockJS session with no receiving connection for this long is closed and reaped",
+        Some("5000"),
+    ),
+    var(
         "CHAT_SHUTDOWN_GRACE_SECS",
         "drain time after SIGTERM",
         Some("20"),
@@ -235,6 +245,8 @@ pub struct Config {
     pub user_send_rate: u32,
     /// (what the server can send, what it wants to receive), in ms; 0 is "none".
     pub stomp_heartbeat: (u64, u64),
+    pub sockjs_heartbeat: Duration,
+    pub sockjs_disconnect: Duration,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
 }
@@ -408,6 +420,8 @@ impl Config {
             send_rate: number(&get, "CHAT_SEND_RATE")?,
             user_send_rate: number(&get, "CHAT_USER_SEND_RATE")?,
             stomp_heartbeat,
+            sockjs_heartbeat: millis(&get, "CHAT_SOCKJS_HEARTBEAT_MS", 100)?,
+            sockjs_disconnect: millis(&get, "CHAT_SOCKJS_DISCONNECT_MS", 100)?,
             shutdown_grace: Duration::from_secs(number(&get, "CHAT_SHUTDOWN_GRACE_SECS")?),
             log_format,
         })
@@ -588,6 +602,8 @@ mod tests {
             ("CHAT_JWT_SECRET", "short"),
             ("CHAT_REDIS_PASSWORD_FILE", "/nonexistent/password"),
             ("CHAT_REDIS_WAIT_MS", "30001"),
+            ("CHAT_SOCKJS_HEARTBEAT_MS", "99"),
+            ("CHAT_SOCKJS_DISCONNECT_MS", "soon"),
         ] {
             assert_eq!(
                 parse(&[(var, value)]).unwrap_err().var,

@@ -14,6 +14,11 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransportLabel {
+    transport: &'static str,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -32,6 +37,9 @@ pub struct Metrics {
     pub not_recovered: Counter,
     /// ERROR frames by reason; counted through [`Metrics::error`].
     errors: Family<ReasonLabel, Counter>,
+    /// SockJS sessions opened, by the transport that opened them; counted through
+    /// [`Metrics::sockjs_session`].
+    sockjs_sessions: Family<TransportLabel, Counter>,
     pub publish_seconds: Histogram,
 }
 
@@ -59,6 +67,7 @@ impl Metrics {
             gaps_filled: Counter::default(),
             not_recovered: Counter::default(),
             errors: Family::default(),
+            sockjs_sessions: Family::default(),
             publish_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
         };
         m.registry.register(
@@ -131,6 +140,11 @@ impl Metrics {
         m.registry
             .register("errors", "ERROR frames sent, by reason", m.errors.clone());
         m.registry.register(
+            "sockjs_sessions",
+            "SockJS sessions opened, by the transport that opened them",
+            m.sockjs_sessions.clone(),
+        );
+        m.registry.register(
             "publish_seconds",
             "Time for the broker to accept a message",
             m.publish_seconds.clone(),
@@ -140,6 +154,12 @@ impl Metrics {
 
     pub fn error(&self, reason: &'static str) {
         self.errors.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    pub fn sockjs_session(&self, transport: &'static str) {
+        self.sockjs_sessions
+            .get_or_create(&TransportLabel { transport })
+            .inc();
     }
 
     /// The OpenMetrics text of every metric.
@@ -161,10 +181,15 @@ mod tests {
         let m = Metrics::new();
         m.deliveries.inc_by(3);
         m.error("bad-frame");
+        m.sockjs_session("xhr");
         let text = m.encode();
         assert!(text.contains("chat_deliveries_total 3"), "{text}");
         assert!(
             text.contains("chat_errors_total{reason=\"bad-frame\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chat_sockjs_sessions_total{transport=\"xhr\"} 1"),
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));

@@ -1,6 +1,8 @@
-//! HTTP: the chat page, health, readiness, metrics, the WebSocket endpoint and the REST API.
+//! HTTP: the chat page, health, readiness, metrics, the WebSocket endpoint, its SockJS
+//! endpoint (`sockjs`) and the REST API.
 
 mod api;
+mod sockjs;
 mod state;
 
 use std::collections::HashMap;
@@ -20,7 +22,7 @@ pub use state::AppState;
 /// The chat page, built into the binary: it needs nothing from the network.
 const INDEX_HTML: &str = include_str!("../../static/index.html");
 /// WebSocket read buffer per connection (client frames are small; larger ones take more reads).
-const READ_BUFFER: usize = 512;
+pub(crate) const READ_BUFFER: usize = 512;
 /// Bytes of frames gathered before a write; a flush writes whatever is gathered.
 const WRITE_BUFFER: usize = 16 * 1024;
 
@@ -32,6 +34,7 @@ pub(crate) fn router(app: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/ws", get(websocket))
+        .merge(sockjs::routes())
         .merge(api::routes())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -77,12 +80,12 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
 }
 
 /// The largest WebSocket message read at all: 16 frames' worth, at least 1 MiB.
-fn transport_limit(max_frame: usize) -> usize {
+pub(crate) fn transport_limit(max_frame: usize) -> usize {
     max_frame.saturating_mul(16).max(1 << 20)
 }
 
 /// Decrements the connection count however the session ends.
-struct ConnectionGuard(Arc<AppState>);
+pub(crate) struct ConnectionGuard(Arc<AppState>);
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
@@ -91,15 +94,12 @@ impl Drop for ConnectionGuard {
     }
 }
 
-async fn websocket(
-    State(app): State<Arc<AppState>>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
-) -> Response {
+/// Admits one more connection (a WebSocket, or a SockJS session): refused while draining, from
+/// an origin not allowed, or past the connection limit. The guard holds its place.
+pub(crate) fn admit(app: &Arc<AppState>, headers: &HeaderMap) -> Result<ConnectionGuard, ApiError> {
     if app.drain.is_cancelled() {
         app.metrics.connections_refused.inc();
-        return ApiError::Unavailable("server is shutting down".into()).into_response();
+        return Err(ApiError::Unavailable("server is shutting down".into()));
     }
     if !app.config.allowed_origins.is_empty() {
         let origin = headers
@@ -116,18 +116,30 @@ async fn websocket(
         });
         if !allowed {
             app.metrics.connections_refused.inc();
-            return ApiError::Forbidden("origin not allowed".into()).into_response();
+            return Err(ApiError::Forbidden("origin not allowed".into()));
         }
     }
     let open = app.connections.fetch_add(1, Ordering::AcqRel);
     if open >= app.config.max_connections {
         app.connections.fetch_sub(1, Ordering::AcqRel);
         app.metrics.connections_refused.inc();
-        return ApiError::Unavailable("too many connections".into()).into_response();
+        return Err(ApiError::Unavailable("too many connections".into()));
     }
     app.metrics.connections.inc();
     app.metrics.connections_total.inc();
-    let guard = ConnectionGuard(app.clone());
+    Ok(ConnectionGuard(app.clone()))
+}
+
+async fn websocket(
+    State(app): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let guard = match admit(&app, &headers) {
+        Ok(g) => g,
+        Err(e) => return e.into_response(),
+    };
     let token = query.get("access_token").cloned();
     let max = app.config.max_frame_bytes;
     let tracker = app.tracker.clone();

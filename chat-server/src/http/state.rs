@@ -27,6 +27,8 @@ pub struct AppState {
     /// Sessions and their clean-up tasks.
     pub tracker: TaskTracker,
     pub connections: AtomicUsize,
+    /// The SockJS sessions of this instance.
+    pub(crate) sockjs: Arc<super::sockjs::Table>,
     /// What a session is given of all this.
     pub(crate) session: Arc<session::Context>,
 }
@@ -43,6 +45,7 @@ impl AppState {
             drain: session.drain.clone(),
             tracker: session.tracker.clone(),
             connections: AtomicUsize::new(0),
+            sockjs: Arc::default(),
             session,
         })
     }

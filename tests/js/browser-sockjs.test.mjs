@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 import { CHAT_URL, uniqueId } from './helpers.mjs';
+import { chatLine, dropWhileAnotherWrites, member, say } from './page.mjs';
 
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
@@ -59,8 +60,6 @@ async function signIn(page, name) {
   assert.equal(await page.textContent('#user-id'), name);
 }
 
-const chatLine = (content) => `#messages li[data-type="CHAT"]:has(.content:text-is(${JSON.stringify(content)}))`;
-const member = (id) => `#presence [data-user-id="${id}"]`;
 
 after(async () => {
   await Promise.all(contexts.map((c) => c.close().catch(() => {})));
@@ -88,41 +87,25 @@ test('without WebSocket the page chats over SockJS HTTP transports and recovers 
   await bob.page.waitForSelector(member(aliceName), { timeout: T });
 
   // Messages both ways.
-  await alice.page.fill('#message-input', 'Hi Bob, over plain HTTP');
-  await alice.page.press('#message-input', 'Enter');
+  await say(alice.page, 'Hi Bob, over plain HTTP');
   await bob.page.waitForSelector(chatLine('Hi Bob, over plain HTTP'), { timeout: T });
-  await bob.page.fill('#message-input', 'Hi Alice 👋 — ünïcödé');
-  await bob.page.press('#message-input', 'Enter');
+  await say(bob.page, 'Hi Alice 👋 — ünïcödé');
   await alice.page.waitForSelector(chatLine('Hi Alice 👋 — ünïcödé'), { timeout: T });
   assert.ok(alice.sent.some((m) => m.startsWith('CONNECT')), 'CONNECT went through xhr_send');
 
   // Bob's transport drops while reconnects are held back; Alice writes meanwhile. Back, Bob's
   // page re-subscribes from the last offset it saw and shows the message once.
   const bobSentBefore = bob.sent.length;
-  await bob.page.evaluate(() => {
-    /* global app */
-    const c = app.client;
-    const open = c.open.bind(c);
-    window.__hold = true;
-    c.open = () => { if (window.__hold) { c.retryTimer = setTimeout(() => c.open(), 50); } else { c.open = open; open(); } };
-    c.ws.close();
+  await dropWhileAnotherWrites({
+    dropped: bob.page, droppedName: bobName, writer: alice.page, text: 'said while Bob was away', timeout: T,
   });
-  await bob.page.waitForSelector('#status[data-state="reconnecting"]', { timeout: T });
-  await alice.page.waitForSelector(`#messages li[data-type="LEAVE"][data-sender="${bobName}"]`, { timeout: T });
-  await alice.page.fill('#message-input', 'said while Bob was away');
-  await alice.page.press('#message-input', 'Enter');
-  await alice.page.waitForSelector(chatLine('said while Bob was away'), { timeout: T });
-  await bob.page.evaluate(() => { window.__hold = false; });
-  await bob.page.waitForSelector('#status[data-state="connected"]', { timeout: T });
-  await bob.page.waitForSelector(chatLine('said while Bob was away'), { timeout: T });
   assert.equal(await bob.page.locator(chatLine('said while Bob was away')).count(), 1, 'shown once');
   const resub = bob.sent.slice(bobSentBefore).find((f) => f.startsWith('SUBSCRIBE') && f.includes(`destination:/topic/room/${room}`));
   assert.ok(resub, 'the page re-subscribed after reconnecting');
   assert.match(resub, /\nx-since-offset:\d+\n/);
   await alice.page.waitForSelector(member(bobName), { timeout: T });
 
-  await bob.page.fill('#message-input', 'back again');
-  await bob.page.press('#message-input', 'Enter');
+  await say(bob.page, 'back again');
   await alice.page.waitForSelector(chatLine('back again'), { timeout: T });
 
   assert.deepEqual(alice.sockets, [], 'no WebSocket was opened');
@@ -138,8 +121,7 @@ test('when the WebSocket upgrade fails but HTTP works, the page falls back to So
   assert.ok(carol.sent.some((m) => m.startsWith('CONNECT')), 'CONNECT went through xhr_send');
   await carol.page.fill('#new-room', uniqueId('fallback'));
   await carol.page.click('#create-room');
-  await carol.page.fill('#message-input', 'after the fallback');
-  await carol.page.press('#message-input', 'Enter');
+  await say(carol.page, 'after the fallback');
   await carol.page.waitForSelector(`${chatLine('after the fallback')}.mine`, { timeout: T });
   assert.deepEqual(carol.errors.map(String), [], 'no errors in the page');
 });

@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 import { CHAT_URL, uniqueId } from './helpers.mjs';
+import { chatLine, dropWhileAnotherWrites, member } from './page.mjs';
 
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
@@ -46,8 +47,6 @@ async function signIn(page, name) {
   return serverId;
 }
 
-const chatLine = (content) => `#messages li[data-type="CHAT"]:has(.content:text-is(${JSON.stringify(content)}))`;
-const member = (id) => `#presence [data-user-id="${id}"]`;
 
 before(() => mkdirSync(SHOTS, { recursive: true }));
 
@@ -107,22 +106,9 @@ test('two people chat in one room through the page', { timeout: 90000 }, async (
   // Bob drops off (his socket closes while reconnects are held back); Alice writes meanwhile.
   // When Bob is back, his page re-subscribes from the last offset it saw and shows the message once.
   const bobSentBefore = bob.sent.length;
-  await bob.page.evaluate(() => {
-    /* global app */
-    const c = app.client;
-    const open = c.open.bind(c);
-    window.__hold = true;
-    c.open = () => { if (window.__hold) { c.retryTimer = setTimeout(() => c.open(), 50); } else { c.open = open; open(); } };
-    c.ws.close();
+  await dropWhileAnotherWrites({
+    dropped: bob.page, droppedName: bobName, writer: alice.page, text: 'said while Bob was away', timeout: T,
   });
-  await bob.page.waitForSelector('#status[data-state="reconnecting"]', { timeout: T });
-  await alice.page.waitForSelector(`#messages li[data-type="LEAVE"][data-sender="${bobName}"]`, { timeout: T });
-  await alice.page.fill('#message-input', 'said while Bob was away');
-  await alice.page.press('#message-input', 'Enter');
-  await alice.page.waitForSelector(chatLine('said while Bob was away'), { timeout: T });
-  await bob.page.evaluate(() => { window.__hold = false; });
-  await bob.page.waitForSelector('#status[data-state="connected"]', { timeout: T });
-  await bob.page.waitForSelector(chatLine('said while Bob was away'), { timeout: T });
   const resub = bob.sent.slice(bobSentBefore).find((f) => f.startsWith('SUBSCRIBE') && f.includes(`destination:/topic/room/${room}`));
   assert.ok(resub, 'the page re-subscribed after reconnecting');
   assert.match(resub, /\nx-since-offset:\d+\n/);

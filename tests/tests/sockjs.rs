@@ -7,8 +7,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chat_server::Config;
-use chat_tests::TestServer;
+use chat_server::config::JwtKey;
+use chat_tests::{TestServer, hs256_token, now_secs};
 use reqwest::StatusCode;
+use serde_json::json;
 
 const CONNECT: &str = "CONNECT\naccept-version:1.2\nlogin:ann\nheart-beat:0,0\n\n\0";
 
@@ -256,4 +258,49 @@ async fn a_draining_server_closes_a_waiting_poll_with_1012() {
             "c[1012,\"server restarting: reconnect\"]\n".to_owned()
         )
     );
+}
+
+#[tokio::test]
+async fn the_access_token_of_the_opening_request_authenticates_the_session() {
+    const SECRET: &str = "test-secret-with-enough-bytes";
+    let mut config = config();
+    config.jwt_key = Some(JwtKey::Hs256Secret(SECRET.into()));
+    config.allow_anonymous = false;
+    let s = TestServer::start(config).await;
+    let token = hs256_token(SECRET, &json!({"sub": "u1", "exp": now_secs() + 60}));
+    let http = reqwest::Client::new();
+    let opened = http
+        .post(s.url(&format!("/ws/000/auth1/xhr?access_token={token}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(opened.text().await.unwrap(), "o\n");
+    let c = Sockjs::new(&s, "auth1");
+    c.send_frames(&["CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\0"])
+        .await;
+    let seen = c.poll_until("CONNECTED").await;
+    assert!(seen[0].contains("x-user-id:u1"), "{seen:?}");
+
+    // Without a token the same server answers ERROR and closes.
+    let anon = Sockjs::new(&s, "auth2");
+    assert_eq!(anon.poll().await.1, "o\n");
+    anon.send_frames(&["CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\0"])
+        .await;
+    let seen = anon.poll_until("ERROR").await;
+    assert!(seen[0].starts_with("ERROR\n"), "{seen:?}");
+    assert_eq!(anon.poll().await.1, "c[3000,\"Go away!\"]\n");
+}
+
+#[tokio::test]
+async fn sessions_count_against_the_connection_limit() {
+    let mut config = config();
+    config.max_connections = 1;
+    let s = TestServer::start(config).await;
+    let first = Sockjs::new(&s, "limit1");
+    assert_eq!(first.poll().await, (StatusCode::OK, "o\n".to_owned()));
+    let second = Sockjs::new(&s, "limit2");
+    assert_eq!(second.poll().await.0, StatusCode::SERVICE_UNAVAILABLE);
+    // The first session still works.
+    first.send_frames(&[CONNECT]).await;
+    first.poll_until("CONNECTED").await;
 }

@@ -304,3 +304,97 @@ async fn sessions_count_against_the_connection_limit() {
     first.send_frames(&[CONNECT]).await;
     first.poll_until("CONNECTED").await;
 }
+
+#[tokio::test]
+async fn the_websocket_transport_frames_stomp_and_a_broken_message_closes_only_that_socket() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let s = TestServer::start(config()).await;
+    let url = format!("ws://{}/ws/000/wsone/websocket", s.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let next_text = async |ws: &mut tokio_tungstenite::WebSocketStream<_>| loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return Some(t.to_string()),
+            Ok(Some(Ok(_))) => {}
+            _ => return None,
+        }
+    };
+    assert_eq!(next_text(&mut ws).await.as_deref(), Some("o"));
+    ws.send(Message::text(serde_json::to_string(&[CONNECT]).unwrap()))
+        .await
+        .unwrap();
+    let connected = next_text(&mut ws).await.unwrap();
+    assert!(connected.starts_with("a[\"CONNECTED\\n"), "{connected}");
+    // Heartbeat frames while nothing else is said (500 ms here).
+    assert_eq!(next_text(&mut ws).await.as_deref(), Some("h"));
+
+    let (mut other, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/ws/000/wstwo/websocket", s.addr))
+            .await
+            .unwrap();
+    assert_eq!(next_text(&mut other).await.as_deref(), Some("o"));
+    ws.send(Message::text("[\"broken")).await.unwrap();
+    assert_eq!(
+        next_text(&mut ws).await,
+        None,
+        "the broken socket is closed"
+    );
+    other
+        .send(Message::text(serde_json::to_string(&[CONNECT]).unwrap()))
+        .await
+        .unwrap();
+    let connected = next_text(&mut other).await.unwrap();
+    assert!(connected.starts_with("a[\"CONNECTED\\n"), "{connected}");
+}
+
+#[tokio::test]
+async fn a_streaming_response_ends_after_128_kib_and_the_next_one_carries_on() {
+    let s = TestServer::start(config()).await;
+    let http = reqwest::Client::new();
+    let stream_url = s.url("/ws/000/big2/xhr_streaming");
+    let mut r = http.post(&stream_url).send().await.unwrap();
+    let c = Sockjs::new(&s, "big2");
+    let mut got = 0usize;
+    let mut text = String::new();
+    while !text.contains("o\n") {
+        let chunk = r.chunk().await.unwrap().unwrap();
+        got += chunk.len();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    c.send_frames(&[
+        CONNECT,
+        "SUBSCRIBE\nid:s0\ndestination:/topic/room/big\n\n\0",
+    ])
+    .await;
+    let content = "x".repeat(40_000);
+    for i in 0..4 {
+        let send = format!(
+            "SEND\ndestination:/app/room/big\ncontent-type:application/json\n\n{{\"content\":\"{i}{content}\"}}\0"
+        );
+        c.send_frames(&[&send]).await;
+    }
+    // The first response ends by itself (no close frame) once it carried 128 KiB.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = r.chunk().await.unwrap() {
+            got += chunk.len();
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the first response ended");
+    assert!(got >= 128 * 1024, "{got} bytes");
+    assert!(!text.contains("\nc["), "no close frame");
+    // The next response on the same session goes on with the rest.
+    let mut next = http.post(&stream_url).send().await.unwrap();
+    let mut more = String::new();
+    while !(text.contains("\"3x") || more.contains("\"3x")) {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), next.chunk())
+            .await
+            .expect("more frames")
+            .unwrap()
+            .unwrap();
+        more.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(!more.contains("\no\n"), "no second open frame");
+}

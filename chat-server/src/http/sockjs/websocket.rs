@@ -58,14 +58,17 @@ pub(super) async fn websocket(
 /// Moves frames between the socket and the session until either ends.
 async fn pump(mut socket: WebSocket, session: &Arc<Session>, receiving: Receiving, app: &AppState) {
     let heartbeat = app.config.sockjs_heartbeat;
+    // Kept across client messages, so a chatty client does not postpone the heartbeat.
+    let mut next = Box::pin(receiving.next(heartbeat));
     loop {
         tokio::select! {
-            frame = receiving.next(heartbeat) => {
+            frame = &mut next => {
                 let close = frame.is_close();
                 if socket.send(Message::Text(frame.encode().into())).await.is_err() || close {
                     let _ = socket.send(Message::Close(None)).await;
                     return;
                 }
+                next = Box::pin(receiving.next(heartbeat));
             }
             msg = socket.next() => {
                 let text = match msg {

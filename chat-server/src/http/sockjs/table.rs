@@ -5,7 +5,8 @@
 //! What stays true: the outbound queue never holds more than its capacity (a push past it is
 //! refused, and the STOMP session closes as a slow consumer); at most one receiving connection
 //! is attached to a session; a session with no receiving connection for the disconnect delay is
-//! removed from the table and its inbound channel closed, which ends its STOMP session.
+//! removed from the table and its inbound channel closed, which ends its STOMP session; a
+//! closed session is removed within the delay however often it is polled.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -175,7 +176,11 @@ impl Drop for Receiving {
     fn drop(&mut self) {
         let mut st = self.session.state();
         st.receiving = false;
-        st.idle_since = Instant::now();
+        // A closed session's delay runs from before its close: a client polling it again and
+        // again (it only ever gets the close frame) cannot keep it in the table.
+        if st.close.is_none() {
+            st.idle_since = Instant::now();
+        }
     }
 }
 
@@ -357,6 +362,21 @@ mod tests {
             idle_rx.recv().await.is_none(),
             "its STOMP session's input ended"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn polling_a_closed_session_does_not_keep_it() {
+        let table = Table::default();
+        let (s, _rx) = Session::new(8);
+        table.insert("s", s.clone());
+        s.end(Frame::close(3000, "Go away!"));
+        for _ in 0..5 {
+            let r = s.attach().unwrap();
+            let _ = r.next(BEAT).await;
+            drop(r);
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        assert_eq!(table.reap(Instant::now(), Duration::from_secs(5)), 1);
     }
 
     #[tokio::test(start_paused = true)]

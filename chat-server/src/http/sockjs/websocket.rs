@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use tracing::debug;
 
-use super::frame::{Frame, decode_messages};
+use super::frame::{Frame, GO_AWAY, decode_messages};
 use super::table::{Receiving, Session};
 use super::{AppState, Ids, spawn_stomp};
 use crate::http::{ConnectionGuard, READ_BUFFER, admit, transport_limit};
@@ -39,19 +39,20 @@ pub(super) async fn websocket(
     ws.max_message_size(limit)
         .max_frame_size(limit)
         .read_buffer_size(READ_BUFFER)
-        .on_upgrade(move |socket| async move {
-            let (session, inbound) = Session::new(app.config.outbound_queue);
-            let Some(receiving) = session.attach() else {
-                return;
-            };
-            app.metrics.sockjs_session("websocket");
-            spawn_stomp(&app, session.clone(), inbound, guard, &query);
-            pump(socket, &session, receiving, &app).await;
-            // However the socket went, its STOMP session goes too.
-            session.end(Frame::close(
-                super::frame::GO_AWAY.0,
-                super::frame::GO_AWAY.1,
-            ));
+        .on_upgrade(move |socket| {
+            // Tracked like the STOMP session, so a drain waits for the close frame to go out.
+            let tracker = app.tracker.clone();
+            tracker.track_future(async move {
+                let (session, inbound) = Session::new(app.config.outbound_queue);
+                let Some(receiving) = session.attach() else {
+                    return;
+                };
+                app.metrics.sockjs_session("websocket");
+                spawn_stomp(&app, session.clone(), inbound, guard, &query);
+                pump(socket, &session, receiving, &app).await;
+                // However the socket went, its STOMP session goes too.
+                session.end(Frame::close(GO_AWAY.0, GO_AWAY.1));
+            })
         })
 }
 

@@ -15,13 +15,14 @@ after(async () => {
   await Promise.all([...clients].map((c) => c.deactivate().catch(() => {})));
 });
 
-/** A stompjs Client over SockJS forced to `transport`; resolves once CONNECTED (10 s). */
+/** A stompjs Client over SockJS forced to `transport` (all, as Spring pages do, when
+ * undefined); resolves once CONNECTED (10 s). */
 function connect(transport, login) {
   const sockets = [];
   return within(new Promise((resolve, reject) => {
     const client = new Client({
       webSocketFactory: () => {
-        const s = new SockJS(SOCKJS_URL, null, { transports: [transport] });
+        const s = new SockJS(SOCKJS_URL, null, transport ? { transports: [transport] } : {});
         sockets.push(s);
         return s;
       },
@@ -58,6 +59,13 @@ describe('sockjs-client under @stomp/stompjs against chat-server', () => {
     assert.equal(info.body.cookie_needed, false);
     assert.deepEqual(info.body.origins, ['*:*']);
     assert.equal(typeof info.body.entropy, 'number');
+  });
+
+  test('left to choose, as `new SockJS(\'/ws\')` is, sockjs-client takes the websocket transport', async () => {
+    const { client, connected, sockets } = await connect(undefined, uniqueId('spring'));
+    assert.equal(connected.headers.version, '1.2');
+    assert.equal(sockets[0].transport, 'websocket');
+    await client.deactivate();
   });
 
   for (const transport of TRANSPORTS) {

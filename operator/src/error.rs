@@ -17,6 +17,18 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// The generated password Secret is gone while Redis data (its StatefulSet or volume
+    /// claims) still exists: a new password would lock the servers out of that data.
+    #[error(
+        "secret {name} is gone but Redis data still exists ({evidence}); not generating a new \
+         password: restore the Secret (key \"password\") with the old password"
+    )]
+    PasswordSecretLost {
+        /// The Secret's name.
+        name: String,
+        /// What still holds data.
+        evidence: String,
+    },
     /// The object lacks a namespace or name the operator needs.
     #[error("object without {0}")]
     MissingObjectKey(&'static str),
@@ -49,6 +61,7 @@ impl Error {
             Self::Kube(_) => "kube",
             Self::InvalidSpec(_) => "invalid_spec",
             Self::MissingSecret { .. } => "missing_secret",
+            Self::PasswordSecretLost { .. } => "password_secret_lost",
             Self::MissingObjectKey(_) => "missing_object_key",
             Self::Serialization(_) => "serialization",
             Self::Yaml(_) => "yaml",
@@ -75,6 +88,10 @@ mod tests {
                 reason: "gone".into(),
             },
             Error::MissingObjectKey("namespace"),
+            Error::PasswordSecretLost {
+                name: "s".into(),
+                evidence: "x".into(),
+            },
             Error::Sentinel {
                 addr: "a:1".into(),
                 reason: "down".into(),

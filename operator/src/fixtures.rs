@@ -66,6 +66,10 @@ pub(crate) struct FakeApi {
     pub(crate) hpa_replicas: i32,
     /// Whether workloads report every pod ready.
     pub(crate) ready: bool,
+    /// Other existing objects a GET finds, by `(resource, name)`.
+    pub(crate) objects: BTreeMap<(String, String), Value>,
+    /// PersistentVolumeClaims returned by a list.
+    pub(crate) claims: Vec<Value>,
 }
 
 impl FakeApi {
@@ -77,7 +81,25 @@ impl FakeApi {
             pods: Vec::new(),
             hpa_replicas: 4,
             ready: true,
+            objects: BTreeMap::new(),
+            claims: Vec::new(),
         }
+    }
+
+    /// An existing object of `resource` (plural, e.g. `statefulsets`) named `name`.
+    pub(crate) fn with_object(mut self, resource: &str, name: &str, object: Value) -> Self {
+        self.objects
+            .insert((resource.to_owned(), name.to_owned()), object);
+        self
+    }
+
+    /// An existing PersistentVolumeClaim named `name`.
+    pub(crate) fn with_claim(mut self, name: &str) -> Self {
+        self.claims.push(json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "namespace": "prod"},
+        }));
+        self
     }
 
     /// A Redis data pod, with or without the master label.
@@ -148,6 +170,17 @@ impl FakeApi {
                     .to_owned();
                 self.secrets.insert(name, call.body.clone());
                 (201, call.body.clone())
+            }
+            ("GET", "persistentvolumeclaims", None, None) => (
+                200,
+                json!({"apiVersion": "v1", "kind": "PersistentVolumeClaimList",
+                       "metadata": {}, "items": self.claims}),
+            ),
+            ("GET", kind, Some(name), None)
+                if self.objects.contains_key(&(kind.to_owned(), name.clone())) =>
+            {
+                let key = (kind.to_owned(), name);
+                (200, self.objects.get(&key).cloned().unwrap_or(Value::Null))
             }
             ("GET", "pods", None, None) => (
                 200,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -74,9 +74,11 @@ async fn reconcile_inner(cc: &ChatCluster, ctx: &Context) -> Result<Action> {
         Ok(action) => Ok(action),
         Err(e) => {
             // Best effort: say so in the status too; the error policy retries either way.
-            if let Err(status_error) =
-                write_failure(ctx, cc, &ns, status::RECONCILE_FAILED, &e).await
-            {
+            let reason = match e {
+                Error::PasswordSecretLost { .. } => status::PASSWORD_SECRET_LOST,
+                _ => status::RECONCILE_FAILED,
+            };
+            if let Err(status_error) = write_failure(ctx, cc, &ns, reason, &e).await {
                 debug!(error = %status_error, "could not record the failure in the status");
             }
             Err(e)
@@ -86,7 +88,10 @@ async fn reconcile_inner(cc: &ChatCluster, ctx: &Context) -> Result<Action> {
 
 async fn converge(cc: &ChatCluster, ctx: &Context, ns: &str) -> Result<Action> {
     let password = ensure_password(ctx, cc, ns).await?;
-    let children = resources::children(cc, &ctx.operator_namespace);
+    let mut children = resources::children(cc, &ctx.operator_namespace);
+    if let (Some(password), Some((_, key))) = (&password, redis_password_ref(cc)) {
+        children.stamp_secret_checksum(&secret::password_checksum(&key, password));
+    }
     let applied = apply_children(ctx, ns, &children).await?;
     if children.horizontal_pod_autoscaler.is_none() {
         delete_hpa(ctx, cc, ns).await?;
@@ -117,7 +122,9 @@ async fn converge(cc: &ChatCluster, ctx: &Context, ns: &str) -> Result<Action> {
 }
 
 /// The Redis password: read from its Secret, or generated once into a new Secret. An
-/// existing Secret is never overwritten, so the password never rotates by accident.
+/// existing Secret is never overwritten, so the password never rotates by accident; a missing
+/// generated Secret is re-created only while no Redis data exists (see
+/// [`redis_data_evidence`]), because the running pods and any data on volumes keep the old one.
 async fn ensure_password(ctx: &Context, cc: &ChatCluster, ns: &str) -> Result<Option<String>> {
     let Some((name, key)) = redis_password_ref(cc) else {
         return Ok(None);
@@ -131,6 +138,10 @@ async fn ensure_password(ctx: &Context, cc: &ChatCluster, ns: &str) -> Result<Op
             name,
             reason: "not found".to_owned(),
         });
+    }
+    if let Some(evidence) = redis_data_evidence(ctx, cc, ns).await? {
+        warn!(secret = %name, %evidence, "password Secret lost while Redis data exists");
+        return Err(Error::PasswordSecretLost { name, evidence });
     }
     let password = secret::generate_password();
     let params = PostParams {
@@ -160,6 +171,25 @@ async fn ensure_password(ctx: &Context, cc: &ChatCluster, ns: &str) -> Result<Op
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// What still holds Redis data of `cc`, if anything: its data StatefulSet (whose pods were
+/// started with the current password, and whose emptyDir or volumes hold the data) or a claim
+/// of its data volumes (kept after the StatefulSet is gone).
+async fn redis_data_evidence(ctx: &Context, cc: &ChatCluster, ns: &str) -> Result<Option<String>> {
+    let name = Names::of(cc).redis();
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
+    if sets.get_opt(&name).await?.is_some() {
+        return Ok(Some(format!("StatefulSet {name}")));
+    }
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = ListParams::default().labels(&selector_string(cc, Component::Redis));
+    Ok(claims
+        .list(&selector)
+        .await?
+        .items
+        .first()
+        .map(|c| format!("PersistentVolumeClaim {}", c.name_any())))
 }
 
 fn read_key(secret: &Secret, name: &str, key: &str) -> Result<String> {
@@ -617,16 +647,21 @@ mod scenarios {
         let action = action.unwrap();
         assert_eq!(action, Action::requeue(DEFAULT_REQUEUE));
 
-        // The password Secret is looked up, then created once.
+        // The password Secret is looked up; with no Redis data anywhere it is created once.
+        let first: Vec<(&str, String)> = calls[..4]
+            .iter()
+            .map(|c| (c.method.as_str(), c.target().0))
+            .collect();
         assert_eq!(
-            (calls[0].method.as_str(), calls[0].target().0.as_str()),
-            ("GET", "secrets")
+            first,
+            [
+                ("GET", "secrets".to_owned()),
+                ("GET", "statefulsets".to_owned()),
+                ("GET", "persistentvolumeclaims".to_owned()),
+                ("POST", "secrets".to_owned()),
+            ]
         );
-        assert_eq!(
-            (calls[1].method.as_str(), calls[1].target().0.as_str()),
-            ("POST", "secrets")
-        );
-        assert_eq!(calls[1].body["metadata"]["name"], "chat-redis-password");
+        assert_eq!(calls[3].body["metadata"]["name"], "chat-redis-password");
         assert_eq!(
             applied_kinds(&calls),
             [
@@ -686,6 +721,73 @@ mod scenarios {
                 .any(|c| c.target().0 == "secrets" && c.method != "GET"),
             "the Secret must not be written"
         );
+    }
+
+    /// A reconcile of `cc` whose generated Secret is gone while `fake` still holds Redis data:
+    /// it must fail, mint nothing, and say why in the status.
+    async fn assert_password_not_regenerated(cc: &ChatCluster, fake: FakeApi, evidence: &str) {
+        let (result, calls) = run(cc, fake, FakeSentinels::default()).await;
+        let err = result.unwrap_err();
+        assert!(matches!(err, Error::PasswordSecretLost { .. }), "{err}");
+        assert!(err.to_string().contains(evidence), "{err}");
+        assert!(
+            !calls
+                .iter()
+                .any(|c| c.target().0 == "secrets" && c.method != "GET"),
+            "no new password may be written"
+        );
+        assert!(applied_kinds(&calls).is_empty());
+        let status = status_written(&calls);
+        assert_eq!(
+            condition(&status, "Degraded"),
+            ("True", "PasswordSecretLost")
+        );
+        assert_eq!(event_reasons(&calls), ["PasswordSecretLost"]);
+    }
+
+    #[tokio::test]
+    async fn a_lost_password_secret_is_not_regenerated_while_the_data_statefulset_exists() {
+        let cc = sentinel();
+        let sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+                         "metadata": {"name": "chat-redis", "namespace": "prod"}});
+        let fake = FakeApi::new(&cc).with_object("statefulsets", "chat-redis", sts);
+        assert_password_not_regenerated(&cc, fake, "StatefulSet chat-redis").await;
+    }
+
+    #[tokio::test]
+    async fn a_lost_password_secret_is_not_regenerated_while_data_volume_claims_remain() {
+        let mut cc = standalone();
+        cc.spec.redis.persistence.enabled = true;
+        let fake = FakeApi::new(&cc).with_claim("data-chat-redis-0");
+        assert_password_not_regenerated(&cc, fake, "PersistentVolumeClaim data-chat-redis-0").await;
+    }
+
+    #[tokio::test]
+    async fn pod_templates_carry_a_checksum_of_the_password_that_changes_with_it() {
+        let cc = sentinel();
+        let checksums = |password: &'static str| {
+            let cc = cc.clone();
+            async move {
+                let fake =
+                    FakeApi::new(&cc).with_secret("chat-redis-password", "password", password);
+                let calls = reconciled(&cc, fake, FakeSentinels::default()).await;
+                let sums: Vec<Value> = calls
+                    .iter()
+                    .filter(|c| c.is_apply_of("statefulsets") || c.is_apply_of("deployments"))
+                    .map(|c| {
+                        c.body["spec"]["template"]["metadata"]["annotations"]
+                            ["chat.dev/secret-checksum"]
+                            .clone()
+                    })
+                    .collect();
+                sums
+            }
+        };
+        let old = checksums("old").await;
+        assert_eq!(old.len(), 3, "data nodes, sentinels and servers");
+        assert!(old.iter().all(|s| s.is_string() && *s == old[0]), "{old:?}");
+        let new = checksums("new").await;
+        assert_ne!(old[0], new[0], "a changed password rolls the pods");
     }
 
     #[tokio::test]

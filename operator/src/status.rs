@@ -299,6 +299,8 @@ fn set_condition(conditions: &mut Vec<Condition>, new: Condition) {
 pub(crate) const INVALID_SPEC: &str = "InvalidSpec";
 /// Reason of `Degraded` when a reconcile failed.
 pub(crate) const RECONCILE_FAILED: &str = "ReconcileFailed";
+/// Reason of `Degraded` when the generated password Secret is gone while Redis data exists.
+pub(crate) const PASSWORD_SECRET_LOST: &str = "PasswordSecretLost";
 
 /// The previous status with `Degraded` true (for `reason`) and `Ready` false: what a refused
 /// spec or a failed reconcile can say without having observed the workloads.

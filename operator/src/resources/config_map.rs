@@ -145,9 +145,21 @@ pub(crate) fn redis_config_map(cc: &ChatCluster) -> ConfigMap {
 /// A stable hash (FNV-1a, 64 bits) of the ConfigMap's data: pods carry it as an annotation so
 /// that a change to the scripts rolls them.
 pub(crate) fn checksum(config_map: &ConfigMap) -> String {
+    fnv_hex(
+        config_map
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.as_bytes(), v.as_bytes())),
+    )
+}
+
+/// FNV-1a (64 bits, hex) of `key, value` pairs, each part NUL-terminated so that moving bytes
+/// between a key and its value changes the hash.
+pub(crate) fn fnv_hex<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for (k, v) in config_map.data.iter().flatten() {
-        for byte in k.bytes().chain([0]).chain(v.bytes()).chain([0]) {
+    for (k, v) in pairs {
+        for &byte in k.iter().chain(&[0]).chain(v).chain(&[0]) {
             hash ^= u64::from(byte);
             hash = hash.wrapping_mul(0x0100_0000_01b3);
         }

@@ -449,6 +449,27 @@ pub(crate) fn children(cc: &ChatCluster, operator_namespace: &str) -> Children {
 }
 
 impl Children {
+    /// Put `checksum` (of the password Secret's data) on the pod templates of the data nodes,
+    /// sentinels and servers, so a changed password rolls every pod that reads it.
+    pub(crate) fn stamp_secret_checksum(&mut self, checksum: &str) {
+        let templates = self
+            .stateful_sets
+            .iter_mut()
+            .filter_map(|s| s.spec.as_mut().map(|s| &mut s.template))
+            .chain(self.deployment.spec.as_mut().map(|s| &mut s.template));
+        for template in templates {
+            template
+                .metadata
+                .get_or_insert_with(ObjectMeta::default)
+                .annotations
+                .get_or_insert_with(BTreeMap::new)
+                .insert(
+                    secret::SECRET_CHECKSUM_ANNOTATION.to_owned(),
+                    checksum.to_owned(),
+                );
+        }
+    }
+
     /// Every child as JSON, in apply order.
     pub(crate) fn to_values(&self) -> Result<Vec<serde_json::Value>, serde_json::Error> {
         let mut out = Vec::new();
@@ -604,6 +625,23 @@ mod tests {
                 assert_eq!(meta["labels"]["app.kubernetes.io/instance"], "chat");
                 assert_eq!(meta["namespace"], "prod");
             }
+        }
+    }
+
+    #[test]
+    fn the_secret_checksum_lands_on_every_pod_template_that_reads_the_password() {
+        let mut c = children(&sentinel(), "ops");
+        c.stamp_secret_checksum("abc");
+        let templates: Vec<_> = c
+            .stateful_sets
+            .iter()
+            .map(|s| s.spec.clone().unwrap().template)
+            .chain([c.deployment.spec.clone().unwrap().template])
+            .collect();
+        assert_eq!(templates.len(), 3);
+        for t in templates {
+            let annotations = t.metadata.unwrap().annotations.unwrap();
+            assert_eq!(annotations[secret::SECRET_CHECKSUM_ANNOTATION], "abc");
         }
     }
 

@@ -92,6 +92,9 @@ async fn converge(cc: &ChatCluster, ctx: &Context, ns: &str) -> Result<Action> {
     if let (Some(password), Some((_, key))) = (&password, redis_password_ref(cc)) {
         children.stamp_secret_checksum(&secret::password_checksum(&key, password));
     }
+    if cc.spec.server.autoscaling.enabled {
+        hand_replicas_to_the_hpa(ctx, cc, ns, &mut children.deployment).await?;
+    }
     let applied = apply_children(ctx, ns, &children).await?;
     if children.horizontal_pod_autoscaler.is_none() {
         delete_hpa(ctx, cc, ns).await?;
@@ -231,6 +234,65 @@ where
     let applied = api.patch(&name, &params, &Patch::Apply(object)).await?;
     debug!(kind = K::kind(&()).as_ref(), %name, "applied");
     Ok(applied)
+}
+
+/// Set the `replicas` the Deployment is applied with while autoscaling is on; see
+/// [`autoscaled_replicas`].
+async fn hand_replicas_to_the_hpa(
+    ctx: &Context,
+    cc: &ChatCluster,
+    ns: &str,
+    deployment: &mut Deployment,
+) -> Result<()> {
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let live = api.get_opt(&Names::of(cc).server()).await?;
+    let replicas = autoscaled_replicas(live.as_ref(), cc.spec.server.autoscaling.min_replicas);
+    debug!(?replicas, "deployment replicas while autoscaling");
+    if let Some(spec) = deployment.spec.as_mut() {
+        spec.replicas = replicas;
+    }
+    Ok(())
+}
+
+/// The `replicas` to apply the servers' Deployment with while autoscaling is on: the
+/// server-side apply ownership hand-over of the Kubernetes documentation ("Transferring
+/// ownership"). Applying without `replicas` while the operator still owns the field releases
+/// it, and a released `replicas` is reset to its default of 1 (a 7-pod Deployment drops to 1
+/// pod until the HPA reacts). So:
+/// - no Deployment yet: apply `minReplicas`, which the HPA takes over from;
+/// - another manager (the HPA's scale updates, `kubectl scale`) owns `spec.replicas`: leave
+///   the field out, the operator owns nothing there to release;
+/// - otherwise apply the live value: nothing scales, and the HPA's first change of it takes
+///   the field over, after which the case above applies.
+pub(crate) fn autoscaled_replicas(live: Option<&Deployment>, min_replicas: i32) -> Option<i32> {
+    let Some(live) = live else {
+        return Some(min_replicas);
+    };
+    if replicas_owned_by_another_manager(live) {
+        return None;
+    }
+    Some(
+        live.spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(min_replicas),
+    )
+}
+
+/// Whether a field manager other than the operator owns `spec.replicas` of `deployment`.
+fn replicas_owned_by_another_manager(deployment: &Deployment) -> bool {
+    deployment
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.manager.as_deref() != Some(FIELD_MANAGER))
+        .filter_map(|m| m.fields_v1.as_ref())
+        .any(|f| {
+            f.0.get("f:spec")
+                .and_then(|s| s.get("f:replicas"))
+                .is_some()
+        })
 }
 
 /// What the API server answered to the applies that the status is computed from.
@@ -790,21 +852,94 @@ mod scenarios {
         assert_ne!(old[0], new[0], "a changed password rolls the pods");
     }
 
+    /// The live servers' Deployment with `replicas`, whose `spec.replicas` is owned by `owner`.
+    fn live_deployment(replicas: i32, owner: &str) -> Value {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "chat-server", "namespace": "prod", "managedFields": [
+                   {"manager": owner, "operation": if owner == FIELD_MANAGER { "Apply" } else { "Update" },
+                    "apiVersion": "apps/v1", "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:spec": {"f:replicas": {}}}}]},
+               "spec": {"replicas": replicas}})
+    }
+
+    /// The `spec.replicas` of the one Deployment apply in `calls` (`None`: left out).
+    fn applied_replicas(calls: &[Call]) -> Option<i64> {
+        let applies: Vec<&Call> = calls
+            .iter()
+            .filter(|c| c.is_apply_of("deployments"))
+            .collect();
+        assert_eq!(applies.len(), 1);
+        applies[0].body["spec"]["replicas"].as_i64()
+    }
+
     #[tokio::test]
-    async fn autoscaling_applies_an_hpa_and_omits_deployment_replicas() {
+    async fn autoscaling_applies_an_hpa_and_omits_replicas_once_the_hpa_owns_them() {
         let mut cc = standalone();
         cc.spec.server.autoscaling.enabled = true;
-        let calls = reconciled(&cc, FakeApi::new(&cc), FakeSentinels::default()).await;
-        let deployment = calls.iter().find(|c| c.is_apply_of("deployments")).unwrap();
-        assert!(deployment.body["spec"].get("replicas").is_none());
+        let fake = FakeApi::new(&cc).with_object(
+            "deployments",
+            "chat-server",
+            live_deployment(4, "kube-controller-manager"),
+        );
+        let calls = reconciled(&cc, fake, FakeSentinels::default()).await;
+        assert_eq!(applied_replicas(&calls), None);
         let hpa = calls
             .iter()
             .find(|c| c.is_apply_of("horizontalpodautoscalers"))
             .unwrap();
         assert_eq!(hpa.body["spec"]["scaleTargetRef"]["name"], "chat-server");
+        assert_eq!(
+            hpa.body["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"],
+            600
+        );
         assert!(!calls.iter().any(|c| c.method == "DELETE"));
         // The status reports what the HPA chose.
         assert_eq!(status_written(&calls).server_replicas, 4);
+    }
+
+    #[tokio::test]
+    async fn re_enabling_autoscaling_hands_replicas_over_without_scaling_to_one() {
+        let mut cc = standalone();
+        cc.spec.server.autoscaling.enabled = true;
+
+        // The operator still owns replicas (7, applied while autoscaling was off): it reads
+        // the live Deployment first, then applies the live value, never a release.
+        let fake = FakeApi::new(&cc).with_object(
+            "deployments",
+            "chat-server",
+            live_deployment(7, FIELD_MANAGER),
+        );
+        let calls = reconciled(&cc, fake, FakeSentinels::default()).await;
+        let read = calls
+            .iter()
+            .position(|c| c.method == "GET" && c.target().0 == "deployments")
+            .expect("the live Deployment is read");
+        let apply = calls
+            .iter()
+            .position(|c| c.is_apply_of("deployments"))
+            .unwrap();
+        assert!(read < apply);
+        assert_eq!(applied_replicas(&calls), Some(7));
+        assert_eq!(status_written(&calls).server_replicas, 7);
+
+        // The HPA scaled to 9 through the scale subresource and so took the field over: only
+        // now is replicas left out of the apply.
+        let fake = FakeApi::new(&cc).with_object(
+            "deployments",
+            "chat-server",
+            live_deployment(9, "kube-controller-manager"),
+        );
+        let calls = reconciled(&cc, fake, FakeSentinels::default()).await;
+        assert_eq!(applied_replicas(&calls), None);
+    }
+
+    #[tokio::test]
+    async fn a_new_autoscaled_deployment_starts_at_min_replicas() {
+        let mut cc = standalone();
+        cc.spec.server.autoscaling.enabled = true;
+        cc.spec.server.autoscaling.min_replicas = 3;
+        let calls = reconciled(&cc, FakeApi::new(&cc), FakeSentinels::default()).await;
+        assert_eq!(applied_replicas(&calls), Some(3));
     }
 
     #[tokio::test]

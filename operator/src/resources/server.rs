@@ -10,8 +10,9 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::autoscaling::v2::{
-    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
-    MetricTarget, ResourceMetricSource,
+    CrossVersionObjectReference, HPAScalingPolicy, HPAScalingRules, HorizontalPodAutoscaler,
+    HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec, MetricSpec, MetricTarget,
+    ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, Lifecycle,
@@ -305,10 +306,34 @@ pub(crate) fn horizontal_pod_autoscaler(cc: &ChatCluster) -> Option<HorizontalPo
                 }),
                 ..MetricSpec::default()
             }]),
-            ..HorizontalPodAutoscalerSpec::default()
+            behavior: Some(HorizontalPodAutoscalerBehavior {
+                scale_down: Some(websocket_scale_down()),
+                scale_up: None,
+            }),
         }),
         ..HorizontalPodAutoscaler::default()
     })
+}
+
+/// Seconds of recommendations the HPA looks back over before it scales down.
+pub(crate) const SCALE_DOWN_STABILIZATION_SECS: i32 = 600;
+
+/// How the servers shrink. Every removed pod closes its WebSockets and all of those clients
+/// reconnect (and re-subscribe, and recover history) at once on the pods that remain, so
+/// CPU dips must not flap replicas away: look back 10 minutes, then remove at most 10 % of the
+/// pods (at least one) per minute.
+fn websocket_scale_down() -> HPAScalingRules {
+    let policy = |type_: &str, value: i32| HPAScalingPolicy {
+        type_: type_.to_owned(),
+        value,
+        period_seconds: 60,
+    };
+    HPAScalingRules {
+        stabilization_window_seconds: Some(SCALE_DOWN_STABILIZATION_SECS),
+        select_policy: Some("Max".to_owned()),
+        policies: Some(vec![policy("Percent", 10), policy("Pods", 1)]),
+        ..HPAScalingRules::default()
+    }
 }
 
 #[cfg(test)]
@@ -532,6 +557,15 @@ pub(crate) mod tests {
         assert_eq!((spec.min_replicas, spec.max_replicas), (Some(2), 10));
         let target = &spec.metrics.unwrap()[0].resource.clone().unwrap().target;
         assert_eq!(target.average_utilization, Some(70));
+        let down = spec.behavior.unwrap().scale_down.unwrap();
+        assert_eq!(down.stabilization_window_seconds, Some(600));
+        let policies = down.policies.unwrap();
+        assert!(policies.iter().all(|p| p.period_seconds == 60));
+        assert!(
+            policies
+                .iter()
+                .any(|p| p.type_ == "Percent" && p.value == 10)
+        );
         assert_eq!(deployment(&cc).spec.unwrap().replicas, None);
         let json = serde_json::to_value(deployment(&cc)).unwrap();
         assert!(json["spec"].get("replicas").is_none());

@@ -41,6 +41,14 @@ pub enum Error {
     /// This replica lost (or could not keep) the leader Lease.
     #[error("lost the leader lease: {0}")]
     LostLease(String),
+    /// A call (or a whole reconcile) took longer than its limit.
+    #[error("{what}: no answer within {after_ms} ms")]
+    Timeout {
+        /// What was attempted.
+        what: &'static str,
+        /// The limit.
+        after_ms: u64,
+    },
     /// The operator's own HTTP endpoint failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
@@ -67,6 +75,7 @@ impl Error {
             Self::Yaml(_) => "yaml",
             Self::Sentinel { .. } => "sentinel",
             Self::LostLease(_) => "lost_lease",
+            Self::Timeout { .. } => "timeout",
             Self::Io(_) => "io",
         }
     }

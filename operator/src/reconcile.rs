@@ -38,6 +38,10 @@ use crate::status::{self, MasterView, Observed, Workload, compute, decide_master
 
 /// Requeue interval in Sentinel mode: how soon a failover is noticed at the latest.
 pub(crate) const SENTINEL_REQUEUE: Duration = Duration::from_secs(15);
+/// The longest one reconcile may take, every API call and sentinel probe in it included (the
+/// controller's client has no read timeout, so that idle watches survive): a hung call fails
+/// the reconcile, which the error policy retries.
+pub(crate) const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Requeue interval otherwise (owned workloads trigger reconciles on change anyway).
 pub(crate) const DEFAULT_REQUEUE: Duration = Duration::from_secs(300);
 
@@ -51,7 +55,15 @@ pub(crate) async fn reconcile(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result
     );
     let started = Instant::now();
     ctx.metrics.reconcile_started();
-    let result = reconcile_inner(&cc, &ctx).instrument(span).await;
+    let result = tokio::time::timeout(RECONCILE_TIMEOUT, reconcile_inner(&cc, &ctx))
+        .instrument(span)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Timeout {
+                what: "reconcile",
+                after_ms: u64::try_from(RECONCILE_TIMEOUT.as_millis()).unwrap_or(u64::MAX),
+            })
+        });
     ctx.metrics.reconcile_finished(started.elapsed());
     match &result {
         Ok(_) => ctx.record_success(&key(&cc)),

@@ -419,8 +419,12 @@ pub struct RedisSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 8))]
     pub min_replicas_to_ack: Option<i32>,
-    /// Persistent volumes for Redis data.
+    /// Persistent volumes for Redis data; cannot change after creation (they are the data
+    /// StatefulSet's volumeClaimTemplates, which Kubernetes does not let change).
     #[serde(default)]
+    #[x_kube(
+        validation = Rule::new("self == oldSelf").message("redis.persistence is immutable (the data StatefulSet's volumeClaimTemplates cannot change): migrate to a new ChatCluster instead")
+    )]
     pub persistence: PersistenceSpec,
     /// Container resources of Redis data nodes. Unset: requests cpu 100m / memory 128Mi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -642,6 +646,31 @@ mod tests {
             .expect_err("mode change must be refused");
         assert!(format!("{err:?}").contains("immutable"), "{err:?}");
         old.validate_cel_update(&old).unwrap();
+    }
+
+    #[test]
+    fn redis_persistence_cannot_change_after_creation() {
+        let old = cluster(ChatClusterSpec::default());
+        let changes: [fn(&mut PersistenceSpec); 3] = [
+            |p| p.enabled = true,
+            |p| p.size = Quantity("5Gi".to_owned()),
+            |p| p.storage_class_name = Some("fast".to_owned()),
+        ];
+        for change in changes {
+            let mut spec = ChatClusterSpec::default();
+            change(&mut spec.redis.persistence);
+            let err = cluster(spec)
+                .validate_cel_update(&old)
+                .expect_err("a persistence change must be refused");
+            assert!(
+                format!("{err:?}").contains("redis.persistence is immutable"),
+                "{err:?}"
+            );
+        }
+        // Everything else in redis stays changeable.
+        let mut spec = ChatClusterSpec::default();
+        spec.redis.image = "redis:7.2.7".to_owned();
+        cluster(spec).validate_cel_update(&old).unwrap();
     }
 
     #[test]

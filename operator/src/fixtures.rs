@@ -70,6 +70,8 @@ pub(crate) struct FakeApi {
     pub(crate) objects: BTreeMap<(String, String), Value>,
     /// PersistentVolumeClaims returned by a list.
     pub(crate) claims: Vec<Value>,
+    /// Applies answered 422 Invalid, by `(resource, name)`.
+    pub(crate) invalid: Vec<(String, String)>,
 }
 
 impl FakeApi {
@@ -83,7 +85,14 @@ impl FakeApi {
             ready: true,
             objects: BTreeMap::new(),
             claims: Vec::new(),
+            invalid: Vec::new(),
         }
+    }
+
+    /// Applies of `resource` `name` are refused as invalid, as for a changed immutable field.
+    pub(crate) fn refusing_apply(mut self, resource: &str, name: &str) -> Self {
+        self.invalid.push((resource.to_owned(), name.to_owned()));
+        self
     }
 
     /// An existing object of `resource` (plural, e.g. `statefulsets`) named `name`.
@@ -200,6 +209,20 @@ impl FakeApi {
                 let mut cc = self.cluster.clone();
                 cc["status"] = call.body["status"].clone();
                 (200, cc)
+            }
+            ("PATCH", kind, Some(name), None)
+                if self.invalid.contains(&(kind.to_owned(), name.clone())) =>
+            {
+                (
+                    422,
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                           "status": "Failure", "reason": "Invalid", "code": 422,
+                           "message": format!("{kind} {name:?} is invalid: spec: Forbidden: \
+                               updates to statefulset spec for fields other than 'replicas', \
+                               'ordinals', 'template', 'updateStrategy', \
+                               'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' \
+                               are forbidden")}),
+                )
             }
             ("PATCH", kind, Some(_), None) => (200, self.applied(kind, &call.body)),
             _ => not_found(),

@@ -316,6 +316,35 @@ pub(crate) struct Applied {
     pub(crate) stateful_sets: Vec<StatefulSet>,
     /// The clients' Service, with its status.
     pub(crate) service: Option<Service>,
+    /// StatefulSets the API server refused as invalid, with its message.
+    pub(crate) refused: Vec<String>,
+}
+
+/// Apply `sts`; when the API server refuses it as invalid (an immutable field such as the
+/// volumeClaimTemplates changed, say by a spec edited past the CRD's rules), record why and
+/// carry on with the live StatefulSet, so one refused change cannot block every other child.
+async fn apply_stateful_set(
+    ctx: &Context,
+    ns: &str,
+    sts: &StatefulSet,
+    applied: &mut Applied,
+) -> Result<()> {
+    match apply(ctx, ns, sts).await {
+        Ok(live) => applied.stateful_sets.push(live),
+        Err(Error::Kube(kube::Error::Api(status))) if status.is_invalid() => {
+            let name = sts.metadata.name.clone().unwrap_or_default();
+            warn!(statefulset = %name, reason = %status.message, "refused as invalid; needs a migration");
+            applied
+                .refused
+                .push(format!("StatefulSet {name}: {}", status.message));
+            let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
+            if let Some(live) = api.get_opt(&name).await? {
+                applied.stateful_sets.push(live);
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(())
 }
 
 async fn apply_children(ctx: &Context, ns: &str, c: &Children) -> Result<Applied> {
@@ -327,7 +356,7 @@ async fn apply_children(ctx: &Context, ns: &str, c: &Children) -> Result<Applied
         apply(ctx, ns, svc).await?;
     }
     for sts in &c.stateful_sets {
-        applied.stateful_sets.push(apply(ctx, ns, sts).await?);
+        apply_stateful_set(ctx, ns, sts, &mut applied).await?;
     }
     if let Some(np) = &c.network_policy {
         apply(ctx, ns, np).await?;
@@ -417,6 +446,7 @@ pub(crate) fn observe(cc: &ChatCluster, ns: &str, applied: &Applied) -> Observed
         master: None,
         redis_master: deploys(cc, RedisMode::Standalone).then(|| standalone_address(cc)),
         endpoint: Some(endpoint(cc, ns, applied.service.as_ref())),
+        refused: applied.refused.clone(),
     }
 }
 
@@ -952,6 +982,57 @@ mod scenarios {
         cc.spec.server.autoscaling.min_replicas = 3;
         let calls = reconciled(&cc, FakeApi::new(&cc), FakeSentinels::default()).await;
         assert_eq!(applied_replicas(&calls), Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_refused_statefulset_change_degrades_the_cluster_and_blocks_no_other_child() {
+        let mut cc = sentinel();
+        cc.spec.redis.persistence.enabled = true;
+        let live = json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": "chat-redis", "namespace": "prod", "generation": 4},
+            "spec": {"replicas": 3, "selector": {}, "template": {}, "serviceName": "x"},
+            "status": {"replicas": 3, "readyReplicas": 3, "updatedReplicas": 3,
+                       "currentReplicas": 3, "observedGeneration": 4}});
+        let fake = FakeApi::new(&cc)
+            .with_secret("chat-redis-password", "password", "kept")
+            .with_object("statefulsets", "chat-redis", live)
+            .refusing_apply("statefulsets", "chat-redis");
+        let (action, calls) = run(&cc, fake, FakeSentinels::default()).await;
+        assert_eq!(action.unwrap(), Action::requeue(SENTINEL_REQUEUE));
+        // Every child after the refused one was still applied.
+        let applied: Vec<String> = calls
+            .iter()
+            .filter(|c| c.method == "PATCH" && c.query.contains("fieldManager=chat-operator"))
+            .map(|c| format!("{}/{}", c.target().0, c.target().1.unwrap_or_default()))
+            .collect();
+        for child in [
+            "statefulsets/chat-sentinel",
+            "networkpolicies/chat-redis",
+            "deployments/chat-server",
+            "services/chat",
+            "poddisruptionbudgets/chat-server",
+        ] {
+            assert!(
+                applied.contains(&child.to_owned()),
+                "{child} in {applied:?}"
+            );
+        }
+        let status = status_written(&calls);
+        assert_eq!(condition(&status, "Degraded"), ("True", "NeedsMigration"));
+        let degraded = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded")
+            .unwrap();
+        assert!(
+            degraded.message.contains("StatefulSet chat-redis"),
+            "{}",
+            degraded.message
+        );
+        // The data nodes' state comes from the live StatefulSet, not from nothing.
+        assert_eq!(condition(&status, "RedisReady").0, "False"); // the sentinels were not reachable
+        assert_ne!(condition(&status, "RedisReady").1, "External");
+        assert!(event_reasons(&calls).contains(&"NeedsMigration".to_owned()));
     }
 
     #[tokio::test]

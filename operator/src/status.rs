@@ -95,6 +95,8 @@ pub(crate) struct Observed {
     pub(crate) redis_master: Option<String>,
     /// Where clients connect.
     pub(crate) endpoint: Option<String>,
+    /// Children the API server refused as invalid (an immutable field changed), with why.
+    pub(crate) refused: Vec<String>,
 }
 
 struct Verdict {
@@ -204,6 +206,17 @@ fn progressing_verdict(o: &Observed) -> Verdict {
 }
 
 fn degraded_verdict(o: &Observed) -> Verdict {
+    if !o.refused.is_empty() {
+        return verdict(
+            DEGRADED,
+            true,
+            NEEDS_MIGRATION,
+            format!(
+                "the API server refused: {}; the rest was applied",
+                o.refused.join("; ")
+            ),
+        );
+    }
     if let Some(MasterView::Conflict(hosts)) = &o.master {
         return verdict(
             DEGRADED,
@@ -295,6 +308,8 @@ fn set_condition(conditions: &mut Vec<Condition>, new: Condition) {
     }
 }
 
+/// Reason of `Degraded` when a child cannot be changed in place (an immutable field).
+pub(crate) const NEEDS_MIGRATION: &str = "NeedsMigration";
 /// Reason of `Degraded` when the spec was refused.
 pub(crate) const INVALID_SPEC: &str = "InvalidSpec";
 /// Reason of `Degraded` when a reconcile failed.

@@ -13,6 +13,7 @@ use crate::controller::{self, Context};
 use crate::error::Result;
 use crate::leader::{LeaderElector, LeaseTiming, run_as_leader};
 use crate::metrics::{self, Metrics};
+use crate::role::FredRoleProbe;
 use crate::sentinel::FredSentinelProbe;
 
 /// Settings of `chat-operator run`.
@@ -93,6 +94,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
         config.operator_namespace.clone(),
         Some(config.identity.clone()),
         Arc::new(FredSentinelProbe::default()),
+        Arc::new(FredRoleProbe::default()),
     ));
     let elector = LeaderElector::new(
         lease_client,

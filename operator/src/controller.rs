@@ -22,6 +22,7 @@ use crate::crd::ChatCluster;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::reconcile::reconcile;
+use crate::role::RoleProbe;
 use crate::sentinel::SentinelProbe;
 
 /// Name the operator reports Events under.
@@ -43,6 +44,8 @@ pub(crate) struct Context {
     pub(crate) operator_namespace: String,
     /// Asks sentinels who the master is.
     pub(crate) sentinel: Arc<dyn SentinelProbe>,
+    /// Asks data nodes their own role.
+    pub(crate) roles: Arc<dyn RoleProbe>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -62,6 +65,7 @@ impl Context {
         operator_namespace: String,
         instance: Option<String>,
         sentinel: Arc<dyn SentinelProbe>,
+        roles: Arc<dyn RoleProbe>,
     ) -> Self {
         let recorder = Recorder::new(
             client.clone(),
@@ -76,6 +80,7 @@ impl Context {
             metrics,
             operator_namespace,
             sentinel,
+            roles,
             failures: Mutex::new(HashMap::new()),
         }
     }

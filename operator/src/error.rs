@@ -52,6 +52,14 @@ pub enum Error {
     /// The operator's own HTTP endpoint failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// Asking a Redis data node failed.
+    #[error("redis {addr}: {reason}")]
+    Redis {
+        /// `host:port` of the node.
+        addr: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// Asking a sentinel failed.
     #[error("sentinel {addr}: {reason}")]
     Sentinel {
@@ -74,6 +82,7 @@ impl Error {
             Self::Serialization(_) => "serialization",
             Self::Yaml(_) => "yaml",
             Self::Sentinel { .. } => "sentinel",
+            Self::Redis { .. } => "redis",
             Self::LostLease(_) => "lost_lease",
             Self::Timeout { .. } => "timeout",
             Self::Io(_) => "io",

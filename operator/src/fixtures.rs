@@ -17,7 +17,9 @@ use crate::controller::Context;
 use crate::crd::ChatCluster;
 use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::role::{NodeRole, RoleProbe, RoleQuery};
 use crate::sentinel::{Answer, MasterAddr, MasterQuery, SentinelProbe};
+use futures_util::future::BoxFuture;
 
 /// One request the fake received.
 #[derive(Clone, Debug)]
@@ -336,10 +338,55 @@ impl SentinelProbe for FakeSentinels {
     }
 }
 
+/// Data nodes that answer `ROLE` from a fixed table, by address; others are unreachable.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct FakeRoles {
+    /// Role per data node address (`host:6379`).
+    pub(crate) roles: BTreeMap<String, NodeRole>,
+}
+
+impl FakeRoles {
+    /// The same, with data pod `ordinal` of `cc` answering `role`.
+    pub(crate) fn with(mut self, cc: &ChatCluster, ordinal: i32, role: NodeRole) -> Self {
+        let names = crate::resources::Names::of(cc);
+        let host = crate::resources::pod_host(
+            &names.redis(),
+            ordinal,
+            &names.redis_headless(),
+            &crate::resources::namespace(cc),
+        );
+        self.roles.insert(format!("{host}:6379"), role);
+        self
+    }
+}
+
+impl RoleProbe for FakeRoles {
+    fn role<'a>(&'a self, query: RoleQuery<'a>) -> BoxFuture<'a, crate::Result<NodeRole>> {
+        let answer = self
+            .roles
+            .get(query.addr)
+            .cloned()
+            .ok_or_else(|| Error::Redis {
+                addr: query.addr.to_owned(),
+                reason: "unreachable".to_owned(),
+            });
+        Box::pin(std::future::ready(answer))
+    }
+}
+
 /// A context on the fake API server.
 pub(crate) fn context(
     fake: FakeApi,
     sentinels: FakeSentinels,
+) -> (Arc<Context>, tokio::task::JoinHandle<Vec<Call>>) {
+    context_with_roles(fake, sentinels, FakeRoles::default())
+}
+
+/// A context on the fake API server whose data nodes answer `ROLE` from `roles`.
+pub(crate) fn context_with_roles(
+    fake: FakeApi,
+    sentinels: FakeSentinels,
+    roles: FakeRoles,
 ) -> (Arc<Context>, tokio::task::JoinHandle<Vec<Call>>) {
     let (client, task) = serve(fake);
     let ctx = Context::new(
@@ -348,6 +395,7 @@ pub(crate) fn context(
         "ops".to_owned(),
         Some("test".to_owned()),
         Arc::new(sentinels),
+        Arc::new(roles),
     );
     (Arc::new(ctx), task)
 }

@@ -399,6 +399,11 @@ mod tests {
 
     const LEASE: Duration = Duration::from_secs(15);
 
+    /// An elector for the Lease `ops/chat-operator` as `identity`, with the default timing.
+    fn elector_as(client: Client, identity: &str) -> LeaderElector {
+        LeaderElector::new(client, "ops", "chat-operator", identity, timing())
+    }
+
     fn timing() -> LeaseTiming {
         LeaseTiming::for_lease(LEASE)
     }
@@ -479,7 +484,7 @@ mod tests {
     async fn acquiring_creates_the_lease_when_there_is_none() {
         let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(svc, "ops");
-        let elector = LeaderElector::new(client, "ops", "chat-operator", "pod-a", timing());
+        let elector = elector_as(client, "pod-a");
         let server = tokio::spawn(async move {
             let (req, send) = handle.next_request().await.unwrap();
             assert_eq!(req.method(), http::Method::GET);
@@ -527,16 +532,22 @@ mod tests {
         );
     }
 
+    /// Run `elector` for `within`: whether it ever became leader and ran its work.
+    async fn runs_work(elector: &LeaderElector, metrics: &Metrics, within: Duration) -> bool {
+        let mut ran = false;
+        let work = || {
+            ran = true;
+            async { Ok(()) }
+        };
+        let result = run_as_leader(elector, metrics, work, tokio::time::sleep(within)).await;
+        assert!(result.is_ok(), "{result:?}");
+        ran
+    }
+
     #[tokio::test]
     async fn a_follower_never_runs_the_work_while_another_replica_holds_the_lease() {
         let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let elector = LeaderElector::new(
-            Client::new(svc, "ops"),
-            "ops",
-            "chat-operator",
-            "pod-b",
-            timing(),
-        );
+        let elector = elector_as(Client::new(svc, "ops"), "pod-b");
         let held =
             serde_json::to_value(lease(Some("pod-a"), Timestamp::now().as_second(), 15)).unwrap();
         let server = tokio::spawn(async move {
@@ -549,18 +560,7 @@ mod tests {
             gets
         });
         let metrics = Metrics::default();
-        let mut ran = false;
-        let result = run_as_leader(
-            &elector,
-            &metrics,
-            || {
-                ran = true;
-                async { Ok(()) }
-            },
-            tokio::time::sleep(Duration::from_millis(50)),
-        )
-        .await;
-        assert!(result.is_ok());
+        let ran = runs_work(&elector, &metrics, Duration::from_millis(50)).await;
         assert!(!ran);
         drop(elector);
         assert!(server.await.unwrap() >= 1);
@@ -570,13 +570,7 @@ mod tests {
     #[tokio::test]
     async fn the_leader_runs_the_work_and_releases_the_lease_when_it_stops() {
         let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let elector = LeaderElector::new(
-            Client::new(svc, "ops"),
-            "ops",
-            "chat-operator",
-            "pod-a",
-            timing(),
-        );
+        let elector = elector_as(Client::new(svc, "ops"), "pod-a");
         let server = tokio::spawn(async move {
             let mut methods = Vec::new();
             let mut stored = serde_json::Value::Null;
@@ -670,7 +664,7 @@ mod tests {
     async fn a_hung_lease_call_times_out_instead_of_blocking() {
         let (client, _server) =
             lease_server(Arc::new(StdMutex::new(serde_json::Value::Null)), Some(0));
-        let elector = LeaderElector::new(client, "ops", "chat-operator", "pod-a", timing());
+        let elector = elector_as(client, "pod-a");
         let started = Instant::now();
         let err = elector.try_acquire_or_renew().await.unwrap_err();
         assert!(matches!(err, Error::Timeout { .. }), "{err}");
@@ -689,9 +683,8 @@ mod tests {
         // API server: its calls hang from then on. The follower still reaches it.
         let (leader_client, _leader_server) = lease_server(store.clone(), Some(4));
         let (follower_client, _follower_server) = lease_server(store, None);
-        let leader = LeaderElector::new(leader_client, "ops", "chat-operator", "pod-a", timing());
-        let follower =
-            LeaderElector::new(follower_client, "ops", "chat-operator", "pod-b", timing());
+        let leader = elector_as(leader_client, "pod-a");
+        let follower = elector_as(follower_client, "pod-b");
         let leader_stopped = Arc::new(StdMutex::new(None));
         let follower_started = Arc::new(StdMutex::new(None));
         let start = Instant::now();
@@ -771,25 +764,8 @@ mod tests {
             }
             methods
         });
-        let elector = LeaderElector::new(
-            Client::new(svc, "ops"),
-            "ops",
-            "chat-operator",
-            "pod-b",
-            timing(),
-        );
-        let mut ran = false;
-        let result = run_as_leader(
-            &elector,
-            &Metrics::default(),
-            || {
-                ran = true;
-                async { Ok(()) }
-            },
-            tokio::time::sleep(Duration::from_secs(120)),
-        )
-        .await;
-        assert!(result.is_ok());
+        let elector = elector_as(Client::new(svc, "ops"), "pod-b");
+        let ran = runs_work(&elector, &Metrics::default(), Duration::from_secs(120)).await;
         assert!(!ran, "took over a Lease that kept changing");
         drop(elector);
         let methods = server.await.unwrap();

@@ -33,6 +33,7 @@ use crate::resources::{
     REDIS_ROLE_MASTER, deploys, generates_password, redis_password_ref, secret, selector_string,
     sentinel_addresses,
 };
+use crate::role::{NodeRole, RoleCheck, RoleQuery, check_roles, may_label_master};
 use crate::sentinel::MasterQuery;
 use crate::status::{self, MasterView, Observed, Workload, compute, decide_master, flipped};
 
@@ -114,12 +115,28 @@ async fn converge(cc: &ChatCluster, ctx: &Context, ns: &str) -> Result<Action> {
     let mut observed = observe(cc, ns, &applied);
     if deploys(cc, RedisMode::Sentinel) {
         let view = ask_sentinels(ctx, cc, password.as_deref()).await;
-        if let MasterView::Agreed(host) = &view {
-            label_master(ctx, cc, ns, host).await?;
-            observed.redis_master = Some(format!("{host}:{REDIS_PORT}"));
-        } else {
-            observed.redis_master = cc.status.as_ref().and_then(|s| s.redis_master.clone());
+        let roles = ask_roles(ctx, cc, password.as_deref()).await;
+        let named = match &view {
+            MasterView::Agreed(host) => Some(pod_of(host)),
+            _ => None,
+        };
+        let check = check_roles(named, &roles);
+        match &view {
+            MasterView::Agreed(host) if may_label_master(&check, pod_of(host)) => {
+                label_master(ctx, cc, ns, host).await?;
+                observed.redis_master = Some(format!("{host}:{REDIS_PORT}"));
+            }
+            _ => {
+                observed.redis_master = cc.status.as_ref().and_then(|s| s.redis_master.clone());
+            }
         }
+        if check != RoleCheck::Consistent {
+            warn!(
+                ?check,
+                "the data nodes' own roles contradict a single master"
+            );
+        }
+        observed.roles = Some(check);
         if let MasterView::Conflict(hosts) = &view {
             warn!(
                 ?hosts,
@@ -446,6 +463,7 @@ pub(crate) fn observe(cc: &ChatCluster, ns: &str, applied: &Applied) -> Observed
         master: None,
         redis_master: deploys(cc, RedisMode::Standalone).then(|| standalone_address(cc)),
         endpoint: Some(endpoint(cc, ns, applied.service.as_ref())),
+        roles: None,
         refused: applied.refused.clone(),
     }
 }
@@ -473,6 +491,47 @@ async fn ask_sentinels(ctx: &Context, cc: &ChatCluster, password: Option<&str>) 
     decide_master(&answers, needed)
 }
 
+/// The pod name in a pod's host name (`NAME-redis-1.NAME-redis-headless.ns.svc`).
+fn pod_of(host: &str) -> &str {
+    host.split('.').next().unwrap_or(host)
+}
+
+/// Ask every data node its own role at once (each bounded by the probe's timeout): `(pod,
+/// role)`, `None` where a node did not answer.
+async fn ask_roles(
+    ctx: &Context,
+    cc: &ChatCluster,
+    password: Option<&str>,
+) -> Vec<(String, Option<NodeRole>)> {
+    let names = Names::of(cc);
+    let ns = resources::namespace(cc);
+    let asks = (0..cc.spec.redis.data_replicas()).map(|i| {
+        let pod = format!("{}-{i}", names.redis());
+        let addr = format!(
+            "{}:{REDIS_PORT}",
+            resources::pod_host(&names.redis(), i, &names.redis_headless(), &ns)
+        );
+        async move {
+            let role = match ctx
+                .roles
+                .role(RoleQuery {
+                    addr: &addr,
+                    password,
+                })
+                .await
+            {
+                Ok(role) => Some(role),
+                Err(e) => {
+                    debug!(%pod, error = %e, "data node did not say its role");
+                    None
+                }
+            };
+            (pod, role)
+        }
+    });
+    futures_util::future::join_all(asks).await
+}
+
 /// Label changes that make `master` the only pod with the master label: `(pod, add?)`,
 /// removals first. Nothing changes when `master` is not among `pods` (an incomplete view).
 pub(crate) fn master_label_changes(pods: &[(String, bool)], master: &str) -> Vec<(String, bool)> {
@@ -491,7 +550,7 @@ pub(crate) fn master_label_changes(pods: &[(String, bool)], master: &str) -> Vec
 }
 
 async fn label_master(ctx: &Context, cc: &ChatCluster, ns: &str, host: &str) -> Result<()> {
-    let master = host.split('.').next().unwrap_or(host);
+    let master = pod_of(host);
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let pods = api
         .list(&ListParams::default().labels(&selector_string(cc, Component::Redis)))
@@ -687,7 +746,7 @@ mod scenarios {
     use super::*;
     use crate::controller::error_policy;
     use crate::crd::ChatClusterStatus;
-    use crate::fixtures::{Call, FakeApi, FakeSentinels, context, finish};
+    use crate::fixtures::{Call, FakeApi, FakeRoles, FakeSentinels, context, finish};
     use crate::resources::testing::{sentinel, standalone};
     use serde_json::Value;
 
@@ -734,6 +793,13 @@ mod scenarios {
     fn condition<'a>(s: &'a ChatClusterStatus, t: &str) -> (&'a str, &'a str) {
         let c = s.conditions.iter().find(|c| c.type_ == t).unwrap();
         (&c.status, &c.reason)
+    }
+
+    /// `Degraded` is true for `reason`, and its message mentions `needle`.
+    fn assert_degraded(s: &ChatClusterStatus, reason: &str, needle: &str) {
+        let c = s.conditions.iter().find(|c| c.type_ == "Degraded").unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", reason));
+        assert!(c.message.contains(needle), "{}", c.message);
     }
 
     fn event_reasons(calls: &[Call]) -> Vec<String> {
@@ -904,6 +970,15 @@ mod scenarios {
                "spec": {"replicas": replicas}})
     }
 
+    /// Reconcile an autoscaled cluster whose live Deployment has `replicas`, owned by `owner`.
+    async fn reconciled_autoscaled(replicas: i32, owner: &str) -> Vec<Call> {
+        let mut cc = standalone();
+        cc.spec.server.autoscaling.enabled = true;
+        let live = live_deployment(replicas, owner);
+        let fake = FakeApi::new(&cc).with_object("deployments", "chat-server", live);
+        reconciled(&cc, fake, FakeSentinels::default()).await
+    }
+
     /// The `spec.replicas` of the one Deployment apply in `calls` (`None`: left out).
     fn applied_replicas(calls: &[Call]) -> Option<i64> {
         let applies: Vec<&Call> = calls
@@ -916,14 +991,7 @@ mod scenarios {
 
     #[tokio::test]
     async fn autoscaling_applies_an_hpa_and_omits_replicas_once_the_hpa_owns_them() {
-        let mut cc = standalone();
-        cc.spec.server.autoscaling.enabled = true;
-        let fake = FakeApi::new(&cc).with_object(
-            "deployments",
-            "chat-server",
-            live_deployment(4, "kube-controller-manager"),
-        );
-        let calls = reconciled(&cc, fake, FakeSentinels::default()).await;
+        let calls = reconciled_autoscaled(4, "kube-controller-manager").await;
         assert_eq!(applied_replicas(&calls), None);
         let hpa = calls
             .iter()
@@ -941,17 +1009,9 @@ mod scenarios {
 
     #[tokio::test]
     async fn re_enabling_autoscaling_hands_replicas_over_without_scaling_to_one() {
-        let mut cc = standalone();
-        cc.spec.server.autoscaling.enabled = true;
-
         // The operator still owns replicas (7, applied while autoscaling was off): it reads
         // the live Deployment first, then applies the live value, never a release.
-        let fake = FakeApi::new(&cc).with_object(
-            "deployments",
-            "chat-server",
-            live_deployment(7, FIELD_MANAGER),
-        );
-        let calls = reconciled(&cc, fake, FakeSentinels::default()).await;
+        let calls = reconciled_autoscaled(7, FIELD_MANAGER).await;
         let read = calls
             .iter()
             .position(|c| c.method == "GET" && c.target().0 == "deployments")
@@ -966,12 +1026,7 @@ mod scenarios {
 
         // The HPA scaled to 9 through the scale subresource and so took the field over: only
         // now is replicas left out of the apply.
-        let fake = FakeApi::new(&cc).with_object(
-            "deployments",
-            "chat-server",
-            live_deployment(9, "kube-controller-manager"),
-        );
-        let calls = reconciled(&cc, fake, FakeSentinels::default()).await;
+        let calls = reconciled_autoscaled(9, "kube-controller-manager").await;
         assert_eq!(applied_replicas(&calls), None);
     }
 
@@ -1018,17 +1073,7 @@ mod scenarios {
             );
         }
         let status = status_written(&calls);
-        assert_eq!(condition(&status, "Degraded"), ("True", "NeedsMigration"));
-        let degraded = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Degraded")
-            .unwrap();
-        assert!(
-            degraded.message.contains("StatefulSet chat-redis"),
-            "{}",
-            degraded.message
-        );
+        assert_degraded(&status, "NeedsMigration", "StatefulSet chat-redis");
         // The data nodes' state comes from the live StatefulSet, not from nothing.
         assert_eq!(condition(&status, "RedisReady").0, "False"); // the sentinels were not reachable
         assert_ne!(condition(&status, "RedisReady").1, "External");
@@ -1078,6 +1123,46 @@ mod scenarios {
                 .count(),
             2
         );
+    }
+
+    #[tokio::test]
+    async fn the_label_never_moves_to_a_node_whose_role_says_replica() {
+        let cc = sentinel();
+        let named = "chat-redis-1.chat-redis-headless.prod.svc";
+        let fake = FakeApi::new(&cc)
+            .with_redis_pod("chat-redis-0", true)
+            .with_redis_pod("chat-redis-1", false);
+        let roles = FakeRoles::default()
+            .with(&cc, 0, NodeRole::Master { replicas: 1 })
+            .with(
+                &cc,
+                1,
+                NodeRole::Replica {
+                    master: "chat-redis-0.chat-redis-headless.prod.svc:6379".into(),
+                    linked: true,
+                },
+            );
+        let (ctx, task) =
+            crate::fixtures::context_with_roles(fake, FakeSentinels::all_naming(&cc, named), roles);
+        reconcile(Arc::new(cc.clone()), ctx.clone()).await.unwrap();
+        let status = status_moving_no_label(&finish(ctx, task).await);
+        assert_eq!(condition(&status, "Degraded"), ("True", "MasterIsReplica"));
+        assert_eq!(condition(&status, "Ready").0, "False");
+    }
+
+    #[tokio::test]
+    async fn two_data_nodes_saying_master_degrade_the_cluster() {
+        let cc = sentinel();
+        let named = "chat-redis-0.chat-redis-headless.prod.svc";
+        let fake = FakeApi::new(&cc).with_redis_pod("chat-redis-0", true);
+        let roles = FakeRoles::default()
+            .with(&cc, 0, NodeRole::Master { replicas: 1 })
+            .with(&cc, 2, NodeRole::Master { replicas: 0 });
+        let (ctx, task) =
+            crate::fixtures::context_with_roles(fake, FakeSentinels::all_naming(&cc, named), roles);
+        reconcile(Arc::new(cc.clone()), ctx.clone()).await.unwrap();
+        let status = status_written(&finish(ctx, task).await);
+        assert_degraded(&status, "MultipleMasters", "chat-redis-0, chat-redis-2");
     }
 
     #[tokio::test]

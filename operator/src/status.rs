@@ -7,6 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::crd::{ChatCluster, ChatClusterStatus};
 use crate::resources::{Component, selector_string};
+use crate::role::RoleCheck;
 
 /// Condition types, in the order they appear in the status.
 pub(crate) const READY: &str = "Ready";
@@ -95,6 +96,8 @@ pub(crate) struct Observed {
     pub(crate) redis_master: Option<String>,
     /// Where clients connect.
     pub(crate) endpoint: Option<String>,
+    /// What the data nodes' own `ROLE` says (Sentinel mode only).
+    pub(crate) roles: Option<RoleCheck>,
     /// Children the API server refused as invalid (an immutable field changed), with why.
     pub(crate) refused: Vec<String>,
 }
@@ -206,6 +209,30 @@ fn progressing_verdict(o: &Observed) -> Verdict {
 }
 
 fn degraded_verdict(o: &Observed) -> Verdict {
+    match &o.roles {
+        Some(RoleCheck::MultipleMasters(pods)) => {
+            return verdict(
+                DEGRADED,
+                true,
+                "MultipleMasters",
+                format!(
+                    "more than one data node says it is master: {}",
+                    pods.join(", ")
+                ),
+            );
+        }
+        Some(RoleCheck::MasterIsReplica { pod, of }) => {
+            return verdict(
+                DEGRADED,
+                true,
+                "MasterIsReplica",
+                format!(
+                    "the sentinels name {pod} as master but it replicates {of}; the master label was not moved"
+                ),
+            );
+        }
+        Some(RoleCheck::Consistent) | None => {}
+    }
     if !o.refused.is_empty() {
         return verdict(
             DEGRADED,

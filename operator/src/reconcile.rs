@@ -375,6 +375,9 @@ async fn apply_children(ctx: &Context, ns: &str, c: &Children) -> Result<Applied
     for sts in &c.stateful_sets {
         apply_stateful_set(ctx, ns, sts, &mut applied).await?;
     }
+    for pdb in &c.redis_disruption_budgets {
+        apply(ctx, ns, pdb).await?;
+    }
     if let Some(np) = &c.network_policy {
         apply(ctx, ns, np).await?;
     }

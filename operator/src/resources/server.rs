@@ -19,15 +19,16 @@ use k8s_openapi::api::core::v1::{
     LifecycleHandler, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Service,
     ServiceAccount, ServicePort, SleepAction, Volume, VolumeMount,
 };
-use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    Component, Names, REDIS_PORT, SERVER_PORT, ServiceKind, container_security_context, env_field,
-    env_secret, env_value, label_selector, labels, meta, named_port, pod_security_context,
-    redis_password_ref, selector_labels, sentinel_addresses, spread_constraints,
+    Component, Names, REDIS_PORT, SERVER_PORT, ServiceKind, container_security_context,
+    disruption_budget, env_field, env_secret, env_value, label_selector, labels, meta, named_port,
+    pod_security_context, redis_password_ref, selector_labels, sentinel_addresses,
+    spread_constraints,
 };
 use crate::crd::{ChatCluster, RedisMode, SENTINEL_MASTER_NAME};
 
@@ -261,15 +262,13 @@ pub(crate) fn service(cc: &ChatCluster) -> Service {
 
 /// The PodDisruptionBudget `NAME-server`.
 pub(crate) fn pod_disruption_budget(cc: &ChatCluster) -> PodDisruptionBudget {
-    PodDisruptionBudget {
-        metadata: meta(cc, Names::of(cc).server(), Component::Server),
-        spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(cc.spec.server.pod_disruption_budget.max_unavailable.clone()),
-            selector: Some(label_selector(cc, Component::Server)),
-            ..PodDisruptionBudgetSpec::default()
-        }),
-        ..PodDisruptionBudget::default()
-    }
+    let max_unavailable = cc.spec.server.pod_disruption_budget.max_unavailable.clone();
+    disruption_budget(
+        cc,
+        Names::of(cc).server(),
+        Component::Server,
+        max_unavailable,
+    )
 }
 
 /// The ServiceAccount `NAME-server` (the servers need no API access: no token is mounted).

@@ -11,8 +11,9 @@ use tracing::info;
 
 use crate::controller::{self, Context};
 use crate::error::Result;
-use crate::leader::{LeaderElector, run_as_leader};
+use crate::leader::{LeaderElector, LeaseTiming, run_as_leader};
 use crate::metrics::{self, Metrics};
+use crate::role::FredRoleProbe;
 use crate::sentinel::FredSentinelProbe;
 
 /// Settings of `chat-operator run`.
@@ -59,7 +60,21 @@ fn stopped(
 
 /// Run the operator until a shutdown signal, or until this replica loses its Lease.
 pub async fn run(config: RunConfig) -> Result<()> {
-    let client = Client::try_default().await?;
+    let kube_config = kube::Config::infer()
+        .await
+        .map_err(|e| crate::error::Error::Kube(kube::Error::InferConfig(e)))?;
+    // The controller's client keeps kube's defaults (connect and write timeouts, no read
+    // timeout, which would cut idle watches; each reconcile is bounded as a whole instead).
+    let client = Client::try_from(kube_config.clone())?;
+    let timing = LeaseTiming::for_lease(config.lease_duration);
+    // The Lease client answers within one call timeout or fails (the elector bounds each call
+    // too); a renewal must never wait on a hung connection.
+    let mut lease_config = kube_config;
+    lease_config.read_timeout = Some(timing.call_timeout());
+    lease_config.write_timeout = Some(timing.call_timeout());
+    lease_config.connect_timeout = Some(timing.call_timeout());
+    lease_config.reset_reader_on_write = true;
+    let lease_client = Client::try_from(lease_config)?;
     let metrics = Arc::new(Metrics::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -79,13 +94,14 @@ pub async fn run(config: RunConfig) -> Result<()> {
         config.operator_namespace.clone(),
         Some(config.identity.clone()),
         Arc::new(FredSentinelProbe::default()),
+        Arc::new(FredRoleProbe::default()),
     ));
     let elector = LeaderElector::new(
-        client,
+        lease_client,
         &config.operator_namespace,
         &config.lease_name,
         &config.identity,
-        config.lease_duration,
+        timing,
     );
     info!(identity = %config.identity, lease = %config.lease_name, "waiting for the leader Lease");
     let controller_stop = stopped(&stop_rx);

@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::ListParams;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -18,6 +22,7 @@ use crate::crd::ChatCluster;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::reconcile::reconcile;
+use crate::role::RoleProbe;
 use crate::sentinel::SentinelProbe;
 
 /// Name the operator reports Events under.
@@ -39,6 +44,8 @@ pub(crate) struct Context {
     pub(crate) operator_namespace: String,
     /// Asks sentinels who the master is.
     pub(crate) sentinel: Arc<dyn SentinelProbe>,
+    /// Asks data nodes their own role.
+    pub(crate) roles: Arc<dyn RoleProbe>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -58,6 +65,7 @@ impl Context {
         operator_namespace: String,
         instance: Option<String>,
         sentinel: Arc<dyn SentinelProbe>,
+        roles: Arc<dyn RoleProbe>,
     ) -> Self {
         let recorder = Recorder::new(
             client.clone(),
@@ -72,6 +80,7 @@ impl Context {
             metrics,
             operator_namespace,
             sentinel,
+            roles,
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -123,8 +132,9 @@ pub(crate) fn error_policy(cc: Arc<ChatCluster>, error: &Error, ctx: Arc<Context
     Action::requeue(wait)
 }
 
-/// Watch ChatClusters (and the Deployments and StatefulSets they own) and reconcile them
-/// until `shutdown` resolves.
+/// Watch ChatClusters and every kind of child they own, and reconcile them until `shutdown`
+/// resolves. A child deleted or changed by hand triggers a reconcile of its owner at once
+/// (the watch sees the deletion), instead of waiting for the next periodic requeue.
 pub(crate) async fn run(
     ctx: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
@@ -143,7 +153,22 @@ pub(crate) async fn run(
     info!("controller started");
     Controller::new(clusters, watcher::Config::default().any_semantic())
         .owns(Api::<Deployment>::all(client.clone()), owned.clone())
-        .owns(Api::<StatefulSet>::all(client), owned)
+        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
+        .owns(Api::<Service>::all(client.clone()), owned.clone())
+        .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
+        .owns(Api::<ServiceAccount>::all(client.clone()), owned.clone())
+        .owns(
+            Api::<PodDisruptionBudget>::all(client.clone()),
+            owned.clone(),
+        )
+        .owns(
+            Api::<HorizontalPodAutoscaler>::all(client.clone()),
+            owned.clone(),
+        )
+        .owns(Api::<NetworkPolicy>::all(client.clone()), owned.clone())
+        // Only the generated password Secret carries the managed-by label; the trigger keeps
+        // no cache of Secrets, it only maps each event to the owning ChatCluster.
+        .owns(Api::<Secret>::all(client), owned)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize};
 pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Default chat-server image repository (tag: the operator's version).
 pub(crate) const SERVER_IMAGE_REPOSITORY: &str = "ghcr.io/chatcluster/chat-server";
-/// Default Redis image; sentinels run `redis-server --sentinel` from the same image.
-pub(crate) const DEFAULT_REDIS_IMAGE: &str = "redis:7.2";
+/// Default Redis image, pinned to an exact release so that a node restarted months later runs
+/// what its peers run; sentinels run `redis-server --sentinel` from the same image.
+pub(crate) const DEFAULT_REDIS_IMAGE: &str = "redis:7.2.7";
 /// The Sentinel master name the chat-server asks for.
 pub(crate) const SENTINEL_MASTER_NAME: &str = "mymaster";
 
@@ -386,6 +387,17 @@ impl RedisMode {
     }
 }
 
+/// How strictly sentinels are kept on different nodes.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AntiAffinity {
+    /// Spread when the scheduler can (a small cluster still runs every sentinel).
+    #[default]
+    Preferred,
+    /// Never two sentinels on one node: one node lost never costs the quorum, but a sentinel
+    /// stays Pending when there are fewer nodes than sentinels.
+    Required,
+}
+
 /// Redis settings. With `external`, nothing is deployed and the servers use that Redis.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[x_kube(
@@ -419,10 +431,19 @@ pub struct RedisSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 8))]
     pub min_replicas_to_ack: Option<i32>,
-    /// Persistent volumes for Redis data.
+    /// Persistent volumes for Redis data; cannot change after creation (they are the data
+    /// StatefulSet's volumeClaimTemplates, which Kubernetes does not let change).
     #[serde(default)]
+    #[x_kube(
+        validation = Rule::new("self == oldSelf").message("redis.persistence is immutable (the data StatefulSet's volumeClaimTemplates cannot change): migrate to a new ChatCluster instead")
+    )]
     pub persistence: PersistenceSpec,
-    /// Container resources of Redis data nodes. Unset: requests cpu 100m / memory 128Mi.
+    /// Sentinel mode: `Required` puts every sentinel on its own node (needs at least as many
+    /// schedulable nodes as sentinels), `Preferred` only prefers it. Unset: `Preferred`.
+    #[serde(default)]
+    pub sentinel_anti_affinity: AntiAffinity,
+    /// Container resources of Redis data nodes. Unset: requests cpu 100m / memory 128Mi,
+    /// limit memory 512Mi. `maxmemory` is 80 % of the memory limit (`noeviction`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Secret key holding the Redis password. Unset: the operator generates one once, in the
@@ -443,6 +464,7 @@ impl Default for RedisSpec {
             sentinels: None,
             min_replicas_to_ack: None,
             persistence: PersistenceSpec::default(),
+            sentinel_anti_affinity: AntiAffinity::Preferred,
             resources: None,
             password_secret_ref: None,
             external: None,
@@ -645,6 +667,31 @@ mod tests {
     }
 
     #[test]
+    fn redis_persistence_cannot_change_after_creation() {
+        let old = cluster(ChatClusterSpec::default());
+        let changes: [fn(&mut PersistenceSpec); 3] = [
+            |p| p.enabled = true,
+            |p| p.size = Quantity("5Gi".to_owned()),
+            |p| p.storage_class_name = Some("fast".to_owned()),
+        ];
+        for change in changes {
+            let mut spec = ChatClusterSpec::default();
+            change(&mut spec.redis.persistence);
+            let err = cluster(spec)
+                .validate_cel_update(&old)
+                .expect_err("a persistence change must be refused");
+            assert!(
+                format!("{err:?}").contains("redis.persistence is immutable"),
+                "{err:?}"
+            );
+        }
+        // Everything else in redis stays changeable.
+        let mut spec = ChatClusterSpec::default();
+        spec.redis.image = "redis:7.2.7".to_owned();
+        cluster(spec).validate_cel_update(&old).unwrap();
+    }
+
+    #[test]
     fn autoscaling_min_replicas_may_not_exceed_max_replicas() {
         let mut spec = ChatClusterSpec::default();
         spec.server.autoscaling = AutoscalingSpec {
@@ -766,7 +813,7 @@ mod tests {
             ServerSpec::default().image,
             format!("ghcr.io/chatcluster/chat-server:{VERSION}")
         );
-        assert_eq!(RedisSpec::default().image, "redis:7.2");
+        assert_eq!(RedisSpec::default().image, "redis:7.2.7");
     }
 
     #[test]

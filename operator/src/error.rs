@@ -17,6 +17,18 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// The generated password Secret is gone while Redis data (its StatefulSet or volume
+    /// claims) still exists: a new password would lock the servers out of that data.
+    #[error(
+        "secret {name} is gone but Redis data still exists ({evidence}); not generating a new \
+         password: restore the Secret (key \"password\") with the old password"
+    )]
+    PasswordSecretLost {
+        /// The Secret's name.
+        name: String,
+        /// What still holds data.
+        evidence: String,
+    },
     /// The object lacks a namespace or name the operator needs.
     #[error("object without {0}")]
     MissingObjectKey(&'static str),
@@ -29,9 +41,25 @@ pub enum Error {
     /// This replica lost (or could not keep) the leader Lease.
     #[error("lost the leader lease: {0}")]
     LostLease(String),
+    /// A call (or a whole reconcile) took longer than its limit.
+    #[error("{what}: no answer within {after_ms} ms")]
+    Timeout {
+        /// What was attempted.
+        what: &'static str,
+        /// The limit.
+        after_ms: u64,
+    },
     /// The operator's own HTTP endpoint failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// Asking a Redis data node failed.
+    #[error("redis {addr}: {reason}")]
+    Redis {
+        /// `host:port` of the node.
+        addr: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// Asking a sentinel failed.
     #[error("sentinel {addr}: {reason}")]
     Sentinel {
@@ -49,11 +77,14 @@ impl Error {
             Self::Kube(_) => "kube",
             Self::InvalidSpec(_) => "invalid_spec",
             Self::MissingSecret { .. } => "missing_secret",
+            Self::PasswordSecretLost { .. } => "password_secret_lost",
             Self::MissingObjectKey(_) => "missing_object_key",
             Self::Serialization(_) => "serialization",
             Self::Yaml(_) => "yaml",
             Self::Sentinel { .. } => "sentinel",
+            Self::Redis { .. } => "redis",
             Self::LostLease(_) => "lost_lease",
+            Self::Timeout { .. } => "timeout",
             Self::Io(_) => "io",
         }
     }
@@ -75,6 +106,10 @@ mod tests {
                 reason: "gone".into(),
             },
             Error::MissingObjectKey("namespace"),
+            Error::PasswordSecretLost {
+                name: "s".into(),
+                evidence: "x".into(),
+            },
             Error::Sentinel {
                 addr: "a:1".into(),
                 reason: "down".into(),

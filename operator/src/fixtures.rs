@@ -17,7 +17,9 @@ use crate::controller::Context;
 use crate::crd::ChatCluster;
 use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::role::{NodeRole, RoleProbe, RoleQuery};
 use crate::sentinel::{Answer, MasterAddr, MasterQuery, SentinelProbe};
+use futures_util::future::BoxFuture;
 
 /// One request the fake received.
 #[derive(Clone, Debug)]
@@ -66,6 +68,12 @@ pub(crate) struct FakeApi {
     pub(crate) hpa_replicas: i32,
     /// Whether workloads report every pod ready.
     pub(crate) ready: bool,
+    /// Other existing objects a GET finds, by `(resource, name)`.
+    pub(crate) objects: BTreeMap<(String, String), Value>,
+    /// PersistentVolumeClaims returned by a list.
+    pub(crate) claims: Vec<Value>,
+    /// Applies answered 422 Invalid, by `(resource, name)`.
+    pub(crate) invalid: Vec<(String, String)>,
 }
 
 impl FakeApi {
@@ -77,7 +85,32 @@ impl FakeApi {
             pods: Vec::new(),
             hpa_replicas: 4,
             ready: true,
+            objects: BTreeMap::new(),
+            claims: Vec::new(),
+            invalid: Vec::new(),
         }
+    }
+
+    /// Applies of `resource` `name` are refused as invalid, as for a changed immutable field.
+    pub(crate) fn refusing_apply(mut self, resource: &str, name: &str) -> Self {
+        self.invalid.push((resource.to_owned(), name.to_owned()));
+        self
+    }
+
+    /// An existing object of `resource` (plural, e.g. `statefulsets`) named `name`.
+    pub(crate) fn with_object(mut self, resource: &str, name: &str, object: Value) -> Self {
+        self.objects
+            .insert((resource.to_owned(), name.to_owned()), object);
+        self
+    }
+
+    /// An existing PersistentVolumeClaim named `name`.
+    pub(crate) fn with_claim(mut self, name: &str) -> Self {
+        self.claims.push(json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "namespace": "prod"},
+        }));
+        self
     }
 
     /// A Redis data pod, with or without the master label.
@@ -149,6 +182,17 @@ impl FakeApi {
                 self.secrets.insert(name, call.body.clone());
                 (201, call.body.clone())
             }
+            ("GET", "persistentvolumeclaims", None, None) => (
+                200,
+                json!({"apiVersion": "v1", "kind": "PersistentVolumeClaimList",
+                       "metadata": {}, "items": self.claims}),
+            ),
+            ("GET", kind, Some(name), None)
+                if self.objects.contains_key(&(kind.to_owned(), name.clone())) =>
+            {
+                let key = (kind.to_owned(), name);
+                (200, self.objects.get(&key).cloned().unwrap_or(Value::Null))
+            }
             ("GET", "pods", None, None) => (
                 200,
                 json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": self.pods}),
@@ -167,6 +211,20 @@ impl FakeApi {
                 let mut cc = self.cluster.clone();
                 cc["status"] = call.body["status"].clone();
                 (200, cc)
+            }
+            ("PATCH", kind, Some(name), None)
+                if self.invalid.contains(&(kind.to_owned(), name.clone())) =>
+            {
+                (
+                    422,
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                           "status": "Failure", "reason": "Invalid", "code": 422,
+                           "message": format!("{kind} {name:?} is invalid: spec: Forbidden: \
+                               updates to statefulset spec for fields other than 'replicas', \
+                               'ordinals', 'template', 'updateStrategy', \
+                               'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' \
+                               are forbidden")}),
+                )
             }
             ("PATCH", kind, Some(_), None) => (200, self.applied(kind, &call.body)),
             _ => not_found(),
@@ -280,10 +338,55 @@ impl SentinelProbe for FakeSentinels {
     }
 }
 
+/// Data nodes that answer `ROLE` from a fixed table, by address; others are unreachable.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct FakeRoles {
+    /// Role per data node address (`host:6379`).
+    pub(crate) roles: BTreeMap<String, NodeRole>,
+}
+
+impl FakeRoles {
+    /// The same, with data pod `ordinal` of `cc` answering `role`.
+    pub(crate) fn with(mut self, cc: &ChatCluster, ordinal: i32, role: NodeRole) -> Self {
+        let names = crate::resources::Names::of(cc);
+        let host = crate::resources::pod_host(
+            &names.redis(),
+            ordinal,
+            &names.redis_headless(),
+            &crate::resources::namespace(cc),
+        );
+        self.roles.insert(format!("{host}:6379"), role);
+        self
+    }
+}
+
+impl RoleProbe for FakeRoles {
+    fn role<'a>(&'a self, query: RoleQuery<'a>) -> BoxFuture<'a, crate::Result<NodeRole>> {
+        let answer = self
+            .roles
+            .get(query.addr)
+            .cloned()
+            .ok_or_else(|| Error::Redis {
+                addr: query.addr.to_owned(),
+                reason: "unreachable".to_owned(),
+            });
+        Box::pin(std::future::ready(answer))
+    }
+}
+
 /// A context on the fake API server.
 pub(crate) fn context(
     fake: FakeApi,
     sentinels: FakeSentinels,
+) -> (Arc<Context>, tokio::task::JoinHandle<Vec<Call>>) {
+    context_with_roles(fake, sentinels, FakeRoles::default())
+}
+
+/// A context on the fake API server whose data nodes answer `ROLE` from `roles`.
+pub(crate) fn context_with_roles(
+    fake: FakeApi,
+    sentinels: FakeSentinels,
+    roles: FakeRoles,
 ) -> (Arc<Context>, tokio::task::JoinHandle<Vec<Call>>) {
     let (client, task) = serve(fake);
     let ctx = Context::new(
@@ -292,6 +395,7 @@ pub(crate) fn context(
         "ops".to_owned(),
         Some("test".to_owned()),
         Arc::new(sentinels),
+        Arc::new(roles),
     );
     (Arc::new(ctx), task)
 }

@@ -1,19 +1,58 @@
-//! Leader election on a `coordination.k8s.io/v1` Lease, so two or more replicas are safe:
-//! only the holder reconciles; a replica that cannot renew in time stops (and restarts as a
-//! follower), and a replica that shuts down releases the Lease for a fast hand-over.
+//! Leader election on a `coordination.k8s.io/v1` Lease, the way client-go does it, so two or
+//! more replicas never reconcile at once:
+//! - a follower measures a holder's expiry from when it *itself* last saw the Lease change
+//!   (its own monotonic clock), never from the holder's `renewTime`, so clock skew between
+//!   nodes cannot shorten a lease;
+//! - the leader stops its work when it has not renewed within the renew deadline, which is
+//!   shorter than the lease duration, so it has stopped before any follower can take over;
+//! - every Lease call has a timeout, so a hung call counts against the deadline instead of
+//!   blocking it;
+//! - a replica that shuts down releases the Lease for a fast hand-over.
 
 use std::future::Future;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+
+/// The three durations of an election (client-go's defaults are 15 s, 10 s, 2 s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LeaseTiming {
+    /// How long a follower waits, from its last observed change of the Lease, to take over.
+    pub(crate) lease_duration: Duration,
+    /// How long the leader keeps working without a successful renewal; below
+    /// `lease_duration`, so the leader has stopped before a follower may take over.
+    pub(crate) renew_deadline: Duration,
+    /// Pause between attempts (to acquire, or to renew).
+    pub(crate) retry_period: Duration,
+}
+
+impl LeaseTiming {
+    /// The timing for a lease of `lease_duration`: renew deadline 2/3 of it, retry period
+    /// 2/15 of it (15 s gives client-go's 15 s / 10 s / 2 s).
+    pub(crate) fn for_lease(lease_duration: Duration) -> Self {
+        Self {
+            lease_duration,
+            renew_deadline: lease_duration * 2 / 3,
+            retry_period: lease_duration * 2 / 15,
+        }
+    }
+
+    /// The longest one Lease call may take: a quarter of the renew deadline, so a hung call
+    /// still leaves room for further attempts before the deadline.
+    pub(crate) fn call_timeout(&self) -> Duration {
+        self.renew_deadline / 4
+    }
+}
 
 /// What to do with the Lease as found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,8 +70,16 @@ pub(crate) enum LeaseDecision {
     },
 }
 
-/// Decide from the Lease `lease` (if any) what `me` does at `now`.
-pub(crate) fn decide(lease: Option<&Lease>, me: &str, now: Timestamp) -> LeaseDecision {
+/// Decide from the Lease `lease` (if any) what `me` does at `now`, when this replica last saw
+/// the Lease change at `observed_at` (its own clock). The holder has expired when neither
+/// `lease_duration` nor the duration the Lease declares has passed since that observation.
+pub(crate) fn decide(
+    lease: Option<&Lease>,
+    me: &str,
+    observed_at: Instant,
+    now: Instant,
+    lease_duration: Duration,
+) -> LeaseDecision {
     let Some(lease) = lease else {
         return LeaseDecision::Create;
     };
@@ -44,16 +91,20 @@ pub(crate) fn decide(lease: Option<&Lease>, me: &str, now: Timestamp) -> LeaseDe
     if holder.is_empty() {
         return LeaseDecision::TakeOver;
     }
-    let last = spec.renew_time.or(spec.acquire_time).map(|t| t.0);
-    let duration = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(15)));
-    match last {
-        Some(last) if last + duration > now => LeaseDecision::Follow { holder },
-        _ => LeaseDecision::TakeOver,
+    let declared = spec
+        .lease_duration_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .map_or(Duration::ZERO, Duration::from_secs);
+    if observed_at + lease_duration.max(declared) > now {
+        LeaseDecision::Follow { holder }
+    } else {
+        LeaseDecision::TakeOver
     }
 }
 
 /// The Lease `me` writes for `decision`, starting from `existing` (its resourceVersion makes
-/// the write fail if someone else wrote first).
+/// the write fail if someone else wrote first). `now` is wall-clock time, for people reading
+/// the Lease; no replica's decision depends on it.
 pub(crate) fn next_lease(
     decision: &LeaseDecision,
     existing: Option<&Lease>,
@@ -89,13 +140,20 @@ pub(crate) fn next_lease(
     lease
 }
 
+/// The Lease as last seen, and when (this replica's clock).
+#[derive(Clone, Debug)]
+struct Observation {
+    record: Option<LeaseSpec>,
+    at: Instant,
+}
+
 /// Holds or waits for one Lease.
-#[derive(Clone)]
 pub(crate) struct LeaderElector {
     api: Api<Lease>,
     name: String,
     identity: String,
-    duration: Duration,
+    timing: LeaseTiming,
+    observed: Mutex<Option<Observation>>,
 }
 
 impl std::fmt::Debug for LeaderElector {
@@ -103,6 +161,7 @@ impl std::fmt::Debug for LeaderElector {
         f.debug_struct("LeaderElector")
             .field("name", &self.name)
             .field("identity", &self.identity)
+            .field("timing", &self.timing)
             .finish_non_exhaustive()
     }
 }
@@ -112,57 +171,110 @@ fn conflict(e: &kube::Error) -> bool {
 }
 
 impl LeaderElector {
-    /// An elector for the Lease `namespace/name`, as `identity`, holding it for `duration`.
+    /// An elector for the Lease `namespace/name`, as `identity`, with `timing`.
     pub(crate) fn new(
         client: Client,
         namespace: &str,
         name: &str,
         identity: &str,
-        duration: Duration,
+        timing: LeaseTiming,
     ) -> Self {
         Self {
             api: Api::namespaced(client, namespace),
             name: name.to_owned(),
             identity: identity.to_owned(),
-            duration,
+            timing,
+            observed: Mutex::new(None),
         }
     }
 
-    /// One attempt to acquire or renew; `Ok(true)` when we hold the Lease afterwards.
+    /// `call`, failing with [`Error::Timeout`] after the timing's call timeout.
+    async fn bounded<T>(
+        &self,
+        what: &'static str,
+        call: impl Future<Output = kube::Result<T>>,
+    ) -> Result<kube::Result<T>> {
+        let limit = self.timing.call_timeout();
+        tokio::time::timeout(limit, call)
+            .await
+            .map_err(|_| Error::Timeout {
+                what,
+                after_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+            })
+    }
+
+    /// When this replica first saw the Lease as `record` is now: the time of the last change.
+    fn observe(&self, record: Option<LeaseSpec>, now: Instant) -> Instant {
+        let mut observed = self
+            .observed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match observed.as_ref() {
+            Some(o) if o.record == record => o.at,
+            _ => {
+                *observed = Some(Observation { record, at: now });
+                now
+            }
+        }
+    }
+
+    /// One attempt to acquire or renew; `Ok(true)` when we hold the Lease afterwards,
+    /// `Ok(false)` when another replica holds it (or won a race to take it).
     pub(crate) async fn try_acquire_or_renew(&self) -> Result<bool> {
-        let existing = self.api.get_opt(&self.name).await?;
-        let now = Timestamp::now();
-        let decision = decide(existing.as_ref(), &self.identity, now);
+        let existing = self
+            .bounded("get the Lease", self.api.get_opt(&self.name))
+            .await??;
+        let now = Instant::now();
+        let observed_at = self.observe(existing.as_ref().and_then(|l| l.spec.clone()), now);
+        let decision = decide(
+            existing.as_ref(),
+            &self.identity,
+            observed_at,
+            now,
+            self.timing.lease_duration,
+        );
         let lease = next_lease(
             &decision,
             existing.as_ref(),
             &self.name,
             &self.identity,
-            self.duration,
-            now,
+            self.timing.lease_duration,
+            Timestamp::now(),
         );
-        let written = match decision {
+        let params = PostParams::default();
+        let written = match &decision {
             LeaseDecision::Follow { holder } => {
                 debug!(%holder, "another replica leads");
                 return Ok(false);
             }
-            LeaseDecision::Create => self.api.create(&PostParams::default(), &lease).await,
+            LeaseDecision::Create => {
+                self.bounded("create the Lease", self.api.create(&params, &lease))
+                    .await?
+            }
             LeaseDecision::Renew | LeaseDecision::TakeOver => {
-                self.api
-                    .replace(&self.name, &PostParams::default(), &lease)
-                    .await
+                self.bounded(
+                    "write the Lease",
+                    self.api.replace(&self.name, &params, &lease),
+                )
+                .await?
             }
         };
         match written {
             Ok(_) => Ok(true),
-            Err(e) if conflict(&e) => Ok(false),
+            // Someone else won the race to create or take the Lease.
+            Err(e) if conflict(&e) && decision != LeaseDecision::Renew => Ok(false),
+            // A renewal that conflicts (say, an earlier write that timed out on our side but
+            // landed) is retried with a fresh read until the renew deadline.
             Err(e) => Err(e.into()),
         }
     }
 
     /// Give the Lease up (on shutdown) so that a follower takes over at once.
     pub(crate) async fn release(&self) -> Result<()> {
-        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+        let Some(mut lease) = self
+            .bounded("get the Lease", self.api.get_opt(&self.name))
+            .await??
+        else {
             return Ok(());
         };
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
@@ -170,42 +282,53 @@ impl LeaderElector {
             return Ok(());
         }
         spec.holder_identity = None;
+        let params = PostParams::default();
         match self
-            .api
-            .replace(&self.name, &PostParams::default(), &lease)
-            .await
+            .bounded(
+                "release the Lease",
+                self.api.replace(&self.name, &params, &lease),
+            )
+            .await?
         {
             Ok(_) => Ok(()),
             Err(e) if conflict(&e) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
-
-    /// How often to retry or renew.
-    pub(crate) fn retry_period(&self) -> Duration {
-        self.duration / 3
-    }
 }
 
-async fn keep_renewing(elector: &LeaderElector) -> Error {
-    let mut last_renewal = tokio::time::Instant::now();
+/// Renew every retry period; give up (returning why) once no renewal succeeded within the
+/// renew deadline, counted from the start of the last successful attempt (the earliest moment
+/// any follower can have observed that write).
+async fn keep_renewing(elector: &LeaderElector, mut renewed_at: Instant) -> Error {
+    let timing = elector.timing;
     loop {
-        tokio::time::sleep(elector.retry_period()).await;
-        match elector.try_acquire_or_renew().await {
-            Ok(true) => last_renewal = tokio::time::Instant::now(),
-            Ok(false) => return Error::LostLease("another replica took the Lease".to_owned()),
-            Err(e) => {
+        let deadline = renewed_at + timing.renew_deadline;
+        // Never sleep past the deadline: stepping down must not wait for the next attempt.
+        tokio::time::sleep_until((Instant::now() + timing.retry_period).min(deadline)).await;
+        let attempt = Instant::now();
+        match tokio::time::timeout_at(deadline, elector.try_acquire_or_renew()).await {
+            Ok(Ok(true)) => renewed_at = attempt,
+            Ok(Ok(false)) => return Error::LostLease("another replica took the Lease".to_owned()),
+            Ok(Err(e)) => {
                 warn!(error = %e, "could not renew the Lease");
-                if last_renewal.elapsed() >= elector.duration {
-                    return Error::LostLease(format!("not renewed in time: {e}"));
+                if Instant::now() >= deadline {
+                    return Error::LostLease(format!("not renewed within the deadline: {e}"));
                 }
+            }
+            Err(_) => {
+                return Error::LostLease(format!(
+                    "not renewed within the renew deadline of {} ms",
+                    timing.renew_deadline.as_millis()
+                ));
             }
         }
     }
 }
 
 /// Wait for the Lease, then run `work` while renewing it. Returns when `work` ends, when the
-/// Lease is lost (an error: the process should stop), or when `shutdown` resolves first.
+/// Lease is lost (an error: `work` has been stopped, and the process should stop), or when
+/// `shutdown` resolves first.
 pub(crate) async fn run_as_leader<W, F, S>(
     elector: &LeaderElector,
     metrics: &Metrics,
@@ -218,22 +341,24 @@ where
     S: Future<Output = ()>,
 {
     tokio::pin!(shutdown);
-    loop {
+    let acquired_at = loop {
+        let attempt = Instant::now();
         match elector.try_acquire_or_renew().await {
-            Ok(true) => break,
+            Ok(true) => break attempt,
             Ok(false) => {}
             Err(e) => warn!(error = %e, "could not read or write the Lease"),
         }
         tokio::select! {
             () = &mut shutdown => return Ok(()),
-            () = tokio::time::sleep(elector.retry_period()) => {}
+            () = tokio::time::sleep(elector.timing.retry_period) => {}
         }
-    }
+    };
     info!(lease = %elector.name, identity = %elector.identity, "became leader");
     metrics.set_leader(true);
+    // Losing the Lease drops `work`: the leader stops reconciling before a follower may start.
     let result = tokio::select! {
         result = work() => result,
-        lost = keep_renewing(elector) => Err(lost),
+        lost = keep_renewing(elector, acquired_at) => Err(lost),
     };
     metrics.set_leader(false);
     if result.is_ok()
@@ -249,6 +374,7 @@ mod tests {
     use super::*;
     use http::{Request, Response};
     use kube::client::Body;
+    use std::sync::{Arc, Mutex as StdMutex};
 
     fn lease(holder: Option<&str>, renewed: i64, duration: i32) -> Lease {
         Lease {
@@ -271,46 +397,80 @@ mod tests {
         Timestamp::from_second(s).unwrap()
     }
 
+    const LEASE: Duration = Duration::from_secs(15);
+
+    /// An elector for the Lease `ops/chat-operator` as `identity`, with the default timing.
+    fn elector_as(client: Client, identity: &str) -> LeaderElector {
+        LeaderElector::new(client, "ops", "chat-operator", identity, timing())
+    }
+
+    fn timing() -> LeaseTiming {
+        LeaseTiming::for_lease(LEASE)
+    }
+
+    #[test]
+    fn the_default_timing_is_client_gos_with_the_renew_deadline_below_the_lease() {
+        let t = timing();
+        assert_eq!(
+            (t.lease_duration, t.renew_deadline, t.retry_period),
+            (
+                Duration::from_secs(15),
+                Duration::from_secs(10),
+                Duration::from_secs(2)
+            )
+        );
+        assert!(t.call_timeout() < t.renew_deadline);
+    }
+
     #[test]
     fn a_missing_lease_is_created() {
-        assert_eq!(decide(None, "me", at(0)), LeaseDecision::Create);
+        let now = Instant::now();
+        assert_eq!(decide(None, "me", now, now, LEASE), LeaseDecision::Create);
     }
 
     #[test]
     fn the_holder_renews_its_own_lease() {
+        let now = Instant::now();
         assert_eq!(
-            decide(Some(&lease(Some("me"), 0, 15)), "me", at(100)),
+            decide(Some(&lease(Some("me"), 0, 15)), "me", now, now, LEASE),
             LeaseDecision::Renew
         );
     }
 
     #[test]
-    fn a_live_lease_of_another_replica_is_followed() {
+    fn expiry_counts_from_the_followers_own_observation_not_the_holders_renew_time() {
+        // renewTime is decades old (a holder with a skewed clock), yet the Lease was seen to
+        // change just now: it is live for a full lease duration from now.
+        let seen = Instant::now();
+        let held = lease(Some("other"), 0, 15);
+        let at = |secs: u64| seen + Duration::from_secs(secs);
+        let follow = LeaseDecision::Follow {
+            holder: "other".into(),
+        };
+        assert_eq!(decide(Some(&held), "me", seen, at(14), LEASE), follow);
         assert_eq!(
-            decide(Some(&lease(Some("other"), 100, 15)), "me", at(110)),
-            LeaseDecision::Follow {
-                holder: "other".into()
-            }
+            decide(Some(&held), "me", seen, at(15), LEASE),
+            LeaseDecision::TakeOver
         );
+        // A longer duration declared in the Lease is honoured too.
+        let long = lease(Some("other"), 0, 40);
+        assert_eq!(decide(Some(&long), "me", seen, at(39), LEASE), follow);
     }
 
     #[test]
-    fn an_expired_or_released_lease_is_taken_over_with_a_new_transition() {
+    fn a_released_lease_is_taken_over_with_a_new_transition() {
+        let now = Instant::now();
+        assert_eq!(
+            decide(Some(&lease(None, 100, 15)), "me", now, now, LEASE),
+            LeaseDecision::TakeOver
+        );
         let expired = lease(Some("other"), 100, 15);
-        assert_eq!(
-            decide(Some(&expired), "me", at(116)),
-            LeaseDecision::TakeOver
-        );
-        assert_eq!(
-            decide(Some(&lease(None, 100, 15)), "me", at(101)),
-            LeaseDecision::TakeOver
-        );
         let next = next_lease(
             &LeaseDecision::TakeOver,
             Some(&expired),
             "chat-operator",
             "me",
-            Duration::from_secs(15),
+            LEASE,
             at(116),
         );
         let spec = next.spec.unwrap();
@@ -324,13 +484,7 @@ mod tests {
     async fn acquiring_creates_the_lease_when_there_is_none() {
         let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(svc, "ops");
-        let elector = LeaderElector::new(
-            client,
-            "ops",
-            "chat-operator",
-            "pod-a",
-            Duration::from_secs(15),
-        );
+        let elector = elector_as(client, "pod-a");
         let server = tokio::spawn(async move {
             let (req, send) = handle.next_request().await.unwrap();
             assert_eq!(req.method(), http::Method::GET);
@@ -378,16 +532,22 @@ mod tests {
         );
     }
 
+    /// Run `elector` for `within`: whether it ever became leader and ran its work.
+    async fn runs_work(elector: &LeaderElector, metrics: &Metrics, within: Duration) -> bool {
+        let mut ran = false;
+        let work = || {
+            ran = true;
+            async { Ok(()) }
+        };
+        let result = run_as_leader(elector, metrics, work, tokio::time::sleep(within)).await;
+        assert!(result.is_ok(), "{result:?}");
+        ran
+    }
+
     #[tokio::test]
     async fn a_follower_never_runs_the_work_while_another_replica_holds_the_lease() {
         let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let elector = LeaderElector::new(
-            Client::new(svc, "ops"),
-            "ops",
-            "chat-operator",
-            "pod-b",
-            Duration::from_secs(15),
-        );
+        let elector = elector_as(Client::new(svc, "ops"), "pod-b");
         let held =
             serde_json::to_value(lease(Some("pod-a"), Timestamp::now().as_second(), 15)).unwrap();
         let server = tokio::spawn(async move {
@@ -400,18 +560,7 @@ mod tests {
             gets
         });
         let metrics = Metrics::default();
-        let mut ran = false;
-        let result = run_as_leader(
-            &elector,
-            &metrics,
-            || {
-                ran = true;
-                async { Ok(()) }
-            },
-            tokio::time::sleep(Duration::from_millis(50)),
-        )
-        .await;
-        assert!(result.is_ok());
+        let ran = runs_work(&elector, &metrics, Duration::from_millis(50)).await;
         assert!(!ran);
         drop(elector);
         assert!(server.await.unwrap() >= 1);
@@ -421,13 +570,7 @@ mod tests {
     #[tokio::test]
     async fn the_leader_runs_the_work_and_releases_the_lease_when_it_stops() {
         let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let elector = LeaderElector::new(
-            Client::new(svc, "ops"),
-            "ops",
-            "chat-operator",
-            "pod-a",
-            Duration::from_secs(15),
-        );
+        let elector = elector_as(Client::new(svc, "ops"), "pod-a");
         let server = tokio::spawn(async move {
             let mut methods = Vec::new();
             let mut stored = serde_json::Value::Null;
@@ -466,5 +609,167 @@ mod tests {
         assert_eq!(methods, ["GET", "POST", "GET", "PUT"]);
         let released: Lease = serde_json::from_value(stored).unwrap();
         assert_eq!(released.spec.unwrap().holder_identity, None);
+    }
+
+    /// A Lease API server on `store` (`Null`: no Lease). After answering `answered` requests
+    /// it holds every further one unanswered: an API server this replica can no longer reach.
+    /// The task yields the methods it received.
+    fn lease_server(
+        store: Arc<StdMutex<serde_json::Value>>,
+        answered: Option<usize>,
+    ) -> (Client, tokio::task::JoinHandle<Vec<String>>) {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let task = tokio::spawn(async move {
+            let mut methods = Vec::new();
+            let mut held = Vec::new();
+            while let Some((req, send)) = handle.next_request().await {
+                let method = req.method().to_string();
+                methods.push(method.clone());
+                if answered.is_some_and(|n| methods.len() > n) {
+                    held.push(send);
+                    continue;
+                }
+                let body = req.into_body().collect_bytes().await.unwrap();
+                let mut stored = store.lock().unwrap();
+                match method.as_str() {
+                    "GET" if stored.is_null() => respond(
+                        send,
+                        404,
+                        &serde_json::json!({"kind": "Status", "apiVersion": "v1",
+                            "metadata": {}, "status": "Failure", "reason": "NotFound",
+                            "code": 404}),
+                    ),
+                    "GET" => respond(send, 200, &stored),
+                    _ => {
+                        *stored = serde_json::from_slice(&body).unwrap();
+                        respond(send, 200, &stored);
+                    }
+                }
+            }
+            methods
+        });
+        (Client::new(svc, "ops"), task)
+    }
+
+    /// Records when it is dropped: when the work that owns it stopped.
+    struct StopGuard(Arc<StdMutex<Option<Instant>>>);
+
+    impl Drop for StopGuard {
+        fn drop(&mut self) {
+            *self.0.lock().unwrap() = Some(Instant::now());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_lease_call_times_out_instead_of_blocking() {
+        let (client, _server) =
+            lease_server(Arc::new(StdMutex::new(serde_json::Value::Null)), Some(0));
+        let elector = elector_as(client, "pod-a");
+        let started = Instant::now();
+        let err = elector.try_acquire_or_renew().await.unwrap_err();
+        assert!(matches!(err, Error::Timeout { .. }), "{err}");
+        let waited = started.elapsed();
+        assert!(waited >= timing().call_timeout(), "{waited:?}");
+        assert!(
+            waited < timing().call_timeout() + Duration::from_millis(100),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_leader_stops_working_before_a_follower_can_take_over() {
+        let store = Arc::new(StdMutex::new(serde_json::Value::Null));
+        // The leader creates the Lease (GET, POST), renews it once (GET, PUT), then loses the
+        // API server: its calls hang from then on. The follower still reaches it.
+        let (leader_client, _leader_server) = lease_server(store.clone(), Some(4));
+        let (follower_client, _follower_server) = lease_server(store, None);
+        let leader = elector_as(leader_client, "pod-a");
+        let follower = elector_as(follower_client, "pod-b");
+        let leader_stopped = Arc::new(StdMutex::new(None));
+        let follower_started = Arc::new(StdMutex::new(None));
+        let start = Instant::now();
+
+        let guard = StopGuard(leader_stopped.clone());
+        let leading = async {
+            run_as_leader(
+                &leader,
+                &Metrics::default(),
+                move || async move {
+                    let _guard = guard;
+                    std::future::pending::<()>().await;
+                    Ok(())
+                },
+                std::future::pending(),
+            )
+            .await
+        };
+        let started = follower_started.clone();
+        let following = async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            run_as_leader(
+                &follower,
+                &Metrics::default(),
+                move || async move {
+                    *started.lock().unwrap() = Some(Instant::now());
+                    Ok(())
+                },
+                tokio::time::sleep(Duration::from_secs(60)),
+            )
+            .await
+        };
+        let (led, followed) = tokio::join!(leading, following);
+
+        assert!(matches!(led, Err(Error::LostLease(_))), "{led:?}");
+        assert!(followed.is_ok());
+        let stopped = leader_stopped
+            .lock()
+            .unwrap()
+            .expect("the leader's work stopped");
+        let took_over = follower_started
+            .lock()
+            .unwrap()
+            .expect("the follower took over");
+        // Last renewal at 2 s: the leader gives up by its renew deadline after it...
+        assert!(
+            stopped - start <= Duration::from_secs(12),
+            "{:?}",
+            stopped - start
+        );
+        // ...while the follower, which saw that renewal at 2.5 s, waits a full lease from
+        // then: no moment with two leaders.
+        assert!(took_over > stopped, "overlap: {stopped:?} vs {took_over:?}");
+        assert!(
+            took_over - start >= Duration::from_millis(17_500),
+            "{:?}",
+            took_over - start
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_follower_never_takes_over_while_it_keeps_seeing_the_lease_change() {
+        // The holder's clock is decades behind (renewTime in 2001), but it keeps renewing:
+        // every read shows a new renewTime.
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(async move {
+            let mut methods = Vec::new();
+            let mut renewed = 1_000_000_000;
+            while let Some((req, send)) = handle.next_request().await {
+                methods.push(req.method().to_string());
+                renewed += 2;
+                respond(
+                    send,
+                    200,
+                    &serde_json::to_value(lease(Some("pod-a"), renewed, 15)).unwrap(),
+                );
+            }
+            methods
+        });
+        let elector = elector_as(Client::new(svc, "ops"), "pod-b");
+        let ran = runs_work(&elector, &Metrics::default(), Duration::from_secs(120)).await;
+        assert!(!ran, "took over a Lease that kept changing");
+        drop(elector);
+        let methods = server.await.unwrap();
+        assert!(methods.len() >= 50, "it kept asking: {}", methods.len());
+        assert!(methods.iter().all(|m| m == "GET"), "{methods:?}");
     }
 }

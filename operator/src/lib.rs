@@ -12,6 +12,7 @@ pub(crate) mod metrics;
 pub(crate) mod reconcile;
 pub mod render;
 pub(crate) mod resources;
+pub mod role;
 pub mod sentinel;
 pub(crate) mod status;
 

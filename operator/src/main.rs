@@ -63,7 +63,8 @@ struct RunArgs {
         default_value = "chat-operator"
     )]
     lease_name: String,
-    /// Seconds a Lease lives without renewal (at least 5).
+    /// Seconds a follower waits from its last observed Lease change before taking over (at
+    /// least 5); the renew deadline is 2/3 of it, the retry period 2/15.
     #[arg(
         long,
         global = true,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -33,11 +33,16 @@ use crate::resources::{
     REDIS_ROLE_MASTER, deploys, generates_password, redis_password_ref, secret, selector_string,
     sentinel_addresses,
 };
+use crate::role::{NodeRole, RoleCheck, RoleQuery, check_roles, may_label_master};
 use crate::sentinel::MasterQuery;
 use crate::status::{self, MasterView, Observed, Workload, compute, decide_master, flipped};
 
 /// Requeue interval in Sentinel mode: how soon a failover is noticed at the latest.
 pub(crate) const SENTINEL_REQUEUE: Duration = Duration::from_secs(15);
+/// The longest one reconcile may take, every API call and sentinel probe in it included (the
+/// controller's client has no read timeout, so that idle watches survive): a hung call fails
+/// the reconcile, which the error policy retries.
+pub(crate) const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Requeue interval otherwise (owned workloads trigger reconciles on change anyway).
 pub(crate) const DEFAULT_REQUEUE: Duration = Duration::from_secs(300);
 
@@ -51,7 +56,15 @@ pub(crate) async fn reconcile(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result
     );
     let started = Instant::now();
     ctx.metrics.reconcile_started();
-    let result = reconcile_inner(&cc, &ctx).instrument(span).await;
+    let result = tokio::time::timeout(RECONCILE_TIMEOUT, reconcile_inner(&cc, &ctx))
+        .instrument(span)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Timeout {
+                what: "reconcile",
+                after_ms: u64::try_from(RECONCILE_TIMEOUT.as_millis()).unwrap_or(u64::MAX),
+            })
+        });
     ctx.metrics.reconcile_finished(started.elapsed());
     match &result {
         Ok(_) => ctx.record_success(&key(&cc)),
@@ -74,9 +87,11 @@ async fn reconcile_inner(cc: &ChatCluster, ctx: &Context) -> Result<Action> {
         Ok(action) => Ok(action),
         Err(e) => {
             // Best effort: say so in the status too; the error policy retries either way.
-            if let Err(status_error) =
-                write_failure(ctx, cc, &ns, status::RECONCILE_FAILED, &e).await
-            {
+            let reason = match e {
+                Error::PasswordSecretLost { .. } => status::PASSWORD_SECRET_LOST,
+                _ => status::RECONCILE_FAILED,
+            };
+            if let Err(status_error) = write_failure(ctx, cc, &ns, reason, &e).await {
                 debug!(error = %status_error, "could not record the failure in the status");
             }
             Err(e)
@@ -86,7 +101,13 @@ async fn reconcile_inner(cc: &ChatCluster, ctx: &Context) -> Result<Action> {
 
 async fn converge(cc: &ChatCluster, ctx: &Context, ns: &str) -> Result<Action> {
     let password = ensure_password(ctx, cc, ns).await?;
-    let children = resources::children(cc, &ctx.operator_namespace);
+    let mut children = resources::children(cc, &ctx.operator_namespace);
+    if let (Some(password), Some((_, key))) = (&password, redis_password_ref(cc)) {
+        children.stamp_secret_checksum(&secret::password_checksum(&key, password));
+    }
+    if cc.spec.server.autoscaling.enabled {
+        hand_replicas_to_the_hpa(ctx, cc, ns, &mut children.deployment).await?;
+    }
     let applied = apply_children(ctx, ns, &children).await?;
     if children.horizontal_pod_autoscaler.is_none() {
         delete_hpa(ctx, cc, ns).await?;
@@ -94,12 +115,28 @@ async fn converge(cc: &ChatCluster, ctx: &Context, ns: &str) -> Result<Action> {
     let mut observed = observe(cc, ns, &applied);
     if deploys(cc, RedisMode::Sentinel) {
         let view = ask_sentinels(ctx, cc, password.as_deref()).await;
-        if let MasterView::Agreed(host) = &view {
-            label_master(ctx, cc, ns, host).await?;
-            observed.redis_master = Some(format!("{host}:{REDIS_PORT}"));
-        } else {
-            observed.redis_master = cc.status.as_ref().and_then(|s| s.redis_master.clone());
+        let roles = ask_roles(ctx, cc, password.as_deref()).await;
+        let named = match &view {
+            MasterView::Agreed(host) => Some(pod_of(host)),
+            _ => None,
+        };
+        let check = check_roles(named, &roles);
+        match &view {
+            MasterView::Agreed(host) if may_label_master(&check, pod_of(host)) => {
+                label_master(ctx, cc, ns, host).await?;
+                observed.redis_master = Some(format!("{host}:{REDIS_PORT}"));
+            }
+            _ => {
+                observed.redis_master = cc.status.as_ref().and_then(|s| s.redis_master.clone());
+            }
         }
+        if check != RoleCheck::Consistent {
+            warn!(
+                ?check,
+                "the data nodes' own roles contradict a single master"
+            );
+        }
+        observed.roles = Some(check);
         if let MasterView::Conflict(hosts) = &view {
             warn!(
                 ?hosts,
@@ -117,7 +154,9 @@ async fn converge(cc: &ChatCluster, ctx: &Context, ns: &str) -> Result<Action> {
 }
 
 /// The Redis password: read from its Secret, or generated once into a new Secret. An
-/// existing Secret is never overwritten, so the password never rotates by accident.
+/// existing Secret is never overwritten, so the password never rotates by accident; a missing
+/// generated Secret is re-created only while no Redis data exists (see
+/// [`redis_data_evidence`]), because the running pods and any data on volumes keep the old one.
 async fn ensure_password(ctx: &Context, cc: &ChatCluster, ns: &str) -> Result<Option<String>> {
     let Some((name, key)) = redis_password_ref(cc) else {
         return Ok(None);
@@ -131,6 +170,10 @@ async fn ensure_password(ctx: &Context, cc: &ChatCluster, ns: &str) -> Result<Op
             name,
             reason: "not found".to_owned(),
         });
+    }
+    if let Some(evidence) = redis_data_evidence(ctx, cc, ns).await? {
+        warn!(secret = %name, %evidence, "password Secret lost while Redis data exists");
+        return Err(Error::PasswordSecretLost { name, evidence });
     }
     let password = secret::generate_password();
     let params = PostParams {
@@ -160,6 +203,25 @@ async fn ensure_password(ctx: &Context, cc: &ChatCluster, ns: &str) -> Result<Op
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// What still holds Redis data of `cc`, if anything: its data StatefulSet (whose pods were
+/// started with the current password, and whose emptyDir or volumes hold the data) or a claim
+/// of its data volumes (kept after the StatefulSet is gone).
+async fn redis_data_evidence(ctx: &Context, cc: &ChatCluster, ns: &str) -> Result<Option<String>> {
+    let name = Names::of(cc).redis();
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
+    if sets.get_opt(&name).await?.is_some() {
+        return Ok(Some(format!("StatefulSet {name}")));
+    }
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = ListParams::default().labels(&selector_string(cc, Component::Redis));
+    Ok(claims
+        .list(&selector)
+        .await?
+        .items
+        .first()
+        .map(|c| format!("PersistentVolumeClaim {}", c.name_any())))
 }
 
 fn read_key(secret: &Secret, name: &str, key: &str) -> Result<String> {
@@ -203,6 +265,65 @@ where
     Ok(applied)
 }
 
+/// Set the `replicas` the Deployment is applied with while autoscaling is on; see
+/// [`autoscaled_replicas`].
+async fn hand_replicas_to_the_hpa(
+    ctx: &Context,
+    cc: &ChatCluster,
+    ns: &str,
+    deployment: &mut Deployment,
+) -> Result<()> {
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let live = api.get_opt(&Names::of(cc).server()).await?;
+    let replicas = autoscaled_replicas(live.as_ref(), cc.spec.server.autoscaling.min_replicas);
+    debug!(?replicas, "deployment replicas while autoscaling");
+    if let Some(spec) = deployment.spec.as_mut() {
+        spec.replicas = replicas;
+    }
+    Ok(())
+}
+
+/// The `replicas` to apply the servers' Deployment with while autoscaling is on: the
+/// server-side apply ownership hand-over of the Kubernetes documentation ("Transferring
+/// ownership"). Applying without `replicas` while the operator still owns the field releases
+/// it, and a released `replicas` is reset to its default of 1 (a 7-pod Deployment drops to 1
+/// pod until the HPA reacts). So:
+/// - no Deployment yet: apply `minReplicas`, which the HPA takes over from;
+/// - another manager (the HPA's scale updates, `kubectl scale`) owns `spec.replicas`: leave
+///   the field out, the operator owns nothing there to release;
+/// - otherwise apply the live value: nothing scales, and the HPA's first change of it takes
+///   the field over, after which the case above applies.
+pub(crate) fn autoscaled_replicas(live: Option<&Deployment>, min_replicas: i32) -> Option<i32> {
+    let Some(live) = live else {
+        return Some(min_replicas);
+    };
+    if replicas_owned_by_another_manager(live) {
+        return None;
+    }
+    Some(
+        live.spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(min_replicas),
+    )
+}
+
+/// Whether a field manager other than the operator owns `spec.replicas` of `deployment`.
+fn replicas_owned_by_another_manager(deployment: &Deployment) -> bool {
+    deployment
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.manager.as_deref() != Some(FIELD_MANAGER))
+        .filter_map(|m| m.fields_v1.as_ref())
+        .any(|f| {
+            f.0.get("f:spec")
+                .and_then(|s| s.get("f:replicas"))
+                .is_some()
+        })
+}
+
 /// What the API server answered to the applies that the status is computed from.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Applied {
@@ -212,6 +333,35 @@ pub(crate) struct Applied {
     pub(crate) stateful_sets: Vec<StatefulSet>,
     /// The clients' Service, with its status.
     pub(crate) service: Option<Service>,
+    /// StatefulSets the API server refused as invalid, with its message.
+    pub(crate) refused: Vec<String>,
+}
+
+/// Apply `sts`; when the API server refuses it as invalid (an immutable field such as the
+/// volumeClaimTemplates changed, say by a spec edited past the CRD's rules), record why and
+/// carry on with the live StatefulSet, so one refused change cannot block every other child.
+async fn apply_stateful_set(
+    ctx: &Context,
+    ns: &str,
+    sts: &StatefulSet,
+    applied: &mut Applied,
+) -> Result<()> {
+    match apply(ctx, ns, sts).await {
+        Ok(live) => applied.stateful_sets.push(live),
+        Err(Error::Kube(kube::Error::Api(status))) if status.is_invalid() => {
+            let name = sts.metadata.name.clone().unwrap_or_default();
+            warn!(statefulset = %name, reason = %status.message, "refused as invalid; needs a migration");
+            applied
+                .refused
+                .push(format!("StatefulSet {name}: {}", status.message));
+            let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
+            if let Some(live) = api.get_opt(&name).await? {
+                applied.stateful_sets.push(live);
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(())
 }
 
 async fn apply_children(ctx: &Context, ns: &str, c: &Children) -> Result<Applied> {
@@ -223,7 +373,10 @@ async fn apply_children(ctx: &Context, ns: &str, c: &Children) -> Result<Applied
         apply(ctx, ns, svc).await?;
     }
     for sts in &c.stateful_sets {
-        applied.stateful_sets.push(apply(ctx, ns, sts).await?);
+        apply_stateful_set(ctx, ns, sts, &mut applied).await?;
+    }
+    for pdb in &c.redis_disruption_budgets {
+        apply(ctx, ns, pdb).await?;
     }
     if let Some(np) = &c.network_policy {
         apply(ctx, ns, np).await?;
@@ -313,6 +466,8 @@ pub(crate) fn observe(cc: &ChatCluster, ns: &str, applied: &Applied) -> Observed
         master: None,
         redis_master: deploys(cc, RedisMode::Standalone).then(|| standalone_address(cc)),
         endpoint: Some(endpoint(cc, ns, applied.service.as_ref())),
+        roles: None,
+        refused: applied.refused.clone(),
     }
 }
 
@@ -339,6 +494,47 @@ async fn ask_sentinels(ctx: &Context, cc: &ChatCluster, password: Option<&str>) 
     decide_master(&answers, needed)
 }
 
+/// The pod name in a pod's host name (`NAME-redis-1.NAME-redis-headless.ns.svc`).
+fn pod_of(host: &str) -> &str {
+    host.split('.').next().unwrap_or(host)
+}
+
+/// Ask every data node its own role at once (each bounded by the probe's timeout): `(pod,
+/// role)`, `None` where a node did not answer.
+async fn ask_roles(
+    ctx: &Context,
+    cc: &ChatCluster,
+    password: Option<&str>,
+) -> Vec<(String, Option<NodeRole>)> {
+    let names = Names::of(cc);
+    let ns = resources::namespace(cc);
+    let asks = (0..cc.spec.redis.data_replicas()).map(|i| {
+        let pod = format!("{}-{i}", names.redis());
+        let addr = format!(
+            "{}:{REDIS_PORT}",
+            resources::pod_host(&names.redis(), i, &names.redis_headless(), &ns)
+        );
+        async move {
+            let role = match ctx
+                .roles
+                .role(RoleQuery {
+                    addr: &addr,
+                    password,
+                })
+                .await
+            {
+                Ok(role) => Some(role),
+                Err(e) => {
+                    debug!(%pod, error = %e, "data node did not say its role");
+                    None
+                }
+            };
+            (pod, role)
+        }
+    });
+    futures_util::future::join_all(asks).await
+}
+
 /// Label changes that make `master` the only pod with the master label: `(pod, add?)`,
 /// removals first. Nothing changes when `master` is not among `pods` (an incomplete view).
 pub(crate) fn master_label_changes(pods: &[(String, bool)], master: &str) -> Vec<(String, bool)> {
@@ -357,7 +553,7 @@ pub(crate) fn master_label_changes(pods: &[(String, bool)], master: &str) -> Vec
 }
 
 async fn label_master(ctx: &Context, cc: &ChatCluster, ns: &str, host: &str) -> Result<()> {
-    let master = host.split('.').next().unwrap_or(host);
+    let master = pod_of(host);
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let pods = api
         .list(&ListParams::default().labels(&selector_string(cc, Component::Redis)))
@@ -553,7 +749,7 @@ mod scenarios {
     use super::*;
     use crate::controller::error_policy;
     use crate::crd::ChatClusterStatus;
-    use crate::fixtures::{Call, FakeApi, FakeSentinels, context, finish};
+    use crate::fixtures::{Call, FakeApi, FakeRoles, FakeSentinels, context, finish};
     use crate::resources::testing::{sentinel, standalone};
     use serde_json::Value;
 
@@ -602,6 +798,13 @@ mod scenarios {
         (&c.status, &c.reason)
     }
 
+    /// `Degraded` is true for `reason`, and its message mentions `needle`.
+    fn assert_degraded(s: &ChatClusterStatus, reason: &str, needle: &str) {
+        let c = s.conditions.iter().find(|c| c.type_ == "Degraded").unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", reason));
+        assert!(c.message.contains(needle), "{}", c.message);
+    }
+
     fn event_reasons(calls: &[Call]) -> Vec<String> {
         calls
             .iter()
@@ -617,16 +820,21 @@ mod scenarios {
         let action = action.unwrap();
         assert_eq!(action, Action::requeue(DEFAULT_REQUEUE));
 
-        // The password Secret is looked up, then created once.
+        // The password Secret is looked up; with no Redis data anywhere it is created once.
+        let first: Vec<(&str, String)> = calls[..4]
+            .iter()
+            .map(|c| (c.method.as_str(), c.target().0))
+            .collect();
         assert_eq!(
-            (calls[0].method.as_str(), calls[0].target().0.as_str()),
-            ("GET", "secrets")
+            first,
+            [
+                ("GET", "secrets".to_owned()),
+                ("GET", "statefulsets".to_owned()),
+                ("GET", "persistentvolumeclaims".to_owned()),
+                ("POST", "secrets".to_owned()),
+            ]
         );
-        assert_eq!(
-            (calls[1].method.as_str(), calls[1].target().0.as_str()),
-            ("POST", "secrets")
-        );
-        assert_eq!(calls[1].body["metadata"]["name"], "chat-redis-password");
+        assert_eq!(calls[3].body["metadata"]["name"], "chat-redis-password");
         assert_eq!(
             applied_kinds(&calls),
             [
@@ -688,21 +896,191 @@ mod scenarios {
         );
     }
 
+    /// A reconcile of `cc` whose generated Secret is gone while `fake` still holds Redis data:
+    /// it must fail, mint nothing, and say why in the status.
+    async fn assert_password_not_regenerated(cc: &ChatCluster, fake: FakeApi, evidence: &str) {
+        let (result, calls) = run(cc, fake, FakeSentinels::default()).await;
+        let err = result.unwrap_err();
+        assert!(matches!(err, Error::PasswordSecretLost { .. }), "{err}");
+        assert!(err.to_string().contains(evidence), "{err}");
+        assert!(
+            !calls
+                .iter()
+                .any(|c| c.target().0 == "secrets" && c.method != "GET"),
+            "no new password may be written"
+        );
+        assert!(applied_kinds(&calls).is_empty());
+        let status = status_written(&calls);
+        assert_eq!(
+            condition(&status, "Degraded"),
+            ("True", "PasswordSecretLost")
+        );
+        assert_eq!(event_reasons(&calls), ["PasswordSecretLost"]);
+    }
+
     #[tokio::test]
-    async fn autoscaling_applies_an_hpa_and_omits_deployment_replicas() {
+    async fn a_lost_password_secret_is_not_regenerated_while_the_data_statefulset_exists() {
+        let cc = sentinel();
+        let sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+                         "metadata": {"name": "chat-redis", "namespace": "prod"}});
+        let fake = FakeApi::new(&cc).with_object("statefulsets", "chat-redis", sts);
+        assert_password_not_regenerated(&cc, fake, "StatefulSet chat-redis").await;
+    }
+
+    #[tokio::test]
+    async fn a_lost_password_secret_is_not_regenerated_while_data_volume_claims_remain() {
+        let mut cc = standalone();
+        cc.spec.redis.persistence.enabled = true;
+        let fake = FakeApi::new(&cc).with_claim("data-chat-redis-0");
+        assert_password_not_regenerated(&cc, fake, "PersistentVolumeClaim data-chat-redis-0").await;
+    }
+
+    #[tokio::test]
+    async fn pod_templates_carry_a_checksum_of_the_password_that_changes_with_it() {
+        let cc = sentinel();
+        let checksums = |password: &'static str| {
+            let cc = cc.clone();
+            async move {
+                let fake =
+                    FakeApi::new(&cc).with_secret("chat-redis-password", "password", password);
+                let calls = reconciled(&cc, fake, FakeSentinels::default()).await;
+                let sums: Vec<Value> = calls
+                    .iter()
+                    .filter(|c| c.is_apply_of("statefulsets") || c.is_apply_of("deployments"))
+                    .map(|c| {
+                        c.body["spec"]["template"]["metadata"]["annotations"]
+                            ["chat.dev/secret-checksum"]
+                            .clone()
+                    })
+                    .collect();
+                sums
+            }
+        };
+        let old = checksums("old").await;
+        assert_eq!(old.len(), 3, "data nodes, sentinels and servers");
+        assert!(old.iter().all(|s| s.is_string() && *s == old[0]), "{old:?}");
+        let new = checksums("new").await;
+        assert_ne!(old[0], new[0], "a changed password rolls the pods");
+    }
+
+    /// The live servers' Deployment with `replicas`, whose `spec.replicas` is owned by `owner`.
+    fn live_deployment(replicas: i32, owner: &str) -> Value {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "chat-server", "namespace": "prod", "managedFields": [
+                   {"manager": owner, "operation": if owner == FIELD_MANAGER { "Apply" } else { "Update" },
+                    "apiVersion": "apps/v1", "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:spec": {"f:replicas": {}}}}]},
+               "spec": {"replicas": replicas}})
+    }
+
+    /// Reconcile an autoscaled cluster whose live Deployment has `replicas`, owned by `owner`.
+    async fn reconciled_autoscaled(replicas: i32, owner: &str) -> Vec<Call> {
         let mut cc = standalone();
         cc.spec.server.autoscaling.enabled = true;
-        let calls = reconciled(&cc, FakeApi::new(&cc), FakeSentinels::default()).await;
-        let deployment = calls.iter().find(|c| c.is_apply_of("deployments")).unwrap();
-        assert!(deployment.body["spec"].get("replicas").is_none());
+        let live = live_deployment(replicas, owner);
+        let fake = FakeApi::new(&cc).with_object("deployments", "chat-server", live);
+        reconciled(&cc, fake, FakeSentinels::default()).await
+    }
+
+    /// The `spec.replicas` of the one Deployment apply in `calls` (`None`: left out).
+    fn applied_replicas(calls: &[Call]) -> Option<i64> {
+        let applies: Vec<&Call> = calls
+            .iter()
+            .filter(|c| c.is_apply_of("deployments"))
+            .collect();
+        assert_eq!(applies.len(), 1);
+        applies[0].body["spec"]["replicas"].as_i64()
+    }
+
+    #[tokio::test]
+    async fn autoscaling_applies_an_hpa_and_omits_replicas_once_the_hpa_owns_them() {
+        let calls = reconciled_autoscaled(4, "kube-controller-manager").await;
+        assert_eq!(applied_replicas(&calls), None);
         let hpa = calls
             .iter()
             .find(|c| c.is_apply_of("horizontalpodautoscalers"))
             .unwrap();
         assert_eq!(hpa.body["spec"]["scaleTargetRef"]["name"], "chat-server");
+        assert_eq!(
+            hpa.body["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"],
+            600
+        );
         assert!(!calls.iter().any(|c| c.method == "DELETE"));
         // The status reports what the HPA chose.
         assert_eq!(status_written(&calls).server_replicas, 4);
+    }
+
+    #[tokio::test]
+    async fn re_enabling_autoscaling_hands_replicas_over_without_scaling_to_one() {
+        // The operator still owns replicas (7, applied while autoscaling was off): it reads
+        // the live Deployment first, then applies the live value, never a release.
+        let calls = reconciled_autoscaled(7, FIELD_MANAGER).await;
+        let read = calls
+            .iter()
+            .position(|c| c.method == "GET" && c.target().0 == "deployments")
+            .expect("the live Deployment is read");
+        let apply = calls
+            .iter()
+            .position(|c| c.is_apply_of("deployments"))
+            .unwrap();
+        assert!(read < apply);
+        assert_eq!(applied_replicas(&calls), Some(7));
+        assert_eq!(status_written(&calls).server_replicas, 7);
+
+        // The HPA scaled to 9 through the scale subresource and so took the field over: only
+        // now is replicas left out of the apply.
+        let calls = reconciled_autoscaled(9, "kube-controller-manager").await;
+        assert_eq!(applied_replicas(&calls), None);
+    }
+
+    #[tokio::test]
+    async fn a_new_autoscaled_deployment_starts_at_min_replicas() {
+        let mut cc = standalone();
+        cc.spec.server.autoscaling.enabled = true;
+        cc.spec.server.autoscaling.min_replicas = 3;
+        let calls = reconciled(&cc, FakeApi::new(&cc), FakeSentinels::default()).await;
+        assert_eq!(applied_replicas(&calls), Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_refused_statefulset_change_degrades_the_cluster_and_blocks_no_other_child() {
+        let mut cc = sentinel();
+        cc.spec.redis.persistence.enabled = true;
+        let live = json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": "chat-redis", "namespace": "prod", "generation": 4},
+            "spec": {"replicas": 3, "selector": {}, "template": {}, "serviceName": "x"},
+            "status": {"replicas": 3, "readyReplicas": 3, "updatedReplicas": 3,
+                       "currentReplicas": 3, "observedGeneration": 4}});
+        let fake = FakeApi::new(&cc)
+            .with_secret("chat-redis-password", "password", "kept")
+            .with_object("statefulsets", "chat-redis", live)
+            .refusing_apply("statefulsets", "chat-redis");
+        let (action, calls) = run(&cc, fake, FakeSentinels::default()).await;
+        assert_eq!(action.unwrap(), Action::requeue(SENTINEL_REQUEUE));
+        // Every child after the refused one was still applied.
+        let applied: Vec<String> = calls
+            .iter()
+            .filter(|c| c.method == "PATCH" && c.query.contains("fieldManager=chat-operator"))
+            .map(|c| format!("{}/{}", c.target().0, c.target().1.unwrap_or_default()))
+            .collect();
+        for child in [
+            "statefulsets/chat-sentinel",
+            "networkpolicies/chat-redis",
+            "deployments/chat-server",
+            "services/chat",
+            "poddisruptionbudgets/chat-server",
+        ] {
+            assert!(
+                applied.contains(&child.to_owned()),
+                "{child} in {applied:?}"
+            );
+        }
+        let status = status_written(&calls);
+        assert_degraded(&status, "NeedsMigration", "StatefulSet chat-redis");
+        // The data nodes' state comes from the live StatefulSet, not from nothing.
+        assert_eq!(condition(&status, "RedisReady").0, "False"); // the sentinels were not reachable
+        assert_ne!(condition(&status, "RedisReady").1, "External");
+        assert!(event_reasons(&calls).contains(&"NeedsMigration".to_owned()));
     }
 
     #[tokio::test]
@@ -748,6 +1126,46 @@ mod scenarios {
                 .count(),
             2
         );
+    }
+
+    #[tokio::test]
+    async fn the_label_never_moves_to_a_node_whose_role_says_replica() {
+        let cc = sentinel();
+        let named = "chat-redis-1.chat-redis-headless.prod.svc";
+        let fake = FakeApi::new(&cc)
+            .with_redis_pod("chat-redis-0", true)
+            .with_redis_pod("chat-redis-1", false);
+        let roles = FakeRoles::default()
+            .with(&cc, 0, NodeRole::Master { replicas: 1 })
+            .with(
+                &cc,
+                1,
+                NodeRole::Replica {
+                    master: "chat-redis-0.chat-redis-headless.prod.svc:6379".into(),
+                    linked: true,
+                },
+            );
+        let (ctx, task) =
+            crate::fixtures::context_with_roles(fake, FakeSentinels::all_naming(&cc, named), roles);
+        reconcile(Arc::new(cc.clone()), ctx.clone()).await.unwrap();
+        let status = status_moving_no_label(&finish(ctx, task).await);
+        assert_eq!(condition(&status, "Degraded"), ("True", "MasterIsReplica"));
+        assert_eq!(condition(&status, "Ready").0, "False");
+    }
+
+    #[tokio::test]
+    async fn two_data_nodes_saying_master_degrade_the_cluster() {
+        let cc = sentinel();
+        let named = "chat-redis-0.chat-redis-headless.prod.svc";
+        let fake = FakeApi::new(&cc).with_redis_pod("chat-redis-0", true);
+        let roles = FakeRoles::default()
+            .with(&cc, 0, NodeRole::Master { replicas: 1 })
+            .with(&cc, 2, NodeRole::Master { replicas: 0 });
+        let (ctx, task) =
+            crate::fixtures::context_with_roles(fake, FakeSentinels::all_naming(&cc, named), roles);
+        reconcile(Arc::new(cc.clone()), ctx.clone()).await.unwrap();
+        let status = status_written(&finish(ctx, task).await);
+        assert_degraded(&status, "MultipleMasters", "chat-redis-0, chat-redis-2");
     }
 
     #[tokio::test]

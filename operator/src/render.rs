@@ -30,7 +30,9 @@ pub(crate) fn parse_clusters(yaml: &str) -> Result<Vec<ChatCluster>> {
 /// Check a ChatCluster against the CRD's CEL rules, as the API server would.
 pub(crate) fn validate(cc: &ChatCluster) -> Result<()> {
     cc.validate_cel()
-        .map_err(|e| Error::InvalidSpec(format!("{e:?}")))
+        .map_err(|e| Error::InvalidSpec(format!("{e:?}")))?;
+    crate::resources::redis::maxmemory(cc).map_err(Error::InvalidSpec)?;
+    Ok(())
 }
 
 /// The objects for `cc`, in apply order, as JSON values.
@@ -92,7 +94,7 @@ metadata:
             .map(|d| serde_yaml::Value::deserialize(d).unwrap())
             .collect();
         assert_eq!(docs[0]["kind"], "Secret");
-        assert_eq!(docs.len(), 13);
+        assert_eq!(docs.len(), 15);
         assert!(docs.iter().all(|d| d["metadata"]["namespace"] == "default"));
         assert!(
             docs.iter()

@@ -51,19 +51,16 @@ fn failure(addr: &str, reason: impl Display) -> Error {
     }
 }
 
-/// `host` and `port` of a `host:port` address (`[v6]:port` too).
-fn split_addr(addr: &str) -> Result<(&str, u16)> {
-    let (host, port) = addr
-        .rsplit_once(':')
-        .ok_or_else(|| failure(addr, "not a host:port address"))?;
-    let port = port
-        .parse()
-        .map_err(|_| failure(addr, "not a host:port address"))?;
+/// `host` and `port` of a `host:port` address (`[v6]:port` too); the error says why not.
+pub(crate) fn split_addr(addr: &str) -> std::result::Result<(&str, u16), String> {
+    let bad = || "not a host:port address".to_owned();
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    let port = port.parse().map_err(|_| bad())?;
     Ok((host.trim_start_matches('[').trim_end_matches(']'), port))
 }
 
 /// A bulk string of a reply as text.
-fn text(value: Value) -> Option<String> {
+pub(crate) fn text(value: Value) -> Option<String> {
     match value {
         Value::String(s) => Some(s.to_string()),
         Value::Bytes(b) => String::from_utf8(b.to_vec()).ok(),
@@ -107,48 +104,68 @@ impl Default for FredSentinelProbe {
     }
 }
 
-impl FredSentinelProbe {
-    async fn ask(&self, query: MasterQuery<'_>) -> Result<Option<MasterAddr>> {
-        let addr = query.addr;
+/// Send `command args` to the Redis (or sentinel) at `addr` over a fresh connection, after
+/// `AUTH` with `password`, and close it. Connecting, the command and closing are bounded by
+/// `timeout`; nothing is retried or reconnected. The error is the reason, for the caller to
+/// name the node it asked.
+pub(crate) async fn one_command(
+    addr: &str,
+    password: Option<&str>,
+    timeout: Duration,
+    command: &'static str,
+    args: Vec<&str>,
+) -> std::result::Result<Value, String> {
+    let exchange = async {
         let (host, port) = split_addr(addr)?;
         let mut builder = Builder::from_config(Config {
             server: ServerConfig::new_centralized(host, port),
-            password: query.password.map(str::to_owned),
+            password: password.map(str::to_owned),
             // A command while disconnected fails at once instead of waiting for a reconnect.
             fail_fast: true,
             ..Config::default()
         });
-        // No reconnect policy is set: a failed connection is this sentinel's answer; the next
+        // No reconnect policy is set: a failed connection is this node's answer; the next
         // reconcile asks again.
         builder
             .with_connection_config(|c| {
-                c.connection_timeout = self.timeout;
-                c.internal_command_timeout = self.timeout;
+                c.connection_timeout = timeout;
+                c.internal_command_timeout = timeout;
                 c.max_command_attempts = 1;
             })
-            .with_performance_config(|p| p.default_command_timeout = self.timeout);
-        let client = builder.build().map_err(|e| failure(addr, e))?;
+            .with_performance_config(|p| p.default_command_timeout = timeout);
+        let client = builder.build().map_err(|e| e.to_string())?;
         // `init` fails when the connection or the `AUTH` fails, and then closes the client.
-        client.init().await.map_err(|e| failure(addr, e))?;
+        client.init().await.map_err(|e| e.to_string())?;
         let reply = client
             .custom::<Value, _>(
-                CustomCommand::new_static("SENTINEL", ClusterHash::FirstKey, false),
-                vec!["GET-MASTER-ADDR-BY-NAME", query.master_name],
+                CustomCommand::new_static(command, ClusterHash::FirstKey, false),
+                args,
             )
             .await;
         // The answer is in; a failure to say goodbye changes nothing.
         let _ = client.quit().await;
-        master_from_reply(addr, reply.map_err(|e| failure(addr, e))?)
+        reply.map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+}
+
+impl FredSentinelProbe {
+    async fn ask(&self, query: MasterQuery<'_>) -> Result<Option<MasterAddr>> {
+        let addr = query.addr;
+        let args = vec!["GET-MASTER-ADDR-BY-NAME", query.master_name];
+        let reply = one_command(addr, query.password, self.timeout, "SENTINEL", args)
+            .await
+            .map_err(|reason| failure(addr, reason))?;
+        master_from_reply(addr, reply)
     }
 }
 
 impl SentinelProbe for FredSentinelProbe {
     fn master_addr<'a>(&'a self, query: MasterQuery<'a>) -> Answer<'a> {
-        Box::pin(async move {
-            tokio::time::timeout(self.timeout, self.ask(query))
-                .await
-                .map_err(|_| failure(query.addr, "timed out"))?
-        })
+        // `one_command` bounds the whole exchange by the timeout.
+        Box::pin(self.ask(query))
     }
 }
 

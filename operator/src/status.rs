@@ -7,6 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::crd::{ChatCluster, ChatClusterStatus};
 use crate::resources::{Component, selector_string};
+use crate::role::RoleCheck;
 
 /// Condition types, in the order they appear in the status.
 pub(crate) const READY: &str = "Ready";
@@ -95,6 +96,10 @@ pub(crate) struct Observed {
     pub(crate) redis_master: Option<String>,
     /// Where clients connect.
     pub(crate) endpoint: Option<String>,
+    /// What the data nodes' own `ROLE` says (Sentinel mode only).
+    pub(crate) roles: Option<RoleCheck>,
+    /// Children the API server refused as invalid (an immutable field changed), with why.
+    pub(crate) refused: Vec<String>,
 }
 
 struct Verdict {
@@ -204,6 +209,41 @@ fn progressing_verdict(o: &Observed) -> Verdict {
 }
 
 fn degraded_verdict(o: &Observed) -> Verdict {
+    match &o.roles {
+        Some(RoleCheck::MultipleMasters(pods)) => {
+            return verdict(
+                DEGRADED,
+                true,
+                "MultipleMasters",
+                format!(
+                    "more than one data node says it is master: {}",
+                    pods.join(", ")
+                ),
+            );
+        }
+        Some(RoleCheck::MasterIsReplica { pod, of }) => {
+            return verdict(
+                DEGRADED,
+                true,
+                "MasterIsReplica",
+                format!(
+                    "the sentinels name {pod} as master but it replicates {of}; the master label was not moved"
+                ),
+            );
+        }
+        Some(RoleCheck::Consistent) | None => {}
+    }
+    if !o.refused.is_empty() {
+        return verdict(
+            DEGRADED,
+            true,
+            NEEDS_MIGRATION,
+            format!(
+                "the API server refused: {}; the rest was applied",
+                o.refused.join("; ")
+            ),
+        );
+    }
     if let Some(MasterView::Conflict(hosts)) = &o.master {
         return verdict(
             DEGRADED,
@@ -295,10 +335,14 @@ fn set_condition(conditions: &mut Vec<Condition>, new: Condition) {
     }
 }
 
+/// Reason of `Degraded` when a child cannot be changed in place (an immutable field).
+pub(crate) const NEEDS_MIGRATION: &str = "NeedsMigration";
 /// Reason of `Degraded` when the spec was refused.
 pub(crate) const INVALID_SPEC: &str = "InvalidSpec";
 /// Reason of `Degraded` when a reconcile failed.
 pub(crate) const RECONCILE_FAILED: &str = "ReconcileFailed";
+/// Reason of `Degraded` when the generated password Secret is gone while Redis data exists.
+pub(crate) const PASSWORD_SECRET_LOST: &str = "PasswordSecretLost";
 
 /// The previous status with `Degraded` true (for `reason`) and `Ready` false: what a refused
 /// spec or a failed reconcile can say without having observed the workloads.

@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::{
     ServiceSpec, TopologySpreadConstraint,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
@@ -329,6 +329,25 @@ pub(crate) fn spread_constraints(
         .collect()
 }
 
+/// The PodDisruptionBudget `name` over `component`'s pods: evictions (drains, upgrades) take
+/// at most `max_unavailable` of them at a time.
+pub(crate) fn disruption_budget(
+    cc: &ChatCluster,
+    name: String,
+    component: Component,
+    max_unavailable: IntOrString,
+) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: meta(cc, name, component),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(max_unavailable),
+            selector: Some(label_selector(cc, component)),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    }
+}
+
 /// Where the Redis password lives: the spec's Secret or the generated one. `None` for an
 /// external Redis without a password.
 pub(crate) fn redis_password_ref(cc: &ChatCluster) -> Option<(String, String)> {
@@ -399,6 +418,8 @@ pub(crate) struct Children {
     pub(crate) redis_services: Vec<Service>,
     /// Redis data nodes, then sentinels.
     pub(crate) stateful_sets: Vec<StatefulSet>,
+    /// Disruption budgets of the data nodes and sentinels (Sentinel mode).
+    pub(crate) redis_disruption_budgets: Vec<PodDisruptionBudget>,
     /// Who may reach Redis.
     pub(crate) network_policy: Option<NetworkPolicy>,
     /// The servers' ServiceAccount.
@@ -418,6 +439,7 @@ pub(crate) struct Children {
 pub(crate) fn children(cc: &ChatCluster, operator_namespace: &str) -> Children {
     let mut redis_services = Vec::new();
     let mut stateful_sets = Vec::new();
+    let mut redis_disruption_budgets = Vec::new();
     if deploys(cc, RedisMode::Standalone) {
         redis_services.push(redis::redis_service(cc));
         stateful_sets.push(redis::redis_statefulset(cc));
@@ -429,6 +451,10 @@ pub(crate) fn children(cc: &ChatCluster, operator_namespace: &str) -> Children {
         redis_services.push(sentinel::sentinel_service(cc));
         stateful_sets.push(redis::redis_statefulset(cc));
         stateful_sets.push(sentinel::sentinel_statefulset(cc));
+        // Standalone gets no budget: on its one pod a budget either blocks every drain or
+        // allows the eviction anyway.
+        redis_disruption_budgets.push(redis::data_disruption_budget(cc));
+        redis_disruption_budgets.push(sentinel::sentinel_disruption_budget(cc));
     }
     Children {
         config_map: cc
@@ -439,6 +465,7 @@ pub(crate) fn children(cc: &ChatCluster, operator_namespace: &str) -> Children {
             .then(|| config_map::redis_config_map(cc)),
         redis_services,
         stateful_sets,
+        redis_disruption_budgets,
         network_policy: network_policy::redis_network_policy(cc, operator_namespace),
         service_account: server::service_account(cc),
         deployment: server::deployment(cc),
@@ -449,6 +476,27 @@ pub(crate) fn children(cc: &ChatCluster, operator_namespace: &str) -> Children {
 }
 
 impl Children {
+    /// Put `checksum` (of the password Secret's data) on the pod templates of the data nodes,
+    /// sentinels and servers, so a changed password rolls every pod that reads it.
+    pub(crate) fn stamp_secret_checksum(&mut self, checksum: &str) {
+        let templates = self
+            .stateful_sets
+            .iter_mut()
+            .filter_map(|s| s.spec.as_mut().map(|s| &mut s.template))
+            .chain(self.deployment.spec.as_mut().map(|s| &mut s.template));
+        for template in templates {
+            template
+                .metadata
+                .get_or_insert_with(ObjectMeta::default)
+                .annotations
+                .get_or_insert_with(BTreeMap::new)
+                .insert(
+                    secret::SECRET_CHECKSUM_ANNOTATION.to_owned(),
+                    checksum.to_owned(),
+                );
+        }
+    }
+
     /// Every child as JSON, in apply order.
     pub(crate) fn to_values(&self) -> Result<Vec<serde_json::Value>, serde_json::Error> {
         let mut out = Vec::new();
@@ -460,6 +508,9 @@ impl Children {
         }
         for sts in &self.stateful_sets {
             out.push(serde_json::to_value(sts)?);
+        }
+        for pdb in &self.redis_disruption_budgets {
+            out.push(serde_json::to_value(pdb)?);
         }
         if let Some(np) = &self.network_policy {
             out.push(serde_json::to_value(np)?);
@@ -561,6 +612,8 @@ mod tests {
                 "Service/chat-sentinel",
                 "StatefulSet/chat-redis",
                 "StatefulSet/chat-sentinel",
+                "PodDisruptionBudget/chat-redis",
+                "PodDisruptionBudget/chat-sentinel",
                 "NetworkPolicy/chat-redis",
                 "ServiceAccount/chat-server",
                 "Deployment/chat-server",
@@ -604,6 +657,23 @@ mod tests {
                 assert_eq!(meta["labels"]["app.kubernetes.io/instance"], "chat");
                 assert_eq!(meta["namespace"], "prod");
             }
+        }
+    }
+
+    #[test]
+    fn the_secret_checksum_lands_on_every_pod_template_that_reads_the_password() {
+        let mut c = children(&sentinel(), "ops");
+        c.stamp_secret_checksum("abc");
+        let templates: Vec<_> = c
+            .stateful_sets
+            .iter()
+            .map(|s| s.spec.clone().unwrap().template)
+            .chain([c.deployment.spec.clone().unwrap().template])
+            .collect();
+        assert_eq!(templates.len(), 3);
+        for t in templates {
+            let annotations = t.metadata.unwrap().annotations.unwrap();
+            assert_eq!(annotations[secret::SECRET_CHECKSUM_ANNOTATION], "abc");
         }
     }
 

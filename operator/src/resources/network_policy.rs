@@ -1,5 +1,6 @@
 //! The NetworkPolicy `NAME-redis`: Redis and the sentinels accept only the cluster's own pods,
-//! plus the operator on the sentinel port (it asks the sentinels who the master is).
+//! plus, in Sentinel mode, the operator on the sentinel and data ports (it asks the sentinels
+//! who the master is, and each data node its own `ROLE`).
 
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -69,7 +70,7 @@ pub(crate) fn redis_network_policy(
                 }),
                 ..NetworkPolicyPeer::default()
             }]),
-            ports: Some(vec![port(SENTINEL_PORT)]),
+            ports: Some(vec![port(SENTINEL_PORT), port(REDIS_PORT)]),
         });
     }
     Some(NetworkPolicy {
@@ -126,7 +127,7 @@ mod tests {
     }
 
     #[test]
-    fn sentinels_also_accept_the_operator_on_the_sentinel_port_only() {
+    fn sentinel_mode_also_accepts_the_operator_on_the_sentinel_and_data_ports_only() {
         let spec = redis_network_policy(&sentinel(), "ops")
             .unwrap()
             .spec
@@ -143,10 +144,16 @@ mod tests {
                 .unwrap()["kubernetes.io/metadata.name"],
             "ops"
         );
-        assert_eq!(operator.ports.as_ref().unwrap().len(), 1);
+        let ports: Vec<_> = operator
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|p| p.port.clone())
+            .collect();
         assert_eq!(
-            operator.ports.as_ref().unwrap()[0].port,
-            Some(IntOrString::Int(26379))
+            ports,
+            [Some(IntOrString::Int(26379)), Some(IntOrString::Int(6379))]
         );
     }
 

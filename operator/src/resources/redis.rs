@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{
     ResourceRequirements, Service, TCPSocketAction, Volume, VolumeMount,
     VolumeResourceRequirements,
 };
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -16,9 +17,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::config_map::{checksum, redis_config_map};
 use super::{
     CLUSTER_IP, Component, Names, REDIS_PORT, REDIS_ROLE_LABEL, REDIS_ROLE_MASTER, ServiceKind,
-    container_security_context, env_field, env_secret, env_value, label_selector, labels, meta,
-    named_port, namespace, pod_security_context, redis_password_ref, selector_labels, service,
-    spread_constraints,
+    container_security_context, disruption_budget, env_field, env_secret, env_value,
+    label_selector, labels, meta, named_port, namespace, pod_security_context, redis_password_ref,
+    selector_labels, service, spread_constraints,
 };
 use crate::crd::{ChatCluster, RedisMode, SENTINEL_MASTER_NAME};
 
@@ -90,6 +91,72 @@ pub(crate) fn default_resources(cpu: &str, memory: &str) -> ResourceRequirements
         ])),
         ..ResourceRequirements::default()
     }
+}
+
+/// Memory limit of a data node when the spec sets no resources.
+pub(crate) const DEFAULT_REDIS_MEMORY_LIMIT: &str = "512Mi";
+/// Share of the memory limit Redis may fill (`maxmemory`); the rest is for the process, the
+/// fork of a background save and replication buffers.
+pub(crate) const MAXMEMORY_PERCENT: u64 = 80;
+
+/// Resources of a data node: the spec's, else requests cpu 100m / memory 128Mi and a memory
+/// limit of [`DEFAULT_REDIS_MEMORY_LIMIT`].
+pub(crate) fn data_node_resources(cc: &ChatCluster) -> ResourceRequirements {
+    cc.spec.redis.resources.clone().unwrap_or_else(|| {
+        let mut r = default_resources("100m", "128Mi");
+        r.limits = Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity(DEFAULT_REDIS_MEMORY_LIMIT.to_owned()),
+        )]));
+        r
+    })
+}
+
+/// Bytes in a Kubernetes memory quantity (`512Mi`, `1G`, `1.5Gi`, `1048576`); `None` when it
+/// is not one.
+pub(crate) fn quantity_bytes(q: &str) -> Option<u64> {
+    const UNITS: [(&str, f64); 12] = [
+        ("Ki", 1024.0),
+        ("Mi", 1_048_576.0),
+        ("Gi", 1_073_741_824.0),
+        ("Ti", 1_099_511_627_776.0),
+        ("Pi", 1_125_899_906_842_624.0),
+        ("Ei", 1_152_921_504_606_846_976.0),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
+    ];
+    let (number, factor) = UNITS
+        .iter()
+        .find_map(|(suffix, f)| q.strip_suffix(suffix).map(|n| (n, *f)))
+        .unwrap_or((q, 1.0));
+    let value: f64 = number.parse().ok()?;
+    let bytes = (value * factor).floor();
+    // An f64 above u64::MAX would saturate; memory limits that large are not real.
+    (value.is_finite() && value >= 0.0 && bytes < 1.8e19).then(|| {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let b = bytes as u64;
+        b
+    })
+}
+
+/// `maxmemory` of the data nodes: [`MAXMEMORY_PERCENT`] of their memory limit (`None`
+/// without a limit). A limit that is not a memory quantity is an error naming the field.
+pub(crate) fn maxmemory(cc: &ChatCluster) -> Result<Option<u64>, String> {
+    let resources = data_node_resources(cc);
+    let Some(limit) = resources.limits.as_ref().and_then(|l| l.get("memory")) else {
+        return Ok(None);
+    };
+    let bytes = quantity_bytes(&limit.0).ok_or_else(|| {
+        format!(
+            "redis.resources.limits.memory {:?} is not a memory quantity",
+            limit.0
+        )
+    })?;
+    Ok(Some(bytes / 100 * MAXMEMORY_PERCENT))
 }
 
 /// Volumes both StatefulSets mount: the scripts and a writable run directory.
@@ -250,10 +317,7 @@ pub(crate) fn redis_statefulset(cc: &ChatCluster) -> StatefulSet {
             ..Volume::default()
         }]
     };
-    let resources = redis
-        .resources
-        .clone()
-        .unwrap_or_else(|| default_resources("100m", "128Mi"));
+    let resources = data_node_resources(cc);
     let mut container = redis_image_container(cc, "redis", REDIS_PORT, topology_env(cc), resources);
     if let Some(mounts) = container.volume_mounts.as_mut() {
         mounts.push(mount("data", "/data", false));
@@ -278,6 +342,17 @@ pub(crate) fn redis_statefulset(cc: &ChatCluster) -> StatefulSet {
         spec.volume_claim_templates = persistence.then(|| vec![data_claim(cc)]);
     }
     sts
+}
+
+/// The PodDisruptionBudget `NAME-redis`: one data node evicted at a time, so a drain never
+/// takes the master and its replicas (or two replicas the writes wait for) at once.
+pub(crate) fn data_disruption_budget(cc: &ChatCluster) -> PodDisruptionBudget {
+    disruption_budget(
+        cc,
+        Names::of(cc).redis(),
+        Component::Redis,
+        IntOrString::Int(1),
+    )
 }
 
 /// A data node Service of `kind` in front of the pods `selector` picks.
@@ -345,6 +420,51 @@ mod tests {
 
     fn env_names(c: &Container) -> Vec<String> {
         c.env.iter().flatten().map(|e| e.name.clone()).collect()
+    }
+
+    #[test]
+    fn memory_quantities_are_read_in_binary_and_decimal_units() {
+        assert_eq!(quantity_bytes("512Mi"), Some(536_870_912));
+        assert_eq!(quantity_bytes("1Gi"), Some(1_073_741_824));
+        assert_eq!(quantity_bytes("1.5Gi"), Some(1_610_612_736));
+        assert_eq!(quantity_bytes("1G"), Some(1_000_000_000));
+        assert_eq!(quantity_bytes("128974848"), Some(128_974_848));
+        assert_eq!(quantity_bytes("100k"), Some(100_000));
+        for bad in ["", "lots", "12Qi", "-1Gi", "NaN"] {
+            assert_eq!(quantity_bytes(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn data_nodes_get_a_default_memory_limit_and_a_bad_one_is_named() {
+        let cc = standalone();
+        let limits = data_node_resources(&cc).limits.unwrap();
+        assert_eq!(limits["memory"].0, "512Mi");
+        assert_eq!(maxmemory(&cc), Ok(Some(429_496_720)));
+        let mut bad = standalone();
+        bad.spec.redis.resources = Some(ResourceRequirements {
+            limits: Some(BTreeMap::from([(
+                "memory".to_owned(),
+                Quantity("plenty".to_owned()),
+            )])),
+            ..ResourceRequirements::default()
+        });
+        let err = maxmemory(&bad).unwrap_err();
+        assert!(err.contains("redis.resources.limits.memory"), "{err}");
+        let refused = crate::render::validate(&bad).unwrap_err();
+        assert!(refused.to_string().contains("plenty"), "{refused}");
+    }
+
+    #[test]
+    fn the_data_budget_evicts_one_node_at_a_time() {
+        let pdb = data_disruption_budget(&sentinel());
+        assert_eq!(pdb.metadata.name.as_deref(), Some("chat-redis"));
+        let spec = pdb.spec.unwrap();
+        assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+        assert_eq!(
+            spec.selector.unwrap().match_labels.unwrap()["app.kubernetes.io/component"],
+            "redis"
+        );
     }
 
     #[test]

@@ -10,6 +10,10 @@ use rand::distr::Alphanumeric;
 use super::{Component, Names, PASSWORD_KEY, meta};
 use crate::crd::ChatCluster;
 
+/// Pod-template annotation with a checksum of the password Secret's data: a changed password
+/// changes the template and so rolls the data nodes, sentinels and servers onto it.
+pub(crate) const SECRET_CHECKSUM_ANNOTATION: &str = "chat.dev/secret-checksum";
+
 /// Length of generated passwords (alphanumeric, about 190 bits).
 pub(crate) const PASSWORD_LEN: usize = 32;
 
@@ -36,6 +40,12 @@ pub(crate) fn redis_password_secret(cc: &ChatCluster, password: &str) -> Secret 
     }
 }
 
+/// The checksum [`SECRET_CHECKSUM_ANNOTATION`] carries: of the key and the password, never the
+/// password itself (annotations are readable by anyone who can read the pods).
+pub(crate) fn password_checksum(key: &str, password: &str) -> String {
+    super::config_map::fnv_hex(std::iter::once((key.as_bytes(), password.as_bytes())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,5 +66,13 @@ mod tests {
         assert_eq!(s.metadata.name.as_deref(), Some("chat-redis-password"));
         assert!(s.metadata.owner_references.is_some());
         assert_eq!(s.data.unwrap()["password"].0, b"hunter2");
+    }
+
+    #[test]
+    fn the_secret_checksum_follows_the_password_and_does_not_contain_it() {
+        let a = password_checksum("password", "hunter2");
+        assert_eq!(a, password_checksum("password", "hunter2"));
+        assert_ne!(a, password_checksum("password", "hunter3"));
+        assert!(!a.contains("hunter2"));
     }
 }

@@ -1,16 +1,20 @@
 //! Redis sentinels (Sentinel mode): the StatefulSet, its headless Service and the Service.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{
+    Affinity, PodAffinityTerm, PodAntiAffinity, Service, WeightedPodAffinityTerm,
+};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::redis::{
     RedisImageSet, default_resources, redis_image_container, redis_image_statefulset, topology_env,
 };
 use super::{
-    CLUSTER_IP, Component, Names, SENTINEL_PORT, ServiceKind, env_value, named_port,
-    selector_labels, service,
+    CLUSTER_IP, Component, Names, SENTINEL_PORT, ServiceKind, disruption_budget, env_value,
+    label_selector, named_port, selector_labels, service,
 };
-use crate::crd::ChatCluster;
+use crate::crd::{AntiAffinity, ChatCluster};
 
 /// Sentinels that must agree before a failover: a majority.
 pub(crate) fn quorum(sentinels: i32) -> i32 {
@@ -34,7 +38,53 @@ pub(crate) fn sentinel_statefulset(cc: &ChatCluster) -> StatefulSet {
         volumes: Vec::new(),
         grace_seconds: 10,
     };
-    redis_image_statefulset(cc, set)
+    let mut sts = redis_image_statefulset(cc, set);
+    if let Some(pod) = sts.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        pod.affinity = Some(sentinel_affinity(cc));
+    }
+    sts
+}
+
+/// Keep sentinels on different nodes: required or preferred, as the spec says. A node that
+/// carries two sentinels takes two votes with it when it goes.
+fn sentinel_affinity(cc: &ChatCluster) -> Affinity {
+    let term = PodAffinityTerm {
+        label_selector: Some(label_selector(cc, Component::Sentinel)),
+        topology_key: "kubernetes.io/hostname".to_owned(),
+        ..PodAffinityTerm::default()
+    };
+    let anti = match cc.spec.redis.sentinel_anti_affinity {
+        AntiAffinity::Required => PodAntiAffinity {
+            required_during_scheduling_ignored_during_execution: Some(vec![term]),
+            ..PodAntiAffinity::default()
+        },
+        AntiAffinity::Preferred => PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: term,
+                },
+            ]),
+            ..PodAntiAffinity::default()
+        },
+    };
+    Affinity {
+        pod_anti_affinity: Some(anti),
+        ..Affinity::default()
+    }
+}
+
+/// The PodDisruptionBudget `NAME-sentinel`: evictions never leave fewer sentinels than the
+/// quorum (with 3 sentinels, one at a time), so a failover stays possible during a drain.
+pub(crate) fn sentinel_disruption_budget(cc: &ChatCluster) -> PodDisruptionBudget {
+    let sentinels = cc.spec.redis.sentinel_replicas();
+    let spare = (sentinels - quorum(sentinels)).max(1);
+    disruption_budget(
+        cc,
+        Names::of(cc).sentinel(),
+        Component::Sentinel,
+        IntOrString::Int(spare),
+    )
 }
 
 /// A sentinel Service of `kind`.
@@ -60,6 +110,76 @@ mod tests {
     use crate::resources::testing::sentinel;
 
     #[test]
+    fn the_sentinel_budget_keeps_a_quorum_through_evictions() {
+        let mut cc = sentinel();
+        let budget = |cc: &ChatCluster| {
+            let pdb = sentinel_disruption_budget(cc);
+            assert_eq!(pdb.metadata.name.as_deref(), Some("chat-sentinel"));
+            pdb.spec.unwrap().max_unavailable.unwrap()
+        };
+        assert_eq!(budget(&cc), IntOrString::Int(1));
+        cc.spec.redis.sentinels = Some(5);
+        assert_eq!(budget(&cc), IntOrString::Int(2));
+        let selector = sentinel_disruption_budget(&cc)
+            .spec
+            .unwrap()
+            .selector
+            .unwrap();
+        assert_eq!(
+            selector.match_labels.unwrap()["app.kubernetes.io/component"],
+            "sentinel"
+        );
+    }
+
+    #[test]
+    fn sentinels_prefer_separate_nodes_unless_the_spec_requires_it() {
+        let anti = |cc: &ChatCluster| {
+            let sts = sentinel_statefulset(cc);
+            sts.spec
+                .unwrap()
+                .template
+                .spec
+                .unwrap()
+                .affinity
+                .unwrap()
+                .pod_anti_affinity
+                .unwrap()
+        };
+        let mut cc = sentinel();
+        let preferred = anti(&cc);
+        assert!(
+            preferred
+                .required_during_scheduling_ignored_during_execution
+                .is_none()
+        );
+        let terms = preferred
+            .preferred_during_scheduling_ignored_during_execution
+            .unwrap();
+        assert_eq!(
+            terms[0].pod_affinity_term.topology_key,
+            "kubernetes.io/hostname"
+        );
+        cc.spec.redis.sentinel_anti_affinity = AntiAffinity::Required;
+        let required = anti(&cc);
+        assert!(
+            required
+                .preferred_during_scheduling_ignored_during_execution
+                .is_none()
+        );
+        let terms = required
+            .required_during_scheduling_ignored_during_execution
+            .unwrap();
+        assert_eq!(terms[0].topology_key, "kubernetes.io/hostname");
+        let selector = terms[0]
+            .label_selector
+            .clone()
+            .unwrap()
+            .match_labels
+            .unwrap();
+        assert_eq!(selector["app.kubernetes.io/component"], "sentinel");
+    }
+
+    #[test]
     fn quorum_is_a_majority_of_the_sentinels() {
         assert_eq!(quorum(3), 2);
         assert_eq!(quorum(4), 3);
@@ -78,7 +198,7 @@ mod tests {
         assert_eq!(spec.service_name.as_deref(), Some("chat-sentinel-headless"));
         let pod = spec.template.spec.unwrap();
         let c = &pod.containers[0];
-        assert_eq!(c.image.as_deref(), Some("redis:7.2"));
+        assert_eq!(c.image.as_deref(), Some("redis:7.2.7"));
         assert_eq!(c.command.as_ref().unwrap()[1], "/config/sentinel-start.sh");
         let quorum = c.env.iter().flatten().find(|e| e.name == "QUORUM").unwrap();
         assert_eq!(quorum.value.as_deref(), Some("3"));

@@ -10,23 +10,25 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::autoscaling::v2::{
-    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
-    MetricTarget, ResourceMetricSource,
+    CrossVersionObjectReference, HPAScalingPolicy, HPAScalingRules, HorizontalPodAutoscaler,
+    HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec, MetricSpec, MetricTarget,
+    ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, Lifecycle,
     LifecycleHandler, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Service,
     ServiceAccount, ServicePort, SleepAction, Volume, VolumeMount,
 };
-use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    Component, Names, REDIS_PORT, SERVER_PORT, ServiceKind, container_security_context, env_field,
-    env_secret, env_value, label_selector, labels, meta, named_port, pod_security_context,
-    redis_password_ref, selector_labels, sentinel_addresses, spread_constraints,
+    Component, Names, REDIS_PORT, SERVER_PORT, ServiceKind, container_security_context,
+    disruption_budget, env_field, env_secret, env_value, label_selector, labels, meta, named_port,
+    pod_security_context, redis_password_ref, selector_labels, sentinel_addresses,
+    spread_constraints,
 };
 use crate::crd::{ChatCluster, RedisMode, SENTINEL_MASTER_NAME};
 
@@ -260,15 +262,13 @@ pub(crate) fn service(cc: &ChatCluster) -> Service {
 
 /// The PodDisruptionBudget `NAME-server`.
 pub(crate) fn pod_disruption_budget(cc: &ChatCluster) -> PodDisruptionBudget {
-    PodDisruptionBudget {
-        metadata: meta(cc, Names::of(cc).server(), Component::Server),
-        spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(cc.spec.server.pod_disruption_budget.max_unavailable.clone()),
-            selector: Some(label_selector(cc, Component::Server)),
-            ..PodDisruptionBudgetSpec::default()
-        }),
-        ..PodDisruptionBudget::default()
-    }
+    let max_unavailable = cc.spec.server.pod_disruption_budget.max_unavailable.clone();
+    disruption_budget(
+        cc,
+        Names::of(cc).server(),
+        Component::Server,
+        max_unavailable,
+    )
 }
 
 /// The ServiceAccount `NAME-server` (the servers need no API access: no token is mounted).
@@ -305,10 +305,34 @@ pub(crate) fn horizontal_pod_autoscaler(cc: &ChatCluster) -> Option<HorizontalPo
                 }),
                 ..MetricSpec::default()
             }]),
-            ..HorizontalPodAutoscalerSpec::default()
+            behavior: Some(HorizontalPodAutoscalerBehavior {
+                scale_down: Some(websocket_scale_down()),
+                scale_up: None,
+            }),
         }),
         ..HorizontalPodAutoscaler::default()
     })
+}
+
+/// Seconds of recommendations the HPA looks back over before it scales down.
+pub(crate) const SCALE_DOWN_STABILIZATION_SECS: i32 = 600;
+
+/// How the servers shrink. Every removed pod closes its WebSockets and all of those clients
+/// reconnect (and re-subscribe, and recover history) at once on the pods that remain, so
+/// CPU dips must not flap replicas away: look back 10 minutes, then remove at most 10 % of the
+/// pods (at least one) per minute.
+fn websocket_scale_down() -> HPAScalingRules {
+    let policy = |type_: &str, value: i32| HPAScalingPolicy {
+        type_: type_.to_owned(),
+        value,
+        period_seconds: 60,
+    };
+    HPAScalingRules {
+        stabilization_window_seconds: Some(SCALE_DOWN_STABILIZATION_SECS),
+        select_policy: Some("Max".to_owned()),
+        policies: Some(vec![policy("Percent", 10), policy("Pods", 1)]),
+        ..HPAScalingRules::default()
+    }
 }
 
 #[cfg(test)]
@@ -532,6 +556,15 @@ pub(crate) mod tests {
         assert_eq!((spec.min_replicas, spec.max_replicas), (Some(2), 10));
         let target = &spec.metrics.unwrap()[0].resource.clone().unwrap().target;
         assert_eq!(target.average_utilization, Some(70));
+        let down = spec.behavior.unwrap().scale_down.unwrap();
+        assert_eq!(down.stabilization_window_seconds, Some(600));
+        let policies = down.policies.unwrap();
+        assert!(policies.iter().all(|p| p.period_seconds == 60));
+        assert!(
+            policies
+                .iter()
+                .any(|p| p.type_ == "Percent" && p.value == 10)
+        );
         assert_eq!(deployment(&cc).spec.unwrap().replicas, None);
         let json = serde_json::to_value(deployment(&cc)).unwrap();
         assert!(json["spec"].get("replicas").is_none());

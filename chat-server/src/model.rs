@@ -9,6 +9,7 @@ use axum::extract::ws::Utf8Bytes;
 
 use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::stomp::{self, Command, Frame};
 
@@ -110,6 +111,10 @@ macro_rules! room_event_struct {
             pub content: String,
             pub sent_at: String,
             pub server_id: String,
+            /// The client's own body fields (chat_wire::body::MessageBody::extra), at the top
+            /// level of the JSON beside the envelope's.
+            #[serde(flatten)]
+            pub extra: Map<String, Value>,
             #[serde(default, skip_serializing_if = "Vec::is_empty")]
             pub headers: Vec<(String, String)>,
         }
@@ -130,6 +135,7 @@ impl Draft {
             content,
             sent_at: now_rfc3339(),
             server_id: server_id.to_owned(),
+            extra: Map::new(),
             headers: Vec::new(),
         }
     }
@@ -156,6 +162,7 @@ impl EventRecord {
             content: draft.content,
             sent_at: draft.sent_at,
             server_id: draft.server_id,
+            extra: draft.extra,
             headers: draft.headers,
         }
     }
@@ -175,6 +182,8 @@ struct RoomBody<'a> {
     content: &'a str,
     sent_at: &'a str,
     server_id: &'a str,
+    #[serde(flatten)]
+    extra: &'a Map<String, Value>,
 }
 
 /// A room event ready to deliver: the record and its encoded MESSAGE frame.
@@ -200,6 +209,7 @@ impl RoomEvent {
             content: &record.content,
             sent_at: &record.sent_at,
             server_id: &record.server_id,
+            extra: &record.extra,
         })
         .unwrap_or_default();
         let wire = message_wire(
@@ -260,6 +270,9 @@ pub struct DirectRecord {
     pub content: String,
     pub sent_at: String,
     pub server_id: String,
+    /// The client's own body fields, as in a room event.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<(String, String)>,
 }
@@ -275,6 +288,8 @@ struct DirectBody<'a> {
     content: &'a str,
     sent_at: &'a str,
     server_id: &'a str,
+    #[serde(flatten)]
+    extra: &'a Map<String, Value>,
 }
 
 #[derive(Debug)]
@@ -293,6 +308,7 @@ impl DirectEvent {
             content: &record.content,
             sent_at: &record.sent_at,
             server_id: &record.server_id,
+            extra: &record.extra,
         })
         .unwrap_or_default();
         let wire = message_wire(
@@ -383,6 +399,10 @@ mod tests {
             content: "hi: there\n".into(),
             sent_at: "2026-01-01T00:00:00.000Z".into(),
             server_id: "s1".into(),
+            extra: serde_json::json!({"chatRoomId": "7", "meta": {"n": [1, 2.5]}})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
             headers: vec![("x-sent-ns".into(), "12:34".into())],
         }
     }
@@ -442,7 +462,19 @@ mod tests {
         assert_eq!(body["sender"]["name"], "Ann");
         assert_eq!(body["content"], "hi: there\n");
         assert_eq!(body["serverId"], "s1");
+        assert_eq!(body["chatRoomId"], "7");
+        assert_eq!(body["meta"]["n"][1], 2.5);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_stored_record_with_extra_fields_reads_back_the_same() {
+        let r = record(3);
+        let json = serde_json::to_string(&r).unwrap();
+        let back: EventRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, r);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["meta"]["n"][0], 1, "extra fields at the top level");
     }
 
     #[test]

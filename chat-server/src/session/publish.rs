@@ -157,7 +157,7 @@ impl Conn {
             return Err(SessionError::NotConnected(crate::stomp::Command::Send));
         };
         let dest = parse_destination(&send.destination)?;
-        let content = parse_message_body(&send.body)?;
+        let message = parse_message_body(&send.body)?;
         let headers: Vec<(String, String)> = send
             .headers
             .iter()
@@ -170,12 +170,23 @@ impl Conn {
                 if !identity.may_use_room(&room) {
                     return Err(SessionError::Forbidden(room));
                 }
-                let mut draft = Draft::new(EventKind::Chat, identity.sender(), content, server_id);
+                let mut draft = Draft::new(
+                    EventKind::Chat,
+                    identity.sender(),
+                    message.content,
+                    server_id,
+                );
+                draft.extra = message.extra;
                 draft.headers = headers;
                 Ok(Prepared::Room(room, draft))
             }
             Dest::User(to) => {
-                let d = Draft::new(EventKind::Chat, identity.sender(), content, server_id);
+                let d = Draft::new(
+                    EventKind::Chat,
+                    identity.sender(),
+                    message.content,
+                    server_id,
+                );
                 Ok(Prepared::Direct(DirectRecord {
                     id: d.id,
                     kind: EventKind::Chat,
@@ -184,6 +195,7 @@ impl Conn {
                     content: d.content,
                     sent_at: d.sent_at,
                     server_id: d.server_id,
+                    extra: message.extra,
                     headers,
                 }))
             }

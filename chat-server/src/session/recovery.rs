@@ -268,6 +268,7 @@ fn not_recovered_frame(info: &RoomInfo, sub: &str, server_id: &str) -> Frame {
         content: "history is not recoverable from that position; reload the room".into(),
         sent_at: now_rfc3339(),
         server_id: server_id.to_owned(),
+        extra: Default::default(),
         headers: Vec::new(),
     };
     let body = serde_json::to_vec(&record).unwrap_or_default();

@@ -7,7 +7,10 @@
 //! checks that `docs/CONFIGURATION.md` lists exactly these names and defaults.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::session::destination::{Destinations, parse_patterns};
 
 /// How late a resend of a command (by fred, after a lost reply) is still recognised: the
 /// publish script's duplicate window and deadline (`WINDOW` in the broker's `common.lua` is set
@@ -156,6 +159,16 @@ pub const VARS: &[Var] = &[
         Some("20"),
     ),
     var("CHAT_LOG_FORMAT", "text or json", Some("text")),
+    var(
+        "CHAT_ROOM_DESTINATIONS",
+        "comma-separated destination patterns naming a room for SUBSCRIBE and SEND",
+        Some("/topic/room/{room}"),
+    ),
+    var(
+        "CHAT_SEND_DESTINATIONS",
+        "comma-separated SEND-only destination patterns (`pattern?field`: the room is that body field)",
+        Some("/app/room/{room}"),
+    ),
 ];
 
 const fn var(name: &'static str, help: &'static str, default: Option<&'static str>) -> Var {
@@ -237,6 +250,11 @@ pub struct Config {
     pub stomp_heartbeat: (u64, u64),
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
+    /// The patterns of `CHAT_ROOM_DESTINATIONS` and `CHAT_SEND_DESTINATIONS`, as configured.
+    pub room_destinations: Vec<String>,
+    pub send_destinations: Vec<String>,
+    /// The matcher built from them, once; every session shares it.
+    pub(crate) destinations: Arc<Destinations>,
 }
 
 impl Config {
@@ -383,6 +401,16 @@ impl Config {
             }
         };
 
+        let room_list = defaulted(&get, "CHAT_ROOM_DESTINATIONS")?;
+        let send_list = defaulted(&get, "CHAT_SEND_DESTINATIONS")?;
+        let destinations = Destinations::new(
+            parse_patterns(&room_list, false)
+                .map_err(|e| bad("CHAT_ROOM_DESTINATIONS", e.to_string()))?,
+            parse_patterns(&send_list, true)
+                .map_err(|e| bad("CHAT_SEND_DESTINATIONS", e.to_string()))?,
+        );
+        let list = |s: &str| s.split(',').map(|p| p.trim().to_owned()).collect();
+
         Ok(Config {
             listen_addr,
             backend,
@@ -410,6 +438,9 @@ impl Config {
             stomp_heartbeat,
             shutdown_grace: Duration::from_secs(number(&get, "CHAT_SHUTDOWN_GRACE_SECS")?),
             log_format,
+            room_destinations: list(&room_list),
+            send_destinations: list(&send_list),
+            destinations: Arc::new(destinations),
         })
     }
 
@@ -588,6 +619,13 @@ mod tests {
             ("CHAT_JWT_SECRET", "short"),
             ("CHAT_REDIS_PASSWORD_FILE", "/nonexistent/password"),
             ("CHAT_REDIS_WAIT_MS", "30001"),
+            ("CHAT_ROOM_DESTINATIONS", "/topic/{room}/{room}"),
+            ("CHAT_ROOM_DESTINATIONS", "/topic/x{room}"),
+            ("CHAT_ROOM_DESTINATIONS", "/topic/a,,/topic/b"),
+            ("CHAT_ROOM_DESTINATIONS", "/app/chat?roomId"),
+            ("CHAT_ROOM_DESTINATIONS", "/user/queue/{room}"),
+            ("CHAT_SEND_DESTINATIONS", "/app/user/{room}"),
+            ("CHAT_SEND_DESTINATIONS", "/app/chat?"),
         ] {
             assert_eq!(
                 parse(&[(var, value)]).unwrap_err().var,
@@ -595,6 +633,31 @@ mod tests {
                 "{var}={value}"
             );
         }
+    }
+
+    #[test]
+    fn destination_patterns_default_to_the_classic_layout_and_may_be_replaced() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.room_destinations, ["/topic/room/{room}"]);
+        assert_eq!(c.send_destinations, ["/app/room/{room}"]);
+        let c = parse(&[
+            (
+                "CHAT_ROOM_DESTINATIONS",
+                "/topic/chatroom/{room}, /topic/public",
+            ),
+            ("CHAT_SEND_DESTINATIONS", "/app/chat.sendMessage?chatRoomId"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.room_destinations,
+            ["/topic/chatroom/{room}", "/topic/public"]
+        );
+        assert_eq!(
+            c.destinations.subscribe("/topic/public"),
+            Ok(crate::session::destination::Dest::Room("public".into()))
+        );
+        let e = parse(&[("CHAT_ROOM_DESTINATIONS", "/a/{room}/{room}")]).unwrap_err();
+        assert!(e.to_string().contains("{room} twice"), "{e}");
     }
 
     #[test]

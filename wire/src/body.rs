@@ -41,12 +41,24 @@ pub enum BodyError {
 /// Reads a client's message; a body that starts with `{` must be a JSON object with a string
 /// `content`. Any other body is the content itself, as plain text.
 pub fn parse_message_body(body: &[u8]) -> Result<MessageBody, BodyError> {
+    parse_message_body_with(body, None).map(|(message, _)| message)
+}
+
+/// As [`parse_message_body`], and also hands back the value of the top-level `field` of a
+/// JSON body as it came (before envelope names are dropped: a destination may read its room
+/// from a body's `roomId`). `None` when there is no such field or the body is plain text.
+pub fn parse_message_body_with(
+    body: &[u8],
+    field: Option<&str>,
+) -> Result<(MessageBody, Option<Value>), BodyError> {
     let text = std::str::from_utf8(body).map_err(|_| BodyError::NotUtf8)?;
+    let mut picked = None;
     let message = if text.trim_start().starts_with('{') {
         // serde_json's recursion limit refuses absurdly deep nesting; the frame limit bounds
         // the size.
         let mut fields: Map<String, Value> =
             serde_json::from_str(text).map_err(|e| BodyError::BadJson(e.to_string()))?;
+        picked = field.and_then(|f| fields.get(f)).cloned();
         let content = match fields.remove("content") {
             Some(Value::String(s)) => s,
             Some(_) => return Err(BodyError::BadJson("`content` must be a string".into())),
@@ -72,7 +84,7 @@ pub fn parse_message_body(body: &[u8]) -> Result<MessageBody, BodyError> {
     if message.content.trim().is_empty() {
         return Err(BodyError::Empty);
     }
-    Ok(message)
+    Ok((message, picked))
 }
 
 #[cfg(test)]
@@ -138,6 +150,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(Value::Object(m.extra), json!({"keep": true}));
+    }
+
+    #[test]
+    fn a_picked_field_comes_back_even_when_it_is_an_envelope_name() {
+        let body = br#"{"roomId":"r1","chatRoomId":7,"content":"hi"}"#;
+        let (m, v) = parse_message_body_with(body, Some("roomId")).unwrap();
+        assert_eq!(v, Some(json!("r1")));
+        assert!(!m.extra.contains_key("roomId"));
+        let (m, v) = parse_message_body_with(body, Some("chatRoomId")).unwrap();
+        assert_eq!((v, &m.extra["chatRoomId"]), (Some(json!(7)), &json!(7)));
+        assert_eq!(parse_message_body_with(body, Some("nope")).unwrap().1, None);
+        assert_eq!(
+            parse_message_body_with(b"plain", Some("roomId")).unwrap().1,
+            None
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chat_tests::http::get_json;
 use chat_tests::process::ServerProcess;
 use chat_tests::redis::{RedisOpts, RedisServer};
-use chat_tests::{Client, body};
+use chat_tests::{Client, body, hs256_token, now_secs};
 use chat_wire::stomp::Frame;
 
 const QUIET: (&str, &str) = ("x-presence", "false");
@@ -23,9 +23,14 @@ struct Pair {
 }
 
 async fn pair(rooms: &str, sends: &str) -> Pair {
+    pair_with(rooms, sends, &[]).await
+}
+
+/// As `pair`, with `more` environment.
+async fn pair_with(rooms: &str, sends: &str, more: &[(&str, &str)]) -> Pair {
     let redis = RedisServer::start(RedisOpts::default());
     let url = redis.url();
-    let env = [
+    let mut env = vec![
         ("CHAT_REDIS_URL", url.as_str()),
         ("CHAT_HEARTBEAT_INTERVAL_MS", "200"),
         ("CHAT_SERVER_TTL_MS", "800"),
@@ -33,6 +38,7 @@ async fn pair(rooms: &str, sends: &str) -> Pair {
         ("CHAT_ROOM_DESTINATIONS", rooms),
         ("CHAT_SEND_DESTINATIONS", sends),
     ];
+    env.extend_from_slice(more);
     let a = ServerProcess::start("a", &env).await;
     let b = ServerProcess::start("b", &env).await;
     for p in [&a, &b] {
@@ -74,7 +80,12 @@ fn both_aliases() -> [(String, String); 2] {
 /// A fresh connection to `p`'s instance a SENDs `body` to `dest` and gets an ERROR whose
 /// message contains `reason`.
 async fn refused(p: &Pair, dest: &str, body: &str, reason: &str) {
-    let mut c = Client::login(&p.a.ws_url(), "refused").await;
+    let c = Client::login(&p.a.ws_url(), "refused").await;
+    refused_to(c, dest, body, reason).await;
+}
+
+/// `c` SENDs `body` to `dest` and gets an ERROR whose message contains `reason`.
+async fn refused_to(mut c: Client, dest: &str, body: &str, reason: &str) {
     let err = c
         .try_send(dest, body, WAIT)
         .await
@@ -267,5 +278,59 @@ async fn aliases_of_one_room_each_get_their_own_destination_in_presence_and_reco
     assert_eq!(
         (m.header("destination"), m.header("x-recovered")),
         (Some("/topic/chatroom/x"), Some("false"))
+    );
+}
+
+#[tokio::test]
+async fn a_tokens_rooms_claim_holds_through_every_alias_and_the_body_field() {
+    const SECRET: &str = "a-secret-of-enough-length";
+    let p = pair_with(
+        "/topic/room/{room},/topic/chatroom/{room}",
+        "/app/chat.sendMessage?chatRoomId",
+        &[("CHAT_JWT_SECRET", SECRET)],
+    )
+    .await;
+    let token = hs256_token(
+        SECRET,
+        &serde_json::json!({"sub": "t", "exp": now_secs() + 60, "rooms": ["team-*"]}),
+    );
+    let auth = format!("Bearer {token}");
+    let login = || async {
+        Client::connect(&p.b.ws_url(), &[("Authorization", auth.as_str())])
+            .await
+            .0
+    };
+    let mut c = login().await;
+    c.subscribe("0", "/topic/chatroom/team-1", &[QUIET]).await;
+    c.send(
+        "/app/chat.sendMessage",
+        r#"{"chatRoomId":"team-1","content":"ours"}"#,
+    )
+    .await;
+    let (d, e) = dest_and_body(&c.next_message().await);
+    assert_eq!(
+        (d.as_str(), e["content"].as_str()),
+        ("/topic/chatroom/team-1", Some("ours"))
+    );
+    refused_to(
+        login().await,
+        "/app/chat.sendMessage",
+        r#"{"chatRoomId":"other","content":"theirs"}"#,
+        "forbidden",
+    )
+    .await;
+    refused_to(login().await, "/topic/chatroom/other", "x", "forbidden").await;
+    let mut sub = login().await;
+    sub.send_frame(
+        &Frame::new(chat_wire::stomp::Command::Subscribe)
+            .with_header("id", "0")
+            .with_header("destination", "/topic/room/other"),
+    )
+    .await;
+    let err = sub.expect_error().await;
+    assert_eq!(
+        err.header("message").map(|m| m.starts_with("forbidden")),
+        Some(true),
+        "{err:?}"
     );
 }

@@ -7,7 +7,10 @@
 //! checks that `docs/CONFIGURATION.md` lists exactly these names and defaults.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::session::destination::{Destinations, parse_patterns};
 
 /// How late a resend of a command (by fred, after a lost reply) is still recognised: the
 /// publish script's duplicate window and deadline (`WINDOW` in the broker's `common.lua` is set
@@ -166,6 +169,16 @@ pub const VARS: &[Var] = &[
         Some("20"),
     ),
     var("CHAT_LOG_FORMAT", "text or json", Some("text")),
+    var(
+        "CHAT_ROOM_DESTINATIONS",
+        "comma-separated destination patterns naming a room for SUBSCRIBE and SEND",
+        Some("/topic/room/{room}"),
+    ),
+    var(
+        "CHAT_SEND_DESTINATIONS",
+        "comma-separated SEND-only destination patterns (`pattern?field`: the room is that body field)",
+        Some("/app/room/{room}"),
+    ),
 ];
 
 const fn var(name: &'static str, help: &'static str, default: Option<&'static str>) -> Var {
@@ -249,6 +262,11 @@ pub struct Config {
     pub sockjs_disconnect: Duration,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
+    /// The patterns of `CHAT_ROOM_DESTINATIONS` and `CHAT_SEND_DESTINATIONS`, as configured.
+    pub room_destinations: Vec<String>,
+    pub send_destinations: Vec<String>,
+    /// The matcher built from them, once; every session shares it.
+    pub(crate) destinations: Arc<Destinations>,
 }
 
 impl Config {
@@ -395,6 +413,16 @@ impl Config {
             }
         };
 
+        let room_list = defaulted(&get, "CHAT_ROOM_DESTINATIONS")?;
+        let send_list = defaulted(&get, "CHAT_SEND_DESTINATIONS")?;
+        let destinations = Destinations::new(
+            parse_patterns(&room_list, false)
+                .map_err(|e| bad("CHAT_ROOM_DESTINATIONS", e.to_string()))?,
+            parse_patterns(&send_list, true)
+                .map_err(|e| bad("CHAT_SEND_DESTINATIONS", e.to_string()))?,
+        );
+        let list = |s: &str| s.split(',').map(|p| p.trim().to_owned()).collect();
+
         Ok(Config {
             listen_addr,
             backend,
@@ -424,6 +452,9 @@ impl Config {
             sockjs_disconnect: millis(&get, "CHAT_SOCKJS_DISCONNECT_MS", 100)?,
             shutdown_grace: Duration::from_secs(number(&get, "CHAT_SHUTDOWN_GRACE_SECS")?),
             log_format,
+            room_destinations: list(&room_list),
+            send_destinations: list(&send_list),
+            destinations: Arc::new(destinations),
         })
     }
 
@@ -604,6 +635,13 @@ mod tests {
             ("CHAT_REDIS_WAIT_MS", "30001"),
             ("CHAT_SOCKJS_HEARTBEAT_MS", "99"),
             ("CHAT_SOCKJS_DISCONNECT_MS", "soon"),
+            ("CHAT_ROOM_DESTINATIONS", "/topic/{room}/{room}"),
+            ("CHAT_ROOM_DESTINATIONS", "/topic/x{room}"),
+            ("CHAT_ROOM_DESTINATIONS", "/topic/a,,/topic/b"),
+            ("CHAT_ROOM_DESTINATIONS", "/app/chat?roomId"),
+            ("CHAT_ROOM_DESTINATIONS", "/user/queue/{room}"),
+            ("CHAT_SEND_DESTINATIONS", "/app/user/{room}"),
+            ("CHAT_SEND_DESTINATIONS", "/app/chat?"),
         ] {
             assert_eq!(
                 parse(&[(var, value)]).unwrap_err().var,
@@ -611,6 +649,31 @@ mod tests {
                 "{var}={value}"
             );
         }
+    }
+
+    #[test]
+    fn destination_patterns_default_to_the_classic_layout_and_may_be_replaced() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.room_destinations, ["/topic/room/{room}"]);
+        assert_eq!(c.send_destinations, ["/app/room/{room}"]);
+        let c = parse(&[
+            (
+                "CHAT_ROOM_DESTINATIONS",
+                "/topic/chatroom/{room}, /topic/public",
+            ),
+            ("CHAT_SEND_DESTINATIONS", "/app/chat.sendMessage?chatRoomId"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.room_destinations,
+            ["/topic/chatroom/{room}", "/topic/public"]
+        );
+        assert_eq!(
+            c.destinations.subscribe("/topic/public"),
+            Ok(crate::session::destination::Dest::Room("public".into()))
+        );
+        let e = parse(&[("CHAT_ROOM_DESTINATIONS", "/a/{room}/{room}")]).unwrap_err();
+        assert!(e.to_string().contains("{room} twice"), "{e}");
     }
 
     #[test]

@@ -238,6 +238,7 @@ pub(crate) fn room_event(room: &str, epoch: &str, offset: u64) -> Arc<RoomEvent>
         content: "x".into(),
         sent_at: "t".into(),
         server_id: "s".into(),
+        extra: Default::default(),
         headers: vec![],
     })
 }

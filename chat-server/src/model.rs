@@ -1,7 +1,8 @@
 //! The chat's data: identities, room events and direct messages, and their JSON and wire forms.
 //!
 //! An event is serialized once, when it is made: `RoomEvent::wire` holds the whole MESSAGE frame
-//! except the `subscription` header, which is the only part that differs per subscriber.
+//! except the `subscription` and `destination` headers, the only parts that differ per
+//! subscriber (a room may be subscribed to through several configured destinations).
 
 use std::sync::{Arc, OnceLock};
 
@@ -9,6 +10,7 @@ use axum::extract::ws::Utf8Bytes;
 
 use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::stomp::{self, Command, Frame};
 
@@ -110,6 +112,10 @@ macro_rules! room_event_struct {
             pub content: String,
             pub sent_at: String,
             pub server_id: String,
+            /// The client's own body fields (chat_wire::body::MessageBody::extra), at the top
+            /// level of the JSON beside the envelope's.
+            #[serde(flatten)]
+            pub extra: Map<String, Value>,
             #[serde(default, skip_serializing_if = "Vec::is_empty")]
             pub headers: Vec<(String, String)>,
         }
@@ -130,6 +136,7 @@ impl Draft {
             content,
             sent_at: now_rfc3339(),
             server_id: server_id.to_owned(),
+            extra: Map::new(),
             headers: Vec::new(),
         }
     }
@@ -156,6 +163,7 @@ impl EventRecord {
             content: draft.content,
             sent_at: draft.sent_at,
             server_id: draft.server_id,
+            extra: draft.extra,
             headers: draft.headers,
         }
     }
@@ -175,17 +183,19 @@ struct RoomBody<'a> {
     content: &'a str,
     sent_at: &'a str,
     server_id: &'a str,
+    #[serde(flatten)]
+    extra: &'a Map<String, Value>,
 }
 
 /// A room event ready to deliver: the record and its encoded MESSAGE frame.
 #[derive(Debug)]
 pub struct RoomEvent {
     pub record: EventRecord,
-    /// The MESSAGE frame without its command line and `subscription` header.
+    /// The MESSAGE frame without its command line, `subscription` and `destination` headers.
     wire: Box<str>,
-    /// The whole frame for the first subscription id it was made for, shared with every later
-    /// subscription of that id.
-    shared: OnceLock<(Box<str>, Utf8Bytes)>,
+    /// The whole frame for the first (subscription id, destination) it was made for, shared
+    /// with every later subscription of that id and destination.
+    shared: OnceLock<(Box<str>, Box<str>, Utf8Bytes)>,
 }
 
 impl RoomEvent {
@@ -200,10 +210,11 @@ impl RoomEvent {
             content: &record.content,
             sent_at: &record.sent_at,
             server_id: &record.server_id,
+            extra: &record.extra,
         })
         .unwrap_or_default();
         let wire = message_wire(
-            format!("/topic/room/{}", record.room_id),
+            None,
             &record.id,
             [
                 ("x-offset", record.offset.to_string()),
@@ -231,19 +242,27 @@ impl RoomEvent {
         &self.record.room_id
     }
 
-    /// This event's MESSAGE frame for one subscription, as WebSocket text (made from a `String`,
-    /// so its UTF-8 is not checked again). Clients mostly number their subscriptions alike
-    /// (`sub-0`, ...), so the frame made for the first subscription is kept and handed to every
-    /// later one of the same id: a reference count instead of a new frame per subscriber.
-    pub fn frame_for(&self, subscription: &str) -> Utf8Bytes {
-        if let Some((sub, frame)) = self.shared.get()
+    /// This event's MESSAGE frame for one subscription and the destination it subscribed with,
+    /// as WebSocket text (made from a `String`, so its UTF-8 is not checked again). Clients
+    /// mostly number their subscriptions alike (`sub-0`, ...) and use one destination layout,
+    /// so the frame made for the first subscription is kept and handed to every later one of
+    /// the same id and destination: a reference count instead of a new frame per subscriber.
+    pub fn frame_for(&self, subscription: &str, destination: &str) -> Utf8Bytes {
+        if let Some((sub, dest, frame)) = self.shared.get()
             && **sub == *subscription
+            && **dest == *destination
         {
             return frame.clone();
         }
-        let frame = Utf8Bytes::from(with_subscription(&self.wire, subscription));
+        let frame = Utf8Bytes::from(with_subscription(
+            &self.wire,
+            subscription,
+            Some(destination),
+        ));
         // Only the first one is kept; a racing session with another id keeps its own.
-        let _ = self.shared.set((subscription.into(), frame.clone()));
+        let _ = self
+            .shared
+            .set((subscription.into(), destination.into(), frame.clone()));
         frame
     }
 }
@@ -260,6 +279,9 @@ pub struct DirectRecord {
     pub content: String,
     pub sent_at: String,
     pub server_id: String,
+    /// The client's own body fields, as in a room event.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<(String, String)>,
 }
@@ -275,6 +297,8 @@ struct DirectBody<'a> {
     content: &'a str,
     sent_at: &'a str,
     server_id: &'a str,
+    #[serde(flatten)]
+    extra: &'a Map<String, Value>,
 }
 
 #[derive(Debug)]
@@ -293,10 +317,11 @@ impl DirectEvent {
             content: &record.content,
             sent_at: &record.sent_at,
             server_id: &record.server_id,
+            extra: &record.extra,
         })
         .unwrap_or_default();
         let wire = message_wire(
-            "/user/queue/messages".into(),
+            Some("/user/queue/messages"),
             &record.id,
             [],
             &record.headers,
@@ -306,21 +331,26 @@ impl DirectEvent {
     }
 
     pub fn frame_for(&self, subscription: &str) -> Utf8Bytes {
-        Utf8Bytes::from(with_subscription(&self.wire, subscription))
+        Utf8Bytes::from(with_subscription(&self.wire, subscription, None))
     }
 }
 
 /// A MESSAGE frame's wire form without its command line and `subscription` header: the
-/// contract headers, then `extra`, then the sender's own headers, then the JSON body.
+/// contract headers (`destination` only when every subscriber shares it; else
+/// `with_subscription` puts each one's), then `extra`, then the sender's own headers, then the
+/// JSON body.
 fn message_wire<const N: usize>(
-    destination: String,
+    destination: Option<&str>,
     id: &str,
     extra: [(&'static str, String); N],
     user_headers: &[(String, String)],
     body: Vec<u8>,
 ) -> Box<str> {
-    let mut frame = Frame::new(Command::Message)
-        .with_header("destination", destination)
+    let mut frame = Frame::new(Command::Message);
+    if let Some(destination) = destination {
+        frame = frame.with_header("destination", destination);
+    }
+    let mut frame = frame
         .with_header("message-id", id)
         .with_header("content-type", "application/json");
     for (k, v) in extra {
@@ -341,11 +371,18 @@ fn tail_of(frame: &Frame) -> Box<str> {
     String::from_utf8_lossy(&buf[skip..]).into()
 }
 
-fn with_subscription(tail: &str, subscription: &str) -> String {
-    let mut out = String::with_capacity(24 + subscription.len() + tail.len());
+/// The whole frame: command line, `subscription`, then `destination` when the tail lacks it.
+fn with_subscription(tail: &str, subscription: &str, destination: Option<&str>) -> String {
+    let dest_len = destination.map_or(0, |d| 13 + d.len());
+    let mut out = String::with_capacity(24 + subscription.len() + dest_len + tail.len());
     out.push_str("MESSAGE\nsubscription:");
     stomp::headers::escape_into_string(subscription, &mut out);
     out.push('\n');
+    if let Some(destination) = destination {
+        out.push_str("destination:");
+        stomp::headers::escape_into_string(destination, &mut out);
+        out.push('\n');
+    }
     out.push_str(tail);
     out
 }
@@ -383,6 +420,10 @@ mod tests {
             content: "hi: there\n".into(),
             sent_at: "2026-01-01T00:00:00.000Z".into(),
             server_id: "s1".into(),
+            extra: serde_json::json!({"chatRoomId": "7", "meta": {"n": [1, 2.5]}})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
             headers: vec![("x-sent-ns".into(), "12:34".into())],
         }
     }
@@ -398,22 +439,31 @@ mod tests {
     }
 
     #[test]
-    fn subscriptions_of_one_id_share_one_frame_and_others_get_their_own() {
+    fn subscriptions_of_one_id_and_destination_share_one_frame_and_others_get_their_own() {
         let ev = RoomEvent::new(record(7));
-        let a = ev.frame_for("sub-0");
-        let b = ev.frame_for("sub-0");
+        let d = "/topic/room/lobby";
+        let a = ev.frame_for("sub-0", d);
+        let b = ev.frame_for("sub-0", d);
         assert_eq!(
             a.as_str().as_ptr(),
             b.as_str().as_ptr(),
             "shared, not copied"
         );
-        let other = ev.frame_for("x:1");
-        let again = ev.frame_for("x:1");
+        let other = ev.frame_for("x:1", d);
+        let again = ev.frame_for("x:1", d);
         assert_ne!(other.as_str().as_ptr(), again.as_str().as_ptr());
         assert_eq!(other.as_str(), again.as_str());
-        let tail = &a.as_str()["MESSAGE\nsubscription:sub-0\n".len()..];
-        for (f, sub) in [(&a, "sub-0"), (&other, "x\\c1")] {
-            let head = format!("MESSAGE\nsubscription:{sub}\n");
+        let alias = ev.frame_for("sub-0", "/topic/chatroom/lobby");
+        assert_ne!(alias.as_str(), a.as_str());
+        let head_of =
+            |sub: &str, dest: &str| format!("MESSAGE\nsubscription:{sub}\ndestination:{dest}\n");
+        let tail = &a.as_str()[head_of("sub-0", d).len()..];
+        for (f, sub, dest) in [
+            (&a, "sub-0", d),
+            (&other, "x\\c1", d),
+            (&alias, "sub-0", "/topic/chatroom/lobby"),
+        ] {
+            let head = head_of(sub, dest);
             assert!(f.as_str().starts_with(&head), "{:?}", f.as_str());
             assert_eq!(&f.as_str()[head.len()..], tail);
         }
@@ -422,7 +472,11 @@ mod tests {
     #[test]
     fn a_room_event_frame_decodes_with_every_contract_header_and_body_field() {
         let ev = RoomEvent::new(record(7));
-        let mut out = BytesMut::from(ev.frame_for("sub:0").as_str().as_bytes());
+        let mut out = BytesMut::from(
+            ev.frame_for("sub:0", "/topic/room/lobby")
+                .as_str()
+                .as_bytes(),
+        );
         let mut dec = stomp::Decoder::new(stomp::Limits::default());
         let Some(stomp::Decoded::Frame(f)) = dec.decode(&mut out).unwrap() else {
             panic!("no frame")
@@ -442,7 +496,19 @@ mod tests {
         assert_eq!(body["sender"]["name"], "Ann");
         assert_eq!(body["content"], "hi: there\n");
         assert_eq!(body["serverId"], "s1");
+        assert_eq!(body["chatRoomId"], "7");
+        assert_eq!(body["meta"]["n"][1], 2.5);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_stored_record_with_extra_fields_reads_back_the_same() {
+        let r = record(3);
+        let json = serde_json::to_string(&r).unwrap();
+        let back: EventRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, r);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["meta"]["n"][0], 1, "extra fields at the top level");
     }
 
     #[test]

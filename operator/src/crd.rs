@@ -130,6 +130,27 @@ pub struct ServerSpec {
     /// The PodDisruptionBudget of the servers.
     #[serde(default)]
     pub pod_disruption_budget: PodDisruptionBudgetSpec,
+    /// STOMP destination patterns (`CHAT_ROOM_DESTINATIONS`, `CHAT_SEND_DESTINATIONS`), for
+    /// front-ends with their own layout. Unset: the server's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destinations: Option<DestinationsSpec>,
+}
+
+/// The destinations clients SUBSCRIBE and SEND to (docs/PROTOCOL.md, Destinations). A bad
+/// pattern stops the servers at start-up with a message naming the variable.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationsSpec {
+    /// Patterns naming a room for SUBSCRIBE and SEND, such as `/topic/chatroom/{room}` or
+    /// `/topic/public` (`CHAT_ROOM_DESTINATIONS`). Empty: `/topic/room/{room}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub room: Vec<String>,
+    /// SEND-only patterns, such as `/pub/chat/message/{room}` or
+    /// `/app/chat.sendMessage?chatRoomId` (`CHAT_SEND_DESTINATIONS`). Empty: `/app/room/{room}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub send: Vec<String>,
 }
 
 impl Default for ServerSpec {
@@ -147,6 +168,7 @@ impl Default for ServerSpec {
             shutdown_grace_seconds: default_shutdown_grace_seconds(),
             service: ServiceSpec::default(),
             pod_disruption_budget: PodDisruptionBudgetSpec::default(),
+            destinations: None,
         }
     }
 }

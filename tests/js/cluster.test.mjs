@@ -6,7 +6,7 @@
 // CHAT_SERVER_ID_B, when set, are the ids the instances must report.
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { connectClient, within } from './stomp-client.mjs';
+import { connectClient, publishReceipted, subscribeRecorded } from './stomp-client.mjs';
 
 const URL_A = (process.env.CHAT_URL_A || '').replace(/\/+$/, '');
 const URL_B = (process.env.CHAT_URL_B || '').replace(/\/+$/, '');
@@ -25,35 +25,8 @@ if (!URL_A || !URL_B) {
   /** Connects a stompjs Client as `login` to the instance at `baseUrl`; resolves once CONNECTED. */
   const connect = (baseUrl, login) => connectClient(wsUrlOf(baseUrl), { login }, clients, `${login} at ${baseUrl}`);
 
-  /** Resolves when the RECEIPT for a frame sent by `send(receiptId)` arrives. */
-  const withReceipt = (client, what, send) => {
-    const receipt = uniqueId('r');
-    const got = new Promise((resolve) => client.watchForReceipt(receipt, resolve));
-    send(receipt);
-    return within(got, 5000, `RECEIPT for ${what}`);
-  };
-
-  /**
-   * Subscribes with a receipt and records every MESSAGE (parsed body next to the frame);
-   * resolves once the RECEIPT is back, i.e. the subscription is in place.
-   */
-  const subscribe = async (client, destination, headers = {}) => {
-    const messages = [];
-    let sub;
-    await withReceipt(client, `SUBSCRIBE ${destination}`, (receipt) => {
-      sub = client.subscribe(destination, (frame) => messages.push({ frame, body: JSON.parse(frame.body) }),
-        { ...headers, receipt });
-    });
-    return {
-      sub,
-      messages,
-      /** Waits until `pred` holds for some recorded message and returns the first such. */
-      find: (pred, what) => waitFor(() => messages.find((m) => pred(m.body, m.frame)), 5000, `${what} on ${destination}`),
-    };
-  };
-
-  const publish = (client, destination, body) =>
-    withReceipt(client, `SEND ${destination}`, (receipt) => client.publish({ destination, body, headers: { receipt } }));
+  const subscribe = subscribeRecorded;
+  const publish = publishReceipted;
 
   describe('cluster: two chat-server instances on one Redis', () => {
     let ann; let bob; let annServer; let bobServer;

@@ -11,23 +11,7 @@ export function wsUrlOf(httpUrl) {
   return httpUrl.replace(/\/+$/, '').replace(/^http/, 'ws') + '/ws';
 }
 export const WS_URL = wsUrlOf(CHAT_URL);
-export { SUBPROTOCOLS, within } from './stomp-client.mjs';
-
-/** A fresh id that no other test run uses: [A-Za-z0-9_.-] only. */
-export function uniqueId(prefix) {
-  return `${prefix}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
-}
-
-/** Resolves with the value `fn` returns once it is truthy; rejects after `ms`. */
-export async function waitFor(fn, ms = 5000, what = 'condition') {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
+export { SUBPROTOCOLS, uniqueId, waitFor, within } from './stomp-client.mjs';
 
 export async function getJson(path, init) {
   return getJsonAt(CHAT_URL, path, init);

@@ -137,6 +137,7 @@ async fn a_direct_message_published_twice_reaches_its_user_once() {
             content: content.into(),
             sent_at: "2026-11-23T00:00:00.000Z".into(),
             server_id: "a".into(),
+            extra: Default::default(),
             headers: Vec::new(),
         })
         .unwrap()
@@ -570,4 +571,77 @@ async fn a_bad_send_in_a_run_gets_the_error_after_the_receipts_of_those_before_i
         );
     }
     reader.expect_quiet(Duration::from_millis(300)).await;
+}
+
+/// A Spring front-end's message DTO with a nested field and envelope names it may not set.
+const SPRING_DTO: &str = r#"{"chatRoomId":"7","senderNickname":"ann","content":"hi","messageType":"TALK",
+    "nested":{"n":[1,2.5,"é"]},"sender":{"id":"evil"},"offset":99,"id":"x"}"#;
+
+/// The event carries the DTO's fields exactly, and the server's envelope.
+fn assert_spring_event(e: &serde_json::Value) {
+    assert_eq!(
+        (
+            e["content"].as_str(),
+            e["chatRoomId"].as_str(),
+            e["senderNickname"].as_str(),
+            e["messageType"].as_str(),
+            e["sender"]["id"].as_str(),
+        ),
+        (
+            Some("hi"),
+            Some("7"),
+            Some("ann"),
+            Some("TALK"),
+            Some("ann")
+        ),
+        "{e}"
+    );
+    assert_eq!(e["nested"], serde_json::json!({"n": [1, 2.5, "é"]}), "{e}");
+    assert_eq!(e["offset"], 1, "{e}");
+    assert_ne!(e["id"], "x", "{e}");
+}
+
+#[tokio::test]
+async fn a_spring_dto_crosses_instances_with_its_fields_live_recovered_and_in_history() {
+    let redis = RedisServer::start(RedisOpts::default());
+    let e = env(&redis);
+    let (a, b) = (instance("a", &e).await, instance("b", &e).await);
+    let mut live = Client::login(&b.ws_url(), "live").await;
+    live.subscribe("0", "/topic/room/7", &[QUIET]).await;
+    let mut ann = Client::login(&a.ws_url(), "ann").await;
+    ann.send("/app/room/7", SPRING_DTO).await;
+    let first = live.next_event().await;
+    assert_spring_event(&first);
+    let epoch = first["epoch"].as_str().unwrap();
+
+    let mut back = Client::login(&b.ws_url(), "back").await;
+    back.subscribe(
+        "0",
+        "/topic/room/7",
+        &[("x-since-offset", "0"), ("x-epoch", epoch), QUIET],
+    )
+    .await;
+    assert_spring_event(&back.next_event().await);
+    let mut hist = Client::login(&a.ws_url(), "hist").await;
+    hist.subscribe("0", "/topic/room/7", &[("x-history", "5"), QUIET])
+        .await;
+    assert_spring_event(&hist.next_event().await);
+    let h: serde_json::Value = reqwest::get(b.url("/api/rooms/7/messages"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_spring_event(&h["messages"][0]);
+
+    let mut bob = Client::login(&b.ws_url(), "bob").await;
+    bob.subscribe("dm", "/user/queue/messages", &[]).await;
+    ann.send("/app/user/bob", SPRING_DTO).await;
+    let dm = bob.next_event().await;
+    assert_eq!(
+        (dm["to"].as_str(), dm["messageType"].as_str()),
+        (Some("bob"), Some("TALK")),
+        "{dm}"
+    );
+    assert_eq!(dm["nested"]["n"][2], "é");
 }

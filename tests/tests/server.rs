@@ -92,21 +92,105 @@ async fn the_sender_comes_from_the_identity_never_the_body() {
     let s = TestServer::memory().await;
     let mut ann = Client::login(&s.ws_url(), "ann").await;
     ann.subscribe("a", ROOM, &[("x-presence", "false")]).await;
-    let err = {
-        let mut mallory = Client::login(&s.ws_url(), "mallory").await;
-        mallory
-            .send_frame(
-                &Frame::new(Command::Send)
-                    .with_header("destination", SEND_ROOM)
-                    .with_body(r#"{"content":"hi","sender":{"id":"ann","name":"ann"}}"#),
-            )
-            .await;
-        mallory.expect_error().await
-    };
-    assert!(err.header("message").unwrap().contains("bad message"));
     let mut mallory = Client::login(&s.ws_url(), "mallory").await;
-    mallory.send(SEND_ROOM, r#"{"content":"hi"}"#).await;
-    assert_eq!(ann.next_event().await["sender"]["id"], "mallory");
+    mallory
+        .send(
+            SEND_ROOM,
+            r#"{"content":"hi","sender":{"id":"ann","name":"ann"},"offset":99,"id":"x"}"#,
+        )
+        .await;
+    let e = ann.next_event().await;
+    assert_eq!(e["sender"], json!({"id": "mallory", "name": "mallory"}));
+    assert_eq!(e["offset"], 1);
+    assert_ne!(e["id"], "x");
+    assert_eq!(e["content"], "hi");
+}
+
+/// A Spring front-end's message DTO, as such apps send it.
+const SPRING_DTO: &str =
+    r#"{"chatRoomId":"7","senderNickname":"ann","content":"hi","messageType":"TALK"}"#;
+
+/// The event carries the DTO's own fields beside the envelope's, and none of the body's
+/// envelope names.
+fn assert_spring_fields(e: &serde_json::Value) {
+    assert_eq!(
+        (
+            e["content"].as_str(),
+            e["chatRoomId"].as_str(),
+            e["senderNickname"].as_str(),
+            e["messageType"].as_str(),
+            e["nested"]["list"][1]["ü"].as_str(),
+            e["type"].as_str(),
+        ),
+        (
+            Some("hi"),
+            Some("7"),
+            Some("ann"),
+            Some("TALK"),
+            Some("😀"),
+            Some("CHAT")
+        ),
+        "{e}"
+    );
+    assert_eq!(e["sender"]["id"], "ann", "{e}");
+    assert_ne!(e["id"], "x", "{e}");
+}
+
+#[tokio::test]
+async fn a_spring_dto_body_keeps_its_fields_live_in_recovery_history_and_rest() {
+    let s = TestServer::memory().await;
+    let mut live = Client::login(&s.ws_url(), "live").await;
+    live.subscribe("0", "/topic/room/7", &[("x-presence", "false")])
+        .await;
+    let mut ann = Client::login(&s.ws_url(), "ann").await;
+    ann.send("/app/room/7", SPRING_DTO).await;
+    let with_extras = r#"{"chatRoomId":"7","senderNickname":"ann","content":"hi","messageType":"TALK",
+        "nested":{"list":[1,{"ü":"😀"}]},"sender":{"id":"evil"},"offset":99,"id":"x"}"#;
+    ann.send("/topic/room/7", with_extras).await;
+    let first = live.next_event().await;
+    assert_eq!(first["chatRoomId"], "7");
+    assert_eq!(first["messageType"], "TALK");
+    let second = live.next_event().await;
+    assert_spring_fields(&second);
+    assert_eq!(second["offset"], 2);
+
+    let mut back = Client::login(&s.ws_url(), "back").await;
+    let epoch = first["epoch"].as_str().unwrap();
+    back.subscribe(
+        "0",
+        "/topic/room/7",
+        &[
+            ("x-since-offset", "1"),
+            ("x-epoch", epoch),
+            ("x-presence", "false"),
+        ],
+    )
+    .await;
+    assert_spring_fields(&back.next_event().await);
+    let mut hist = Client::login(&s.ws_url(), "hist").await;
+    hist.subscribe(
+        "0",
+        "/topic/room/7",
+        &[("x-history", "1"), ("x-presence", "false")],
+    )
+    .await;
+    assert_spring_fields(&hist.next_event().await);
+
+    let h = get_json(s.url("/api/rooms/7/messages?since=1")).await;
+    assert_spring_fields(&h["messages"][0]);
+    let r = post_json(
+        s.url("/api/rooms/7/messages"),
+        None,
+        &json!({"content": "rest", "messageType": "TALK", "roomId": "other"}),
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    let stored: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        (&stored["messageType"], &stored["roomId"]),
+        (&json!("TALK"), &json!("7"))
+    );
+    assert_eq!(live.next_event().await["messageType"], "TALK");
 }
 
 #[tokio::test]
@@ -396,7 +480,7 @@ async fn direct_messages_reach_every_session_of_the_user_only() {
     let mut ann = Client::login(&s.ws_url(), "ann").await;
     ann.send_with(
         "/app/user/bob",
-        r#"{"content":"psst"}"#,
+        r#"{"content":"psst","senderNickname":"ann","to":"eve"}"#,
         &[("x-trace", "t1")],
     )
     .await;
@@ -414,6 +498,7 @@ async fn direct_messages_reach_every_session_of_the_user_only() {
             ),
             (Some("psst"), Some("ann"), Some("bob"))
         );
+        assert_eq!(b["senderNickname"], "ann");
     }
     eve.expect_quiet(Duration::from_millis(200)).await;
 }

@@ -307,8 +307,14 @@ async fn publish(
             "expected Content-Type application/json or text/plain".into(),
         ));
     }
-    let content = parse_message_body(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let draft = Draft::new(EventKind::Chat, id.sender(), content, &app.config.server_id);
+    let message = parse_message_body(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let mut draft = Draft::new(
+        EventKind::Chat,
+        id.sender(),
+        message.content,
+        &app.config.server_id,
+    );
+    draft.extra = message.extra;
     let event = app.services.broker.publish(&room, draft).await?;
     app.metrics.messages_published.inc();
     Ok((StatusCode::CREATED, axum::Json(json!(event.record))).into_response())

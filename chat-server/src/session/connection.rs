@@ -67,7 +67,7 @@ impl Outbox {
     }
 
     /// Queues one event's MESSAGE frame for each subscription in `subs`.
-    pub(super) fn deliver(&mut self, subs: &[Arc<str>], frame_for: impl Fn(&str) -> Utf8Bytes) {
+    pub(super) fn deliver<S>(&mut self, subs: &[S], frame_for: impl Fn(&S) -> Utf8Bytes) {
         for sub in subs {
             self.frames.push(Message::Text(frame_for(sub)));
         }

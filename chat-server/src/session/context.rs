@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::destination::Destinations;
 use crate::auth::Authenticator;
 use crate::broker::Services;
 use crate::config::Config;
@@ -51,6 +52,8 @@ pub(crate) struct Context {
     pub(crate) auth: Arc<Authenticator>,
     pub(crate) limits: SessionLimits,
     pub(crate) server_id: String,
+    /// The configured room and SEND destinations, built once at start-up.
+    pub(crate) destinations: Arc<Destinations>,
     /// Cancelled when the instance starts draining: sessions close with a reconnect code.
     pub(crate) drain: CancellationToken,
     /// Where a session's clean-up (presence LEAVE) runs after the session itself ended.
@@ -77,6 +80,7 @@ impl Context {
             auth,
             limits: SessionLimits::from_config(config),
             server_id: config.server_id.clone(),
+            destinations: config.destinations.clone(),
             drain,
             tracker,
             user_limiter: UserLimiter::new(config.user_send_rate),

@@ -12,7 +12,7 @@
 
 mod connection;
 mod context;
-mod destination;
+pub(crate) mod destination;
 mod error;
 mod publish;
 mod recovery;
@@ -40,7 +40,7 @@ use sequencer::{Sequencer, Verdict};
 use self::connection::{Close, Outbox};
 use self::error::SessionError;
 use self::recovery::{Filled, Replay};
-use self::subscription::{RoomState, Subscription};
+use self::subscription::{RoomState, RoomSub, Subscription};
 use crate::auth::bearer_token;
 use crate::broker::BackendError;
 use crate::hub::{Delivery, Kill};
@@ -67,7 +67,7 @@ enum Done {
     },
     Subscribed {
         room: String,
-        sub: Arc<str>,
+        sub: RoomSub,
         replay: Replay,
         receipt: Option<String>,
     },

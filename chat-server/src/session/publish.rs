@@ -9,14 +9,14 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::destination::{Dest, DestinationError, parse_destination};
+use super::destination::{SendTo, room_in_field};
 use super::error::SessionError;
 use super::{BoxFuture, Conn, Context, Done, MAX_QUEUED_FRAMES};
 use crate::broker::BackendError;
 use crate::model::{DirectRecord, Draft, EventKind};
 use crate::stomp::ClientCommand;
 use crate::stomp::command::Send;
-use chat_wire::body::parse_message_body;
+use chat_wire::body::parse_message_body_with;
 
 /// Open transactions per connection, and frames per transaction.
 pub(super) const MAX_TRANSACTIONS: usize = 16;
@@ -156,8 +156,12 @@ impl Conn {
         let Some(identity) = &self.identity else {
             return Err(SessionError::NotConnected(crate::stomp::Command::Send));
         };
-        let dest = parse_destination(&send.destination)?;
-        let content = parse_message_body(&send.body)?;
+        let dest = self.cx.destinations.send(&send.destination)?;
+        let field = match &dest {
+            SendTo::RoomInField(field) => Some(*field),
+            _ => None,
+        };
+        let (message, picked) = parse_message_body_with(&send.body, field)?;
         let headers: Vec<(String, String)> = send
             .headers
             .iter()
@@ -165,30 +169,40 @@ impl Conn {
             .cloned()
             .collect();
         let server_id = &self.cx.server_id;
-        match dest {
-            Dest::Room(room) => {
-                if !identity.may_use_room(&room) {
-                    return Err(SessionError::Forbidden(room));
-                }
-                let mut draft = Draft::new(EventKind::Chat, identity.sender(), content, server_id);
-                draft.headers = headers;
-                Ok(Prepared::Room(room, draft))
-            }
-            Dest::User(to) => {
-                let d = Draft::new(EventKind::Chat, identity.sender(), content, server_id);
-                Ok(Prepared::Direct(DirectRecord {
-                    id: d.id,
+        let draft = Draft::new(
+            EventKind::Chat,
+            identity.sender(),
+            message.content,
+            server_id,
+        );
+        let room = match dest {
+            SendTo::Room(room) => room,
+            SendTo::RoomInField(field) => room_in_field(field, picked.as_ref())?,
+            SendTo::User(to) => {
+                return Ok(Prepared::Direct(DirectRecord {
+                    id: draft.id,
                     kind: EventKind::Chat,
-                    sender: d.sender,
+                    sender: draft.sender,
                     to,
-                    content: d.content,
-                    sent_at: d.sent_at,
-                    server_id: d.server_id,
+                    content: draft.content,
+                    sent_at: draft.sent_at,
+                    server_id: draft.server_id,
+                    extra: message.extra,
                     headers,
-                }))
+                }));
             }
-            Dest::UserQueue => Err(DestinationError::SendToQueue.into()),
+        };
+        if !identity.may_use_room(&room) {
+            return Err(SessionError::Forbidden(room));
         }
+        Ok(Prepared::Room(
+            room,
+            Draft {
+                extra: message.extra,
+                headers,
+                ..draft
+            },
+        ))
     }
 
     /// An open transaction's name, or the error for an unknown one.

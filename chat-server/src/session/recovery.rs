@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tracing::warn;
 
-use super::subscription::Start;
+use super::subscription::{RoomSub, Start};
 use super::{BoxFuture, Conn, Done, MAX_REPLAY};
 use crate::broker::{BackendError, HistoryPage, RoomInfo, Services};
 use crate::hub::Topic;
@@ -40,7 +40,7 @@ pub(super) struct Filled {
 pub(super) fn start_replay(
     services: Services,
     room: String,
-    sub: Arc<str>,
+    sub: RoomSub,
     start: Start,
     member: Option<Member>,
     receipt: Option<String>,
@@ -144,7 +144,7 @@ async fn recover(
 }
 
 impl Conn {
-    pub(super) fn on_replay(&mut self, room: &str, sub: &Arc<str>, replay: Replay) {
+    pub(super) fn on_replay(&mut self, room: &str, sub: &RoomSub, replay: Replay) {
         let Some(state) = self.rooms.get_mut(room) else {
             return;
         };
@@ -178,8 +178,7 @@ impl Conn {
                     // The room was live already: this subscription alone gets what it missed.
                     let upto = state.seq.last().map_or(0, |(_, o)| o);
                     for ev in events.iter().filter(|e| e.offset() <= upto) {
-                        self.out
-                            .deliver(std::slice::from_ref(sub), |s| ev.frame_for(s));
+                        self.out.deliver(std::slice::from_ref(sub), |s| s.frame(ev));
                     }
                 }
             }
@@ -254,7 +253,7 @@ impl Conn {
 
 /// The system MESSAGE telling subscription `sub` that history could not give back what it
 /// missed of `info`'s room, up to `info.last_offset`.
-fn not_recovered_frame(info: &RoomInfo, sub: &str, server_id: &str) -> Frame {
+fn not_recovered_frame(info: &RoomInfo, sub: &RoomSub, server_id: &str) -> Frame {
     let record = EventRecord {
         id: uuid::Uuid::new_v4().to_string(),
         room_id: info.id.clone(),
@@ -268,12 +267,13 @@ fn not_recovered_frame(info: &RoomInfo, sub: &str, server_id: &str) -> Frame {
         content: "history is not recoverable from that position; reload the room".into(),
         sent_at: now_rfc3339(),
         server_id: server_id.to_owned(),
+        extra: Default::default(),
         headers: Vec::new(),
     };
     let body = serde_json::to_vec(&record).unwrap_or_default();
     Frame::new(Command::Message)
-        .with_header("destination", format!("/topic/room/{}", info.id))
-        .with_header("subscription", sub)
+        .with_header("destination", &*sub.dest)
+        .with_header("subscription", &*sub.id)
         .with_header("message-id", record.id)
         .with_header("content-type", "application/json")
         .with_header("x-offset", info.last_offset.to_string())

@@ -9,23 +9,39 @@ use std::sync::Arc;
 
 use tracing::warn;
 
-use super::destination::{Dest, DestinationError, parse_destination};
+use super::destination::Dest;
 use super::error::SessionError;
 use super::recovery::start_replay;
 use super::{Conn, Done, MAX_REPLAY, Sequencer, Verdict};
 use crate::hub::{Delivery, Listener, Topic};
 use crate::model::RoomEvent;
 use crate::stomp::command::Subscribe;
+use axum::extract::ws::Utf8Bytes;
 
 #[derive(Debug)]
 pub(super) struct Subscription {
     dest: Dest,
 }
 
+/// One subscription to a room: its id and the destination it subscribed with, which its
+/// MESSAGE frames carry (a room may be reached through several configured destinations).
+#[derive(Debug, Clone)]
+pub(super) struct RoomSub {
+    pub(super) id: Arc<str>,
+    pub(super) dest: Arc<str>,
+}
+
+impl RoomSub {
+    /// `ev`'s MESSAGE frame for this subscription.
+    pub(super) fn frame(&self, ev: &RoomEvent) -> Utf8Bytes {
+        ev.frame_for(&self.id, &self.dest)
+    }
+}
+
 /// A room this session listens to.
 #[derive(Debug, Default)]
 pub(super) struct RoomState {
-    pub(super) subs: Vec<Arc<str>>,
+    pub(super) subs: Vec<RoomSub>,
     pub(super) seq: Sequencer,
     presence: bool,
 }
@@ -73,10 +89,7 @@ impl Conn {
                 self.cx.limits.max_subscriptions,
             ));
         }
-        let dest = match parse_destination(&sub.destination)? {
-            Dest::User(_) => return Err(DestinationError::SubscribeToUser.into()),
-            d => d,
-        };
+        let dest = self.cx.destinations.subscribe(&sub.destination)?;
         let handle: Arc<str> = Arc::from(id);
         let Some(identity) = self.identity.clone() else {
             return Ok(());
@@ -104,7 +117,6 @@ impl Conn {
                 return Ok(());
             }
             Dest::Room(room) => room.clone(),
-            Dest::User(_) => return Ok(()),
         };
         if !identity.may_use_room(&room) {
             return Err(SessionError::Forbidden(room));
@@ -114,6 +126,10 @@ impl Conn {
 
         let first_here = !self.rooms.contains_key(&room);
         let state = self.rooms.entry(room.clone()).or_default();
+        let handle = RoomSub {
+            id: handle,
+            dest: Arc::from(sub.destination.as_str()),
+        };
         state.subs.push(handle.clone());
         let join = presence && !state.presence;
         state.presence |= presence;
@@ -163,7 +179,7 @@ impl Conn {
                     self.receipt(receipt);
                     return Ok(());
                 };
-                state.subs.retain(|s| &**s != id);
+                state.subs.retain(|s| &*s.id != id);
                 if !state.subs.is_empty() {
                     self.receipt(receipt);
                     return Ok(());
@@ -184,7 +200,6 @@ impl Conn {
                     }
                 }));
             }
-            Dest::User(_) => self.receipt(receipt),
         }
         Ok(())
     }
@@ -201,7 +216,7 @@ impl Conn {
             return;
         };
         for ev in &events {
-            self.out.deliver(&state.subs, |s| ev.frame_for(s));
+            self.out.deliver(&state.subs, |s| s.frame(ev));
         }
         if let Some((after, until)) = gap {
             self.start_fill(room, after, until);
@@ -215,7 +230,7 @@ impl Conn {
                     return;
                 };
                 match state.seq.offer(&ev) {
-                    Verdict::Deliver => self.out.deliver(&state.subs, |s| ev.frame_for(s)),
+                    Verdict::Deliver => self.out.deliver(&state.subs, |s| s.frame(&ev)),
                     Verdict::Duplicate => {}
                     Verdict::Held => {
                         if state.seq.held_len() > self.cx.limits.outbound_queue {

@@ -123,6 +123,17 @@ pub(crate) fn server_env(cc: &ChatCluster) -> Vec<EnvVar> {
         "CHAT_SHUTDOWN_GRACE_SECS",
         server.shutdown_grace_seconds.to_string(),
     ));
+    // Unset lists leave the server's defaults in place.
+    if let Some(d) = &server.destinations {
+        for (name, list) in [
+            ("CHAT_ROOM_DESTINATIONS", &d.room),
+            ("CHAT_SEND_DESTINATIONS", &d.send),
+        ] {
+            if !list.is_empty() {
+                env.push(env_value(name, list.join(",")));
+            }
+        }
+    }
     env
 }
 
@@ -625,7 +636,49 @@ mod chat_server_contract {
             key: "k".into(),
         });
         with_jwt.spec.server.history.ttl_seconds = Some(60);
-        vec![standalone(), sentinel(), with_jwt]
+        vec![standalone(), sentinel(), with_jwt, with_destinations()]
+    }
+
+    /// A cluster serving a Spring front-end's destination layout.
+    fn with_destinations() -> crate::crd::ChatCluster {
+        let mut cc = standalone();
+        cc.spec.server.destinations = Some(crate::crd::DestinationsSpec {
+            room: vec!["/topic/chatroom/{room}".into(), "/topic/public".into()],
+            send: vec!["/app/chat.sendMessage?chatRoomId".into()],
+        });
+        cc
+    }
+
+    #[test]
+    fn destination_patterns_reach_the_servers_parser_as_configured() {
+        use chat_server::config::Config;
+        let env = resolved(&with_destinations());
+        assert_eq!(
+            env["CHAT_ROOM_DESTINATIONS"],
+            "/topic/chatroom/{room},/topic/public"
+        );
+        let config = Config::from_lookup(|name| env.get(name).cloned()).unwrap();
+        assert_eq!(
+            config.room_destinations,
+            ["/topic/chatroom/{room}", "/topic/public"]
+        );
+        assert_eq!(
+            config.send_destinations,
+            ["/app/chat.sendMessage?chatRoomId"]
+        );
+        // Without the field the server keeps its defaults.
+        let env = resolved(&standalone());
+        assert!(!env.contains_key("CHAT_ROOM_DESTINATIONS"));
+        let config = Config::from_lookup(|name| env.get(name).cloned()).unwrap();
+        assert_eq!(config.room_destinations, ["/topic/room/{room}"]);
+        // A bad pattern is refused by the server's parser, naming the variable.
+        let mut bad = with_destinations();
+        if let Some(d) = bad.spec.server.destinations.as_mut() {
+            d.send = vec!["/app/{room}/{room}".into()];
+        }
+        let env = resolved(&bad);
+        let err = Config::from_lookup(|name| env.get(name).cloned()).unwrap_err();
+        assert_eq!(err.var, "CHAT_SEND_DESTINATIONS");
     }
 
     #[test]

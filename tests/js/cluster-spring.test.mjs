@@ -15,6 +15,7 @@
 // instance); scripts/client-tests starts all four on one Redis. A pair not set skips its tests.
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import SockJS from 'sockjs-client';
 import {
   connectClient, connectSockJs, publishReceipted, subscribeRecorded, uniqueId, waitFor,
 } from './stomp-client.mjs';
@@ -36,6 +37,7 @@ async function connect(baseUrl, login, transport) {
   const connected = transport === 'sockjs'
     ? await connectSockJs(`${baseUrl}/ws`, { login }, clients, what)
     : await connectClient(`${baseUrl.replace(/^http/, 'ws')}/ws`, { login }, clients, what);
+  assert.equal(connected.client.webSocket instanceof SockJS, transport === 'sockjs', `${what}: the transport asked for`);
   return connected.client;
 }
 

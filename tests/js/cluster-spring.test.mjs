@@ -9,7 +9,8 @@
 // For each: a sender on instance A, subscribers on A and B; the DTO's own fields arrive live on
 // both, through recovery (a reconnect with `x-since-offset` + `x-epoch`), through `x-history`
 // and in REST history; envelope names in the body are ignored (the sender is the
-// authenticated login); each MESSAGE carries its own subscription's destination.
+// authenticated login); each MESSAGE carries its own subscription's destination. A join SEND
+// is a chat message: a JOIN-typed body without content is refused, harming no one else.
 // Needs CHAT_URL_A and CHAT_URL_B (layouts 1 and 2) and CHAT_URL_C and CHAT_URL_D (layouts 3
 // and 4: `/app/chat.sendMessage` cannot name both a body field and a fixed room on one
 // instance); scripts/client-tests starts all four on one Redis. A pair not set skips its tests.
@@ -17,7 +18,7 @@ import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import SockJS from 'sockjs-client';
 import {
-  connectClient, connectSockJs, publishReceipted, subscribeRecorded, uniqueId, waitFor,
+  connectClient, connectSockJs, publishReceipted, subscribeRecorded, uniqueId, waitFor, within,
 } from './stomp-client.mjs';
 
 const urlOf = (name) => (process.env[name] || '').replace(/\/+$/, '');
@@ -203,5 +204,24 @@ describe('two layouts meeting in one room', () => {
     }
     assert.equal(sub.messages.length, 1);
     assert.equal(classic.messages.length, 1);
+  });
+});
+
+describe('a Spring join SEND', () => {
+  test('a join DTO without content, typed JOIN, gets ERROR bad message and the room goes on for everyone else', { skip: URL_C && URL_D ? false : 'set CHAT_URL_C and CHAT_URL_D' }, async () => {
+    const room = uniqueId('join');
+    const watcher = await subscribeRecorded(await connect(URL_D, uniqueId('dan'), 'websocket'), `/topic/room/${room}`, { id: 'sub-0', 'x-presence': 'false' });
+    // The callicoder-style `chat.addUser` body: the envelope's `type` is the server's.
+    const eve = await connect(URL_C, uniqueId('eve'), 'websocket');
+    const error = new Promise((resolve) => { eve.onStompError = resolve; });
+    eve.publish({ destination: `/app/room/${room}/join`, body: JSON.stringify({ sender: 'eve', type: 'JOIN' }) });
+    const frame = await within(error, 5000, 'the ERROR for a JOIN-typed body');
+    assert.match(frame.headers.message, /^bad message/);
+    const ann = await connect(URL_C, uniqueId('ann'), 'websocket');
+    await publishReceipted(ann, `/app/room/${room}/join`, JSON.stringify({ content: 'ann joined', messageType: 'JOIN' }));
+    const m = await watcher.find((b) => b.type === 'CHAT', 'the join message');
+    assert.equal(m.body.messageType, 'JOIN');
+    assert.equal(m.body.content, 'ann joined');
+    assert.equal(watcher.messages.filter((x) => x.body.type === 'CHAT').length, 1, 'only the accepted join was posted');
   });
 });

@@ -125,6 +125,7 @@ mod examples {
             "external-redis",
             include_str!("../../examples/external-redis.yaml"),
         ),
+        ("spring", include_str!("../../examples/spring.yaml")),
     ];
 
     #[test]
@@ -147,5 +148,28 @@ mod examples {
         );
         let deployment = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
         assert!(deployment["spec"].get("replicas").is_none());
+    }
+
+    #[test]
+    fn the_spring_example_sets_the_layout_s_destinations_on_the_servers() {
+        let objects = render_cluster(&parse_clusters(EXAMPLES[4].1).unwrap()[0], "ops").unwrap();
+        let deployment = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
+        let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap();
+        let value = |name: &str| {
+            env.iter()
+                .find(|e| e["name"] == name)
+                .and_then(|e| e["value"].as_str())
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            value("CHAT_ROOM_DESTINATIONS").as_deref(),
+            Some("/topic/chatroom/{room}")
+        );
+        assert_eq!(
+            value("CHAT_SEND_DESTINATIONS").as_deref(),
+            Some("/app/chat.sendMessage?chatRoomId")
+        );
     }
 }

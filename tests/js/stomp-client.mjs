@@ -1,8 +1,9 @@
-// The @stomp/stompjs client every test connects with, over the `ws` package: the STOMP
-// subprotocols offered, 10 s heart-beats both ways, and no reconnect (a test fails rather than
-// reconnect behind its back). Needs no server address at import time, so cluster.test.mjs,
-// which talks to two instances, can use it too.
+// The @stomp/stompjs client every test connects with, over the `ws` package (the STOMP
+// subprotocols offered) or over sockjs-client as Spring pages do: 10 s heart-beats both ways,
+// and no reconnect (a test fails rather than reconnect behind its back). Needs no server
+// address at import time, so cluster.test.mjs, which talks to two instances, can use it too.
 import { Client } from '@stomp/stompjs';
+import SockJS from 'sockjs-client';
 import WebSocket from 'ws';
 
 export const SUBPROTOCOLS = ['v12.stomp', 'v11.stomp', 'v10.stomp'];
@@ -67,9 +68,22 @@ export function within(p, ms, what) {
  * CONNECTED (within 5 s). The client is added to `clients`, for the test file to deactivate.
  */
 export function connectClient(wsUrl, connectHeaders, clients, what) {
+  return connectOver(() => new WebSocket(wsUrl, SUBPROTOCOLS), connectHeaders, clients, what, 5000);
+}
+
+/**
+ * Like connectClient, over sockjs-client at `sockJsUrl` (http://host:port/ws) with the
+ * transport it picks itself, as `new SockJS('/ws')` in a Spring page does (10 s: SockJS first
+ * asks /info).
+ */
+export function connectSockJs(sockJsUrl, connectHeaders, clients, what) {
+  return connectOver(() => new SockJS(sockJsUrl), connectHeaders, clients, what, 10000);
+}
+
+function connectOver(webSocketFactory, connectHeaders, clients, what, ms) {
   return within(new Promise((resolve, reject) => {
     const client = new Client({
-      webSocketFactory: () => new WebSocket(wsUrl, SUBPROTOCOLS),
+      webSocketFactory,
       connectHeaders,
       heartbeatIncoming: 10000,
       heartbeatOutgoing: 10000,
@@ -80,5 +94,5 @@ export function connectClient(wsUrl, connectHeaders, clients, what) {
     });
     clients.add(client);
     client.activate();
-  }), 5000, `CONNECTED for ${what}`);
+  }), ms, `CONNECTED for ${what}`);
 }

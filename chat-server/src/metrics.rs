@@ -148,6 +148,11 @@ impl Metrics {
                 "Recoveries refused (epoch changed or history too short)",
                 &m.not_recovered,
             ),
+            (
+                "archived",
+                "Room events this instance stored in the PostgreSQL archive",
+                &m.archived,
+            ),
         ];
         for (name, help, counter) in counters {
             m.registry.register(name, help, counter.clone());
@@ -164,32 +169,25 @@ impl Metrics {
             "Time for the broker to accept a message",
             m.publish_seconds.clone(),
         );
-        m.registry.register(
-            "archived",
-            "Room events this instance stored in the PostgreSQL archive",
-            m.archived.clone(),
-        );
-        m.registry.register(
-            "archive_lag_entries",
-            "Records waiting for the archive, all instances",
-            m.archive_lag_entries.clone(),
-        );
-        m.registry.register(
-            "archive_lag_seconds",
-            "Age of the oldest record waiting for the archive",
-            m.archive_lag_seconds.clone(),
-        );
-        m.registry.register(
-            "archive_lost_entries",
-            "Records dropped unarchived at CHAT_ARCHIVE_BACKLOG, all instances",
-            m.archive_lost_entries.clone(),
-        );
-        m.registry.register(
-            "archive_errors",
-            "Failed archive steps, by reason",
-            m.archive_errors.clone(),
-        );
+        m.register_archive();
         m
+    }
+
+    /// The archive's metrics (`crate::archive`); their help is short enough for one line each.
+    fn register_archive(&mut self) {
+        let r = &mut self.registry;
+        let lag = "Records waiting for the archive (all instances)";
+        r.register("archive_lag_entries", lag, self.archive_lag_entries.clone());
+        let age = "Age of the oldest record waiting for the archive";
+        r.register("archive_lag_seconds", age, self.archive_lag_seconds.clone());
+        let lost = "Records dropped unarchived at CHAT_ARCHIVE_BACKLOG (all instances)";
+        r.register(
+            "archive_lost_entries",
+            lost,
+            self.archive_lost_entries.clone(),
+        );
+        let errors = "Failed archive steps, by reason";
+        r.register("archive_errors", errors, self.archive_errors.clone());
     }
 
     pub fn archive_error(&self, reason: &'static str) {

@@ -8,7 +8,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 
 use super::ArchiveError;
 use super::batch::Row;
@@ -95,7 +95,15 @@ pub fn check_url(url: &str) -> Result<(), String> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err("must start with postgres:// or postgresql://".into());
     }
-    PgConnectOptions::from_str(url)
-        .map(|_| ())
-        .map_err(|e| format!("not a PostgreSQL URL ({e})"))
+    let options =
+        PgConnectOptions::from_str(url).map_err(|e| format!("not a PostgreSQL URL ({e})"))?;
+    // This build has no TLS client (compile time); refuse up front what could never connect.
+    match options.get_ssl_mode() {
+        PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull => Err(
+            "sslmode requires TLS, which this build does not speak to PostgreSQL yet \
+             (use sslmode=prefer or disable on a private network)"
+                .into(),
+        ),
+        PgSslMode::Disable | PgSslMode::Allow | PgSslMode::Prefer => Ok(()),
+    }
 }

@@ -313,3 +313,55 @@ async fn postgres_stopped_for_ten_seconds_under_load_loses_nothing_and_readiness
     }
     assert!(metric(&a, "chat_archive_errors_total{reason=\"postgres\"}").await > 0.0);
 }
+
+#[tokio::test]
+async fn past_the_backlog_bound_the_oldest_records_are_dropped_counted_and_the_rest_archived() {
+    let redis = RedisServer::start(RedisOpts::default());
+    let mut pg = Postgres::start().await;
+    let mut e = env(&redis, &pg, 30_000);
+    e.push(("CHAT_ARCHIVE_BACKLOG", "1000".into()));
+    e.push(("CHAT_ARCHIVE_BATCH", "100".into()));
+    let a = instance("a", &e).await;
+    while archived_table_missing(&pg).await {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pg.stop();
+    let mut c = Client::login(&a.ws_url(), "ann").await;
+    const SENT: usize = 1200;
+    for start in (0..SENT).step_by(100) {
+        c.send_raw(&chat_tests::send_run(start..start + 100, |_| {
+            "/app/room/bound".into()
+        }))
+        .await;
+        c.expect_run_receipts(start..start + 100).await;
+    }
+    assert_eq!(
+        xlen(&redis, "chat:archive"),
+        1000,
+        "the Stream stays at its bound"
+    );
+    let lost = redis.command(&["GET", "chat:archive:lost"]).as_text();
+    assert_eq!(lost.as_deref(), Some("200"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&a, "chat_archive_lost_entries").await != 200.0 {
+        assert!(Instant::now() < deadline, "lost entries not on /metrics");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pg.restart().await;
+    // The newest 1000 are all archived; of the 200 dropped, only what the archiver had read
+    // before the trim (at most one batch) can be there too.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ns: BTreeSet<usize> = archived(&pg)
+            .await
+            .values()
+            .map(|r| r["content"].as_str().unwrap()[1..].parse().unwrap())
+            .collect();
+        if (200..SENT).all(|n| ns.contains(&n)) {
+            assert!(ns.len() <= 1000 + 100, "{} archived", ns.len());
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} archived", ns.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

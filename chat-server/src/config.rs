@@ -170,6 +170,31 @@ pub const VARS: &[Var] = &[
     ),
     var("CHAT_LOG_FORMAT", "text or json", Some("text")),
     var(
+        "CHAT_ARCHIVE_URL",
+        "PostgreSQL URL (postgres://user@host:port/db) of the message archive; unset: no archive (needs Redis)",
+        None,
+    ),
+    var(
+        "CHAT_ARCHIVE_PASSWORD_FILE",
+        "file holding the archive database's password",
+        None,
+    ),
+    var(
+        "CHAT_ARCHIVE_BACKLOG",
+        "records waiting for the archive (all instances) before the oldest is dropped and counted",
+        Some("1000000"),
+    ),
+    var(
+        "CHAT_ARCHIVE_BATCH",
+        "records an instance archives in one INSERT (at most 10000)",
+        Some("500"),
+    ),
+    var(
+        "CHAT_ARCHIVE_CLAIM_IDLE_MS",
+        "records a (dead) instance holds this long unarchived are taken over by another",
+        Some("30000"),
+    ),
+    var(
         "CHAT_ROOM_DESTINATIONS",
         "comma-separated destination patterns naming a room for SUBSCRIBE and SEND",
         Some("/topic/room/{room}"),
@@ -218,6 +243,32 @@ pub enum Backend {
     },
 }
 
+/// The PostgreSQL message archive (`CHAT_ARCHIVE_*`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ArchiveConfig {
+    /// The URL as configured (checked to parse as a PostgreSQL URL).
+    pub url: String,
+    /// From `CHAT_ARCHIVE_PASSWORD_FILE`; replaces any password in the URL.
+    pub password: Option<String>,
+    pub backlog: u64,
+    pub batch: usize,
+    pub claim_idle: Duration,
+}
+
+impl std::fmt::Debug for ArchiveConfig {
+    // The URL may carry a password: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArchiveConfig")
+            .field("backlog", &self.backlog)
+            .field("batch", &self.batch)
+            .field("claim_idle", &self.claim_idle)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The largest `CHAT_ARCHIVE_BATCH`: one INSERT's arrays stay well under PostgreSQL's limits.
+pub const MAX_ARCHIVE_BATCH: usize = 10_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -262,6 +313,8 @@ pub struct Config {
     pub sockjs_disconnect: Duration,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
+    /// The PostgreSQL archive, when `CHAT_ARCHIVE_URL` is set.
+    pub archive: Option<ArchiveConfig>,
     /// The patterns of `CHAT_ROOM_DESTINATIONS` and `CHAT_SEND_DESTINATIONS`, as configured.
     pub room_destinations: Vec<String>,
     pub send_destinations: Vec<String>,
@@ -413,6 +466,8 @@ impl Config {
             }
         };
 
+        let archive = archive(&get, &backend)?;
+
         let room_list = defaulted(&get, "CHAT_ROOM_DESTINATIONS")?;
         let send_list = defaulted(&get, "CHAT_SEND_DESTINATIONS")?;
         let destinations = Destinations::new(
@@ -452,6 +507,7 @@ impl Config {
             sockjs_disconnect: millis(&get, "CHAT_SOCKJS_DISCONNECT_MS", 100)?,
             shutdown_grace: Duration::from_secs(number(&get, "CHAT_SHUTDOWN_GRACE_SECS")?),
             log_format,
+            archive,
             room_destinations: list(&room_list),
             send_destinations: list(&send_list),
             destinations: Arc::new(destinations),
@@ -469,6 +525,60 @@ impl Config {
         c.shutdown_grace = Duration::from_secs(5);
         c
     }
+}
+
+/// `CHAT_ARCHIVE_*`: `None` without a URL. The archive reads the Redis archive Stream, so the
+/// in-memory backend refuses it rather than archiving nothing.
+fn archive(
+    get: &impl Fn(&'static str) -> Option<String>,
+    backend: &Backend,
+) -> Result<Option<ArchiveConfig>, ConfigError> {
+    let Some(url) = get("CHAT_ARCHIVE_URL") else {
+        if get("CHAT_ARCHIVE_PASSWORD_FILE").is_some() {
+            return Err(bad(
+                "CHAT_ARCHIVE_PASSWORD_FILE",
+                "set without CHAT_ARCHIVE_URL",
+            ));
+        }
+        return Ok(None);
+    };
+    if *backend == Backend::Memory {
+        return Err(bad(
+            "CHAT_ARCHIVE_URL",
+            "the archive needs the Redis backend (set CHAT_REDIS_URL or CHAT_REDIS_SENTINELS)",
+        ));
+    }
+    crate::archive::check_url(&url).map_err(|m| bad("CHAT_ARCHIVE_URL", m))?;
+    let password = get("CHAT_ARCHIVE_PASSWORD_FILE")
+        .map(|file| {
+            std::fs::read_to_string(&file)
+                .map(|p| p.trim().to_owned())
+                .map_err(|e| {
+                    bad(
+                        "CHAT_ARCHIVE_PASSWORD_FILE",
+                        format!("cannot read {file}: {e}"),
+                    )
+                })
+        })
+        .transpose()?;
+    let backlog = number::<u64>(get, "CHAT_ARCHIVE_BACKLOG")?;
+    if backlog < 1000 {
+        return Err(bad("CHAT_ARCHIVE_BACKLOG", "must be at least 1000"));
+    }
+    let batch = positive(get, "CHAT_ARCHIVE_BATCH")?;
+    if batch > MAX_ARCHIVE_BATCH {
+        return Err(bad(
+            "CHAT_ARCHIVE_BATCH",
+            format!("must be at most {MAX_ARCHIVE_BATCH}"),
+        ));
+    }
+    Ok(Some(ArchiveConfig {
+        url,
+        password,
+        backlog,
+        batch,
+        claim_idle: millis(get, "CHAT_ARCHIVE_CLAIM_IDLE_MS", 100)?,
+    }))
 }
 
 fn parse_with<T>(
@@ -614,6 +724,93 @@ mod tests {
         assert_eq!(c.server_ttl, Duration::from_secs(6));
         assert_eq!(c.redis_min_replicas, 0);
         assert_eq!(c.key_prefix, "chat");
+    }
+
+    #[test]
+    fn the_archive_is_off_by_default_and_takes_its_settings_with_redis() {
+        assert_eq!(parse(&[]).unwrap().archive, None);
+        let c = parse(&[
+            ("CHAT_REDIS_URL", "redis://127.0.0.1:6379"),
+            ("CHAT_ARCHIVE_URL", "postgres://chat@db:5432/chat"),
+            ("CHAT_ARCHIVE_BATCH", "200"),
+            ("CHAT_ARCHIVE_CLAIM_IDLE_MS", "1500"),
+        ])
+        .unwrap();
+        let a = c.archive.unwrap();
+        assert_eq!(a.url, "postgres://chat@db:5432/chat");
+        assert_eq!(a.backlog, 1_000_000);
+        assert_eq!(a.batch, 200);
+        assert_eq!(a.claim_idle, Duration::from_millis(1500));
+        assert_eq!(a.password, None);
+    }
+
+    #[test]
+    fn bad_archive_settings_stop_start_up_naming_their_variable() {
+        let redis = ("CHAT_REDIS_URL", "redis://127.0.0.1:6379");
+        let url = ("CHAT_ARCHIVE_URL", "postgres://chat@db/chat");
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            // The in-memory backend has no archive Stream to archive from.
+            (&[url], "CHAT_ARCHIVE_URL"),
+            (
+                &[redis, ("CHAT_ARCHIVE_URL", "mysql://db/chat")],
+                "CHAT_ARCHIVE_URL",
+            ),
+            (
+                &[redis, ("CHAT_ARCHIVE_URL", "postgres://db:notaport/x")],
+                "CHAT_ARCHIVE_URL",
+            ),
+            (
+                &[redis, ("CHAT_ARCHIVE_PASSWORD_FILE", "/etc/hostname")],
+                "CHAT_ARCHIVE_PASSWORD_FILE",
+            ),
+            (
+                &[
+                    redis,
+                    url,
+                    ("CHAT_ARCHIVE_PASSWORD_FILE", "/nonexistent/pw"),
+                ],
+                "CHAT_ARCHIVE_PASSWORD_FILE",
+            ),
+            (
+                &[redis, url, ("CHAT_ARCHIVE_BACKLOG", "999")],
+                "CHAT_ARCHIVE_BACKLOG",
+            ),
+            (
+                &[redis, url, ("CHAT_ARCHIVE_BATCH", "0")],
+                "CHAT_ARCHIVE_BATCH",
+            ),
+            (
+                &[redis, url, ("CHAT_ARCHIVE_BATCH", "10001")],
+                "CHAT_ARCHIVE_BATCH",
+            ),
+            (
+                &[redis, url, ("CHAT_ARCHIVE_CLAIM_IDLE_MS", "soon")],
+                "CHAT_ARCHIVE_CLAIM_IDLE_MS",
+            ),
+        ];
+        for (pairs, var) in cases {
+            assert_eq!(parse(pairs).unwrap_err().var, *var, "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn the_archive_password_file_is_read_and_never_printed() {
+        let path = std::env::temp_dir().join(format!("chat-archive-pw-{}", std::process::id()));
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let c = parse(&[
+            ("CHAT_REDIS_URL", "redis://127.0.0.1:6379"),
+            ("CHAT_ARCHIVE_URL", "postgres://chat:inurl@db/chat"),
+            ("CHAT_ARCHIVE_PASSWORD_FILE", path.to_str().unwrap()),
+        ])
+        .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let a = c.archive.unwrap();
+        assert_eq!(a.password.as_deref(), Some("s3cret"));
+        let shown = format!("{a:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("inurl"),
+            "{shown}"
+        );
     }
 
     #[test]

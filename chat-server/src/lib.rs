@@ -3,6 +3,7 @@
 //! `main.rs` only parses configuration and starts `server::Server`; everything else is here so
 //! tests can run the real server in-process on port 0.
 
+pub mod archive;
 pub mod auth;
 pub mod broker;
 pub mod config;

@@ -41,6 +41,16 @@ pub struct Metrics {
     /// [`Metrics::sockjs_session`].
     sockjs_sessions: Family<TransportLabel, Counter>,
     pub publish_seconds: Histogram,
+    /// Room events this instance stored in the archive (new rows).
+    pub archived: Counter,
+    /// Records in the archive Stream not yet archived, over all instances.
+    pub archive_lag_entries: Gauge,
+    /// How long the oldest of them has waited.
+    pub archive_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Records ever dropped unarchived at `CHAT_ARCHIVE_BACKLOG`, over all instances.
+    pub archive_lost_entries: Gauge,
+    /// Failed archive steps, by reason; counted through [`Metrics::archive_error`].
+    archive_errors: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -69,6 +79,11 @@ impl Metrics {
             errors: Family::default(),
             sockjs_sessions: Family::default(),
             publish_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            archived: Counter::default(),
+            archive_lag_entries: Gauge::default(),
+            archive_lag_seconds: Gauge::default(),
+            archive_lost_entries: Gauge::default(),
+            archive_errors: Family::default(),
         };
         m.registry.register(
             "connections",
@@ -133,6 +148,11 @@ impl Metrics {
                 "Recoveries refused (epoch changed or history too short)",
                 &m.not_recovered,
             ),
+            (
+                "archived",
+                "Room events this instance stored in the PostgreSQL archive",
+                &m.archived,
+            ),
         ];
         for (name, help, counter) in counters {
             m.registry.register(name, help, counter.clone());
@@ -149,7 +169,31 @@ impl Metrics {
             "Time for the broker to accept a message",
             m.publish_seconds.clone(),
         );
+        m.register_archive();
         m
+    }
+
+    /// The archive's metrics (`crate::archive`); their help is short enough for one line each.
+    fn register_archive(&mut self) {
+        let r = &mut self.registry;
+        let lag = "Records waiting for the archive (all instances)";
+        r.register("archive_lag_entries", lag, self.archive_lag_entries.clone());
+        let age = "Age of the oldest record waiting for the archive";
+        r.register("archive_lag_seconds", age, self.archive_lag_seconds.clone());
+        let lost = "Records dropped unarchived at CHAT_ARCHIVE_BACKLOG (all instances)";
+        r.register(
+            "archive_lost_entries",
+            lost,
+            self.archive_lost_entries.clone(),
+        );
+        let errors = "Failed archive steps, by reason";
+        r.register("archive_errors", errors, self.archive_errors.clone());
+    }
+
+    pub fn archive_error(&self, reason: &'static str) {
+        self.archive_errors
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     pub fn error(&self, reason: &'static str) {
@@ -182,7 +226,14 @@ mod tests {
         m.deliveries.inc_by(3);
         m.error("bad-frame");
         m.sockjs_session("xhr");
+        m.archive_error("postgres");
+        m.archive_lag_seconds.set(1.5);
         let text = m.encode();
+        assert!(
+            text.contains("chat_archive_errors_total{reason=\"postgres\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("chat_archive_lag_seconds 1.5"), "{text}");
         assert!(text.contains("chat_deliveries_total 3"), "{text}");
         assert!(
             text.contains("chat_errors_total{reason=\"bad-frame\"} 1"),

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::archive::Archiver;
 use crate::auth::{AuthError, Authenticator};
 use crate::broker::Services;
 use crate::config::{Backend, Config};
@@ -33,6 +34,8 @@ pub enum ServerError {
     Auth(#[from] AuthError),
     #[error("cannot start the Redis backend: {0}")]
     Backend(#[from] crate::broker::BackendError),
+    #[error("cannot start the archive: {0}")]
+    Archive(#[from] crate::archive::ArchiveError),
     #[error("server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -46,17 +49,27 @@ pub struct Server {
 
 impl Server {
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        let metrics = Arc::new(Metrics::new());
+        let drain = CancellationToken::new();
         let services = match &config.backend {
             Backend::Memory => Services::memory(config.history_max_len, &config.server_id),
-            Backend::Redis { .. } | Backend::Sentinel { .. } => Services::redis(&config).await?,
+            Backend::Redis { .. } | Backend::Sentinel { .. } => {
+                let (services, queue) = Services::redis_with_queue(&config).await?;
+                if let Some(archive) = &config.archive {
+                    // Stops with the drain: what it has not acknowledged another instance
+                    // takes over after CHAT_ARCHIVE_CLAIM_IDLE_MS.
+                    Archiver::spawn(archive, queue, metrics.clone(), drain.clone())?;
+                }
+                services
+            }
         };
         // The sessions' context first: the HTTP state shares its services, metrics and drain.
         let session = Arc::new(session::Context::new(
             &config,
             services,
             Arc::new(Authenticator::new(&config)?),
-            Arc::new(Metrics::new()),
-            CancellationToken::new(),
+            metrics,
+            drain,
             TaskTracker::new(),
         ));
         let app = AppState::new(config, session);

@@ -26,6 +26,7 @@
 //! - A probe published to itself every heartbeat proves the Pub/Sub link; when it stops
 //!   arriving the instance is unready and forces the subscriber to reconnect.
 
+mod archive;
 mod history;
 mod presence;
 mod publish;
@@ -59,21 +60,19 @@ use crate::model::{Draft, EventRecord, RoomEvent};
 const COMMON: &str = include_str!("lua/common.lua");
 const PUBLISH: &str = include_str!("lua/publish.lua");
 
-/// A script's text as sent to Redis: `WINDOW`, the shared functions, then `body`.
-fn script_source(body: &str) -> String {
+/// A script's text as sent to Redis: `WINDOW`, `ARCHIVE` (the archive Stream's bound, 0 when
+/// archiving is off), the shared functions, then `body`.
+fn script_source(body: &str, archive: u64) -> String {
     format!(
-        "local WINDOW = {}\n{COMMON}\n{body}",
+        "local WINDOW = {}\nlocal ARCHIVE = {archive}\n{COMMON}\n{body}",
         RESEND_WINDOW.as_secs()
     )
 }
 
-fn script(body: &str) -> Script {
-    Script::from_lua(script_source(body))
-}
-
-/// The publish script's text exactly as this server sends it (for tests that run it by EVAL).
+/// The publish script's text exactly as this server sends it without archiving (for tests
+/// that run it by EVAL).
 pub fn publish_script_source() -> String {
-    script_source(PUBLISH)
+    script_source(PUBLISH, 0)
 }
 
 struct Scripts {
@@ -88,7 +87,9 @@ struct Scripts {
 }
 
 impl Scripts {
-    fn new() -> Scripts {
+    /// `archive`: the archive Stream's bound, 0 for no archive (see `lua/common.lua`).
+    fn new(archive: u64) -> Scripts {
+        let script = |body: &str| Script::from_lua(script_source(body, archive));
         Scripts {
             publish: script(PUBLISH),
             join: script(include_str!("lua/join.lua")),
@@ -286,7 +287,7 @@ impl RedisBackend {
             },
             client,
             hub,
-            scripts: Scripts::new(),
+            scripts: Scripts::new(config.archive.as_ref().map_or(0, |a| a.backlog)),
             maxlen: config.history_max_len.to_string(),
             ttl: config.history_ttl.map_or(0, |t| t.as_secs()).to_string(),
             clock: Clock::new(),
@@ -377,15 +378,23 @@ impl RedisBackend {
 impl Services {
     /// The clustered backend on Redis.
     pub async fn redis(config: &Config) -> Result<Services, BackendError> {
+        Ok(Self::redis_with_queue(config).await?.0)
+    }
+
+    /// The clustered backend on Redis, and its archive Stream for the archiver.
+    pub async fn redis_with_queue(
+        config: &Config,
+    ) -> Result<(Services, Arc<dyn crate::archive::ArchiveQueue>), BackendError> {
         let hub = Hub::new();
         // The first heartbeat runs at once in the background; readiness waits for it.
         let backend = RedisBackend::start(config, hub.clone()).await?;
-        Ok(Services {
+        let services = Services {
             hub,
             broker: backend.clone(),
             history: backend.clone(),
             presence: backend.clone(),
-            registry: backend,
-        })
+            registry: backend.clone(),
+        };
+        Ok((services, backend))
     }
 }

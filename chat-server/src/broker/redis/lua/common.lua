@@ -19,6 +19,13 @@
 -- took it) is refused, as it might be a resend whose first run has left the window: a pause
 -- longer than WINDOW costs that message its receipt, never a second copy. WINDOW (seconds) is
 -- set ahead of this file by the server, from RESEND_WINDOW in config.rs.
+--
+-- ARCHIVE (set ahead of this file too, from CHAT_ARCHIVE_BACKLOG; 0 when archiving is off):
+-- every appended record also goes to the archive Stream `prefix:archive`, which the
+-- instances' archivers read through the consumer group `archivers` and XDEL once the record is
+-- in PostgreSQL, so the Stream holds only records not yet archived. At ARCHIVE of those the
+-- oldest is trimmed to make room and counted in `prefix:archive:lost`: the one way an
+-- appended record can miss the archive (see docs/ARCHITECTURE.md, "Archive").
 
 local function append(prefix, room, body, new_epoch, maxlen, ttl, publish, id, deadline)
   local meta = prefix .. ':room:' .. room
@@ -59,6 +66,14 @@ local function append(prefix, room, body, new_epoch, maxlen, ttl, publish, id, d
   if tonumber(ttl) > 0 then
     redis.call('EXPIRE', meta, ttl)
     redis.call('EXPIRE', log, ttl)
+  end
+  if ARCHIVE > 0 then
+    local stream = prefix .. ':archive'
+    if redis.call('XLEN', stream) >= ARCHIVE then
+      local trimmed = redis.call('XTRIM', stream, 'MAXLEN', ARCHIVE - 1)
+      redis.call('INCRBY', prefix .. ':archive:lost', trimmed)
+    end
+    redis.call('XADD', stream, '*', 'r', record)
   end
   redis.call('ZADD', prefix .. ':rooms', t[1], room)
   if publish == '1' then

@@ -1,0 +1,109 @@
+//! The PostgreSQL side of the archive: the pool, the embedded migrations, the one INSERT.
+//!
+//! Keeps true: a batch is one statement, keyed by (room, epoch, offset) with
+//! `ON CONFLICT DO NOTHING`, so storing a batch again (a retry, two instances holding the same
+//! records) never stores a record twice. The pool connects lazily: PostgreSQL being down never
+//! stops the server from starting.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
+
+use super::ArchiveError;
+use super::batch::Row;
+use crate::config::ArchiveConfig;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The archive database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// A lazily connecting pool for `config` (connections are made on first use).
+    pub fn new(config: &ArchiveConfig) -> Result<Store, ArchiveError> {
+        let mut options = PgConnectOptions::from_str(&config.url)
+            .map_err(|e| ArchiveError::Config(e.to_string()))?
+            .application_name("chat-server");
+        if let Some(pw) = &config.password {
+            options = options.password(pw);
+        }
+        let pool = PgPoolOptions::new()
+            // One archiver per instance: one statement at a time, plus one for start-up.
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(options);
+        Ok(Store { pool })
+    }
+
+    /// Creates or updates the schema (sqlx holds an advisory lock, so instances starting
+    /// together migrate once).
+    pub async fn migrate(&self) -> Result<(), ArchiveError> {
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(|e| ArchiveError::Postgres(e.to_string()))
+    }
+
+    /// Stores `rows` in one statement; the number of rows that were new.
+    pub async fn insert(&self, rows: &[Row]) -> Result<u64, ArchiveError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut rooms = Vec::with_capacity(rows.len());
+        let mut epochs = Vec::with_capacity(rows.len());
+        let mut offsets = Vec::with_capacity(rows.len());
+        let mut ids = Vec::with_capacity(rows.len());
+        // i64::MIN stands for "no time" (NULL): arrays of plain values bind most simply.
+        let mut sent = Vec::with_capacity(rows.len());
+        let mut records = Vec::with_capacity(rows.len());
+        for r in rows {
+            rooms.push(r.room.as_str());
+            epochs.push(r.epoch.as_str());
+            offsets.push(r.offset);
+            ids.push(r.id.as_str());
+            sent.push(r.sent_at_ms.unwrap_or(i64::MIN));
+            records.push(r.record.as_str());
+        }
+        let done = sqlx::query(
+            r#"INSERT INTO chat_messages (room, epoch, "offset", id, sent_at, record)
+               SELECT u.room, u.epoch, u.off, u.id,
+                      to_timestamp(NULLIF(u.sent, -9223372036854775808) / 1000.0),
+                      u.record::jsonb
+               FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::int8[], $6::text[])
+                    AS u(room, epoch, off, id, sent, record)
+               ON CONFLICT (room, epoch, "offset") DO NOTHING"#,
+        )
+        .bind(&rooms)
+        .bind(&epochs)
+        .bind(&offsets)
+        .bind(&ids)
+        .bind(&sent)
+        .bind(&records)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| ArchiveError::Postgres(e.to_string()))?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// `Ok` if `url` is a PostgreSQL URL this server can use; the reason otherwise.
+pub fn check_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err("must start with postgres:// or postgresql://".into());
+    }
+    let options =
+        PgConnectOptions::from_str(url).map_err(|e| format!("not a PostgreSQL URL ({e})"))?;
+    // This build has no TLS client (compile time); refuse up front what could never connect.
+    match options.get_ssl_mode() {
+        PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull => Err(
+            "sslmode requires TLS, which this build does not speak to PostgreSQL yet \
+             (use sslmode=prefer or disable on a private network)"
+                .into(),
+        ),
+        PgSslMode::Disable | PgSslMode::Allow | PgSslMode::Prefer => Ok(()),
+    }
+}

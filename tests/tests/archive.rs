@@ -1,0 +1,367 @@
+//! The PostgreSQL archive's write path against real processes: redis-server, PostgreSQL
+//! (Debian's, started by `chat_tests::postgres`) and chat-server binaries on free loopback
+//! ports, all stopped when a test ends, pass or fail.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use chat_tests::Client;
+use chat_tests::postgres::Postgres;
+use chat_tests::process::ServerProcess;
+use chat_tests::redis::{RedisOpts, RedisServer};
+use sqlx::Row;
+
+const QUIET: (&str, &str) = ("x-presence", "false");
+
+fn env(redis: &RedisServer, pg: &Postgres, claim_idle_ms: u64) -> Vec<(&'static str, String)> {
+    vec![
+        ("CHAT_REDIS_URL", redis.url()),
+        ("CHAT_HEARTBEAT_INTERVAL_MS", "200".into()),
+        ("CHAT_SERVER_TTL_MS", "800".into()),
+        ("CHAT_SEND_RATE", "0".into()),
+        ("CHAT_USER_SEND_RATE", "0".into()),
+        ("CHAT_ARCHIVE_URL", pg.url()),
+        ("CHAT_ARCHIVE_CLAIM_IDLE_MS", claim_idle_ms.to_string()),
+    ]
+}
+
+async fn instance(id: &str, env: &[(&'static str, String)]) -> ServerProcess {
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let p = ServerProcess::start(id, &pairs).await;
+    p.wait_ready(Duration::from_secs(10)).await;
+    p
+}
+
+/// The archived chat messages: (room, epoch, offset) -> record.
+async fn archived(pg: &Postgres) -> BTreeMap<(String, String, i64), serde_json::Value> {
+    let mut c = pg.connect().await;
+    let rows = sqlx::query(
+        r#"SELECT room, epoch, "offset", record::text AS record FROM chat_messages
+           WHERE record->>'type' = 'CHAT'"#,
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap_or_default();
+    rows.iter()
+        .map(|r| {
+            let record: String = r.get("record");
+            (
+                (r.get("room"), r.get("epoch"), r.get("offset")),
+                serde_json::from_str(&record).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until `n` chat messages are archived (more fails at once).
+async fn wait_archived(
+    pg: &Postgres,
+    n: usize,
+    within: Duration,
+) -> BTreeMap<(String, String, i64), serde_json::Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let rows = archived(pg).await;
+        assert!(rows.len() <= n, "{} archived, only {n} sent", rows.len());
+        if rows.len() == n {
+            return rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} archived after {within:?}",
+            rows.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A metric's value on `/metrics` (0 when absent).
+async fn metric(p: &ServerProcess, name: &str) -> f64 {
+    let text = reqwest::get(p.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn xlen(redis: &RedisServer, key: &str) -> i64 {
+    redis.command(&["XLEN", key]).as_int().unwrap()
+}
+
+/// Entries of the archive Stream that `consumer` holds unacknowledged.
+fn pending_of(redis: &RedisServer, consumer: &str) -> usize {
+    let reply = redis.command(&[
+        "XPENDING",
+        "chat:archive",
+        "archivers",
+        "-",
+        "+",
+        "10000",
+        consumer,
+    ]);
+    reply.as_array().map_or(0, <[_]>::len)
+}
+
+#[tokio::test]
+async fn messages_sent_over_two_instances_are_archived_exactly_once_with_sender_and_fields() {
+    let redis = RedisServer::start(RedisOpts::default());
+    let pg = Postgres::start().await;
+    let e = env(&redis, &pg, 30_000);
+    let (a, b) = (instance("a", &e).await, instance("b", &e).await);
+    const ROOMS: usize = 5;
+    const PER_SENDER: usize = 250;
+    let mut reader = Client::login(&a.ws_url(), "reader").await;
+    for r in 0..ROOMS {
+        reader
+            .subscribe(&r.to_string(), &format!("/topic/room/arch{r}"), &[QUIET])
+            .await;
+    }
+    let send = |url: String, login: &'static str, base: usize| async move {
+        let mut c = Client::login(&url, login).await;
+        for i in 0..PER_SENDER {
+            let n = base + i;
+            let body = format!(r#"{{"content":"m{n}","n":{n},"tag":{{"k":"{login}"}}}}"#);
+            c.send(&format!("/app/room/arch{}", n % ROOMS), &body).await;
+        }
+    };
+    tokio::join!(
+        send(a.ws_url(), "ann", 0),
+        send(b.ws_url(), "bob", PER_SENDER)
+    );
+    // What the cluster delivered: every receipted message with its room, epoch and offset.
+    let mut delivered = BTreeMap::new();
+    for _ in 0..2 * PER_SENDER {
+        let ev = reader.next_event().await;
+        let key = (
+            ev["roomId"].as_str().unwrap().to_owned(),
+            ev["epoch"].as_str().unwrap().to_owned(),
+            ev["offset"].as_i64().unwrap(),
+        );
+        delivered.insert(key, ev["n"].as_u64().unwrap());
+    }
+    assert_eq!(delivered.len(), 2 * PER_SENDER);
+
+    let rows = wait_archived(&pg, 2 * PER_SENDER, Duration::from_secs(30)).await;
+    let keys: BTreeSet<_> = rows.keys().cloned().collect();
+    assert_eq!(keys, delivered.keys().cloned().collect::<BTreeSet<_>>());
+    for (key, record) in &rows {
+        let n = record["n"].as_u64().unwrap();
+        assert_eq!(delivered[key], n, "{key:?}");
+        let login = if (n as usize) < PER_SENDER {
+            "ann"
+        } else {
+            "bob"
+        };
+        assert_eq!(record["sender"]["id"], login, "{record}");
+        assert_eq!(record["tag"]["k"], login, "{record}");
+        assert_eq!(record["content"], format!("m{n}"));
+        assert!(record["sentAt"].is_string() && record["serverId"].is_string());
+    }
+    // Every record left the archive Stream, and each was stored by one instance only.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while xlen(&redis, "chat:archive") > 0 {
+        assert!(Instant::now() < deadline, "archive Stream not emptied");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut c = pg.connect().await;
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM chat_messages")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    let stored = metric(&a, "chat_archived_total").await + metric(&b, "chat_archived_total").await;
+    assert_eq!(stored as i64, total);
+    assert!(
+        metric(&a, "chat_archived_total").await > 0.0
+            || metric(&b, "chat_archived_total").await > 0.0
+    );
+    assert_eq!(metric(&a, "chat_archive_lost_entries").await, 0.0);
+}
+
+#[tokio::test]
+async fn an_instance_killed_with_unarchived_entries_has_them_archived_by_another() {
+    let redis = RedisServer::start(RedisOpts::default());
+    let mut pg = Postgres::start().await;
+    let e = env(&redis, &pg, 1_000);
+    let mut a = instance("a", &e).await;
+    // a has made the schema once this works.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while archived_table_missing(&pg).await {
+        assert!(Instant::now() < deadline, "schema not created");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // PostgreSQL away: a reads a batch and holds it, unable to store it.
+    pg.stop();
+    let mut c = Client::login(&a.ws_url(), "ann").await;
+    for n in 0..100 {
+        c.send(
+            "/app/room/kill",
+            &format!(r#"{{"content":"m{n}","n":{n}}}"#),
+        )
+        .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pending_of(&redis, "a") == 0 {
+        assert!(Instant::now() < deadline, "a never read the archive Stream");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let held = pending_of(&redis, "a");
+    a.signal("KILL");
+    a.wait_exit(Duration::from_secs(5)).await;
+    pg.restart().await;
+    // b was not there when a read them: it can have them only by taking them over.
+    let b = instance("b", &e).await;
+    let rows = wait_archived(&pg, 100, Duration::from_secs(30)).await;
+    let ns: BTreeSet<u64> = rows.values().map(|r| r["n"].as_u64().unwrap()).collect();
+    assert_eq!(ns, (0..100).collect());
+    assert_eq!(
+        pending_of(&redis, "a"),
+        0,
+        "a's {held} entries still pending"
+    );
+    assert!(metric(&b, "chat_archived_total").await >= 100.0);
+}
+
+async fn archived_table_missing(pg: &Postgres) -> bool {
+    let mut c = pg.connect().await;
+    sqlx::query("SELECT 1 FROM chat_messages LIMIT 1")
+        .execute(&mut c)
+        .await
+        .is_err()
+}
+
+#[tokio::test]
+async fn postgres_stopped_for_ten_seconds_under_load_loses_nothing_and_readiness_holds() {
+    let redis = RedisServer::start(RedisOpts::default());
+    let mut pg = Postgres::start().await;
+    let e = env(&redis, &pg, 30_000);
+    let a = Arc::new(instance("a", &e).await);
+    let b = Arc::new(instance("b", &e).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut senders = Vec::new();
+    for (i, p) in [a.clone(), b.clone()].into_iter().enumerate() {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        senders.push(tokio::spawn(async move {
+            let mut c = Client::login(&p.ws_url(), &format!("load{i}")).await;
+            let mut k = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let n = i * 1_000_000 + k;
+                c.send(
+                    &format!("/app/room/load{}", k % 3),
+                    &format!(r#"{{"content":"m{n}","n":{n}}}"#),
+                )
+                .await;
+                sent.fetch_add(1, Ordering::Relaxed);
+                k += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+    // Readiness, watched the whole time.
+    let watching = Arc::new(AtomicBool::new(true));
+    let watcher = {
+        let (a, b, watching) = (a.clone(), b.clone(), watching.clone());
+        tokio::spawn(async move {
+            let mut not_ready = 0;
+            while watching.load(Ordering::Relaxed) {
+                for p in [&a, &b] {
+                    if !p.is_ready().await {
+                        not_ready += 1;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            not_ready
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pg.stop();
+    let outage = Instant::now();
+    let mut peak_lag = 0.0_f64;
+    while outage.elapsed() < Duration::from_secs(10) {
+        peak_lag = peak_lag.max(metric(&a, "chat_archive_lag_entries").await);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let sent_in_outage = sent.load(Ordering::Relaxed);
+    pg.restart().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    for s in senders {
+        s.await.unwrap();
+    }
+    let total = sent.load(Ordering::Relaxed);
+    assert!(
+        total > sent_in_outage,
+        "the load went on after PostgreSQL returned"
+    );
+    let rows = wait_archived(&pg, total, Duration::from_secs(30)).await;
+    assert_eq!(rows.len(), total, "0 lost");
+    watching.store(false, Ordering::Relaxed);
+    assert_eq!(watcher.await.unwrap(), 0, "an instance was unready");
+    assert!(peak_lag >= 100.0, "lag rose to {peak_lag} only");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&a, "chat_archive_lag_entries").await > 0.0 {
+        assert!(Instant::now() < deadline, "the lag did not fall back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(metric(&a, "chat_archive_errors_total{reason=\"postgres\"}").await > 0.0);
+}
+
+#[tokio::test]
+async fn past_the_backlog_bound_the_oldest_records_are_dropped_counted_and_the_rest_archived() {
+    let redis = RedisServer::start(RedisOpts::default());
+    let mut pg = Postgres::start().await;
+    let mut e = env(&redis, &pg, 30_000);
+    e.push(("CHAT_ARCHIVE_BACKLOG", "1000".into()));
+    e.push(("CHAT_ARCHIVE_BATCH", "100".into()));
+    let a = instance("a", &e).await;
+    while archived_table_missing(&pg).await {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pg.stop();
+    let mut c = Client::login(&a.ws_url(), "ann").await;
+    const SENT: usize = 1200;
+    for start in (0..SENT).step_by(100) {
+        c.send_raw(&chat_tests::send_run(start..start + 100, |_| {
+            "/app/room/bound".into()
+        }))
+        .await;
+        c.expect_run_receipts(start..start + 100).await;
+    }
+    assert_eq!(
+        xlen(&redis, "chat:archive"),
+        1000,
+        "the Stream stays at its bound"
+    );
+    let lost = redis.command(&["GET", "chat:archive:lost"]).as_text();
+    assert_eq!(lost.as_deref(), Some("200"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&a, "chat_archive_lost_entries").await != 200.0 {
+        assert!(Instant::now() < deadline, "lost entries not on /metrics");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pg.restart().await;
+    // The newest 1000 are all archived; of the 200 dropped, only what the archiver had read
+    // before the trim (at most one batch) can be there too.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ns: BTreeSet<usize> = archived(&pg)
+            .await
+            .values()
+            .map(|r| r["content"].as_str().unwrap()[1..].parse().unwrap())
+            .collect();
+        if (200..SENT).all(|n| ns.contains(&n)) {
+            assert!(ns.len() <= 1000 + 100, "{} archived", ns.len());
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} archived", ns.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

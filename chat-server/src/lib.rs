@@ -7,6 +7,7 @@ pub mod archive;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub(crate) mod destination;
 pub mod http;
 pub mod hub;
 pub(crate) mod limit;

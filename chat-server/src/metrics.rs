@@ -173,7 +173,7 @@ impl Metrics {
         m
     }
 
-    /// The archive's metrics (`crate::archive`); their help is short enough for one line each.
+    /// The archive's metrics (see the archive module); their help is short enough for one line each.
     fn register_archive(&mut self) {
         let r = &mut self.registry;
         let lag = "Records waiting for the archive (all instances)";

@@ -26,8 +26,33 @@ use tracing::{info, warn};
 
 pub use self::batch::{Batch, Entry, Row, build};
 pub use self::store::{Store, check_url};
-use crate::config::ArchiveConfig;
 use crate::metrics::Metrics;
+
+/// The PostgreSQL message archive (`CHAT_ARCHIVE_*`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ArchiveConfig {
+    /// The URL as configured (checked to parse as a PostgreSQL URL).
+    pub url: String,
+    /// From `CHAT_ARCHIVE_PASSWORD_FILE`; replaces any password in the URL.
+    pub password: Option<String>,
+    pub backlog: u64,
+    pub batch: usize,
+    pub claim_idle: Duration,
+}
+
+impl std::fmt::Debug for ArchiveConfig {
+    // The URL may carry a password: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArchiveConfig")
+            .field("backlog", &self.backlog)
+            .field("batch", &self.batch)
+            .field("claim_idle", &self.claim_idle)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The largest `CHAT_ARCHIVE_BATCH`: one INSERT's arrays stay well under PostgreSQL's limits.
+pub const MAX_ARCHIVE_BATCH: usize = 10_000;
 
 /// Why an archive step failed; every one is retried.
 #[derive(Debug, thiserror::Error)]

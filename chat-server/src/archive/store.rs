@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 
+use super::ArchiveConfig;
 use super::ArchiveError;
 use super::batch::Row;
-use crate::config::ArchiveConfig;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

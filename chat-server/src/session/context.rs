@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::destination::Destinations;
 use crate::auth::Authenticator;
 use crate::broker::Services;
 use crate::config::Config;
+use crate::destination::Destinations;
 use crate::limit::UserLimiter;
 use crate::metrics::Metrics;
 

@@ -8,10 +8,10 @@
 use chat_wire::body::BodyError;
 use chat_wire::stomp::{Command, FrameError, ProtocolError, excerpt};
 
-use super::destination::DestinationError;
 use super::publish::{MAX_TRANSACTION_FRAMES, MAX_TRANSACTIONS};
 use crate::auth::AuthError;
 use crate::broker::BackendError;
+use crate::destination::DestinationError;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SessionError {

@@ -12,7 +12,6 @@
 
 mod connection;
 mod context;
-pub(crate) mod destination;
 mod error;
 mod publish;
 mod recovery;

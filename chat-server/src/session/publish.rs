@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::destination::{SendTo, room_in_field};
 use super::error::SessionError;
 use super::{BoxFuture, Conn, Context, Done, MAX_QUEUED_FRAMES};
 use crate::broker::BackendError;
+use crate::destination::{SendTo, room_in_field};
 use crate::model::{DirectRecord, Draft, EventKind};
 use crate::stomp::ClientCommand;
 use crate::stomp::command::Send;

@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use tracing::warn;
 
-use super::destination::Dest;
 use super::error::SessionError;
 use super::recovery::start_replay;
 use super::{Conn, Done, MAX_REPLAY, Sequencer, Verdict};
+use crate::destination::Dest;
 use crate::hub::{Delivery, Listener, Topic};
 use crate::model::RoomEvent;
 use crate::stomp::command::Subscribe;

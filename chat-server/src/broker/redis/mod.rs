@@ -45,7 +45,6 @@ use fred::types::{FromValue, MultipleKeys};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
 
 use self::presence::LocalPresence;
 use self::publish::PublishState;
@@ -304,14 +303,9 @@ impl RedisBackend {
             backend.pubsub.sub.wait_for_connect(),
         )
         .await;
-        if let Err(e) = backend
-            .pubsub
-            .sub
-            .subscribe(backend.keys.probe_channel())
-            .await
-        {
-            warn!(error = %e, "could not subscribe to the probe channel yet");
-        }
+        // Retried every heartbeat and after every reconnect if it fails now.
+        let _ =
+            tokio::time::timeout(Duration::from_secs(3), backend.ensure_probe_subscribed()).await;
         tokio::spawn(backend.clone().messages());
         tokio::spawn(backend.clone().unsubscribe_unheard());
         tokio::spawn(backend.clone().reconnects());

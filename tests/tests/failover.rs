@@ -46,8 +46,19 @@ fn wait_all_sentinels_name(cluster: &SentinelCluster, port: u16, within: Duratio
     }
 }
 
-#[tokio::test]
-async fn receipts_resume_within_two_seconds_of_the_sentinels_switching_master() {
+/// What happens to the master.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// `kill -9`: its connections close at once.
+    Kill,
+    /// SIGSTOP: its connections stay open and silent, as with a partition.
+    Freeze,
+}
+
+/// Runs a receipted publisher on one instance, applies `fault` to the master, and returns how
+/// long after the first `+switch-master` (seen by the test's own sentinel subscriber) the
+/// first receipt came.
+async fn resume_after_switch(fault: Fault) -> Duration {
     let mut cluster = SentinelCluster::start(1, 3, Some(PASSWORD));
     let watch = SwitchWatch::start(cluster.sentinels[0].port);
     let a = start_server("a", &server_env(&cluster, "10000")).await;
@@ -75,8 +86,11 @@ async fn receipts_resume_within_two_seconds_of_the_sentinels_switching_master() 
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let old = cluster.current_master_port();
-    cluster.data_node_mut(old).kill9();
-    let killed = Instant::now();
+    match fault {
+        Fault::Kill => cluster.data_node_mut(old).kill9(),
+        Fault::Freeze => cluster.data_node_mut(old).stop_signal(),
+    }
+    let faulted = Instant::now();
     let (switched, what) = tokio::task::spawn_blocking(move || {
         let first = watch.first(Duration::from_secs(20));
         drop(watch);
@@ -92,11 +106,26 @@ async fn receipts_resume_within_two_seconds_of_the_sentinels_switching_master() 
         .expect("receipts after +switch-master");
     let resumed = *first_after - switched;
     println!(
-        "+switch-master ({what}) {:?} after the kill; first receipt {resumed:?} after it \
-         ({:?} after the kill)",
-        switched - killed,
-        *first_after - killed
+        "{fault:?}: +switch-master ({what}) {:?} after the fault; first receipt {resumed:?} \
+         after it ({:?} after the fault)",
+        switched - faulted,
+        *first_after - faulted
     );
+    resumed
+}
+
+#[tokio::test]
+async fn receipts_resume_within_two_seconds_of_the_sentinels_switching_from_a_killed_master() {
+    let resumed = resume_after_switch(Fault::Kill).await;
+    assert!(
+        resumed < Duration::from_secs(2),
+        "receipts resumed {resumed:?} after +switch-master"
+    );
+}
+
+#[tokio::test]
+async fn receipts_resume_within_two_seconds_of_the_sentinels_switching_from_a_frozen_master() {
+    let resumed = resume_after_switch(Fault::Freeze).await;
     assert!(
         resumed < Duration::from_secs(2),
         "receipts resumed {resumed:?} after +switch-master"

@@ -18,7 +18,7 @@ use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -1112,6 +1112,154 @@ impl Drop for SentinelCluster {
         // Sentinels first, so they do not react to the data nodes going away.
         for s in &mut self.sentinels {
             s.kill9();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Watching a sentinel's events
+// ---------------------------------------------------------------------------------------------
+
+/// The `+switch-master` messages one sentinel published, each with when it arrived, read by a
+/// thread of its own (a SUBSCRIBE connection) until this is dropped.
+pub struct SwitchWatch {
+    seen: Arc<Mutex<Vec<(Instant, String)>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SwitchWatch {
+    /// Subscribes to `+switch-master` on the sentinel at 127.0.0.1:`port`; returns once the
+    /// subscription is confirmed.
+    pub fn start(port: u16) -> SwitchWatch {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let stream = TcpStream::connect_timeout(&addr, COMMAND_TIMEOUT)
+            .unwrap_or_else(|e| panic!("connect to sentinel {port}: {e}"));
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("set a read timeout");
+        let mut writer = stream.try_clone().expect("clone the sentinel stream");
+        writer
+            .write_all(&encode_command(&["SUBSCRIBE", "+switch-master"]))
+            .expect("send SUBSCRIBE");
+        let mut reader = BufReader::new(stream);
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        loop {
+            match read_reply(&mut reader) {
+                Ok(_) => break,
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::TimedOut =>
+                {
+                    assert!(
+                        Instant::now() < deadline,
+                        "sentinel {port}: no SUBSCRIBE reply"
+                    );
+                }
+                Err(e) => panic!("sentinel {port}: SUBSCRIBE failed: {e}"),
+            }
+        }
+        let seen: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (seen, stop) = (seen.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // A read timeout mid-reply would desynchronise the stream; the messages
+                    // are small and arrive whole, so a timeout only ever hits between them.
+                    match read_reply(&mut reader) {
+                        Ok(reply) => {
+                            let items = reply.as_array().map(<[Resp]>::to_vec).unwrap_or_default();
+                            if let [kind, _, payload] = items.as_slice()
+                                && kind.as_text().as_deref() == Some("message")
+                            {
+                                let text = payload.as_text().unwrap_or_default();
+                                seen.lock()
+                                    .unwrap_or_else(PoisonError::into_inner)
+                                    .push((Instant::now(), text));
+                            }
+                        }
+                        Err(e)
+                            if e.kind() == io::ErrorKind::WouldBlock
+                                || e.kind() == io::ErrorKind::TimedOut => {}
+                        Err(_) => return,
+                    }
+                }
+            })
+        };
+        SwitchWatch {
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The first `+switch-master` seen (when, and its `<name> <old-ip> <old-port> <new-ip>
+    /// <new-port>`), waiting up to `timeout` for it.
+    pub fn first(&self, timeout: Duration) -> Option<(Instant, String)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(first) = self
+                .seen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .first()
+            {
+                return Some(first.clone());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            sleep(POLL_INTERVAL);
+        }
+    }
+}
+
+impl Drop for SwitchWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Node<Sentinel> {
+    /// Makes this sentinel monitor 127.0.0.1:`port` as [`MASTER_NAME`] from now on (`SENTINEL
+    /// REMOVE` + `MONITOR` + the harness's timings and auth-pass): how a sentinel set that
+    /// names a replica as master is made, and how it is healed by hand.
+    pub fn remonitor(&self, port: u16, quorum: u32, password: Option<&str>) {
+        let port = port.to_string();
+        let quorum = quorum.to_string();
+        let _ = self.command(&["SENTINEL", "REMOVE", MASTER_NAME]);
+        let mut commands: Vec<Vec<&str>> = vec![
+            vec![
+                "SENTINEL",
+                "MONITOR",
+                MASTER_NAME,
+                "127.0.0.1",
+                &port,
+                &quorum,
+            ],
+            vec![
+                "SENTINEL",
+                "SET",
+                MASTER_NAME,
+                "down-after-milliseconds",
+                "1000",
+            ],
+            vec!["SENTINEL", "SET", MASTER_NAME, "failover-timeout", "3000"],
+        ];
+        if let Some(pw) = password {
+            commands.push(vec!["SENTINEL", "SET", MASTER_NAME, "auth-pass", pw]);
+        }
+        for c in commands {
+            let reply = self.command(&c);
+            assert!(
+                !reply.is_error(),
+                "sentinel {}: {c:?} -> {reply:?}",
+                self.port
+            );
         }
     }
 }

@@ -1,8 +1,8 @@
 //! Cluster backend on Redis (one node, or behind Sentinel), with `fred`: the backend's state,
 //! its start, its connections, its key names and its scripts. Each concept has its own file:
 //! `publish` (both publish paths), `history` (reads), `presence` (join/leave), `registry`
-//! (heartbeat, reaper, deregister) and `pubsub` (receiving: the reader, subscriptions, catch-up,
-//! the probe).
+//! (heartbeat, reaper, deregister), `pubsub` (receiving: the reader, subscriptions, catch-up,
+//! the probe) and `switch` (the sentinels' `+switch-master`, moving both connections at once).
 //!
 //! Keys (prefix `P`): `P:room:{id}` hash {epoch, last}; `P:log:{id}` Stream of records with IDs
 //! `{offset}-0`; `P:ids:{id}:{bucket}` hash message id -> offset of the room's messages stored
@@ -32,6 +32,7 @@ mod presence;
 mod publish;
 mod pubsub;
 mod registry;
+mod switch;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -46,7 +47,6 @@ use fred::types::{FromValue, MultipleKeys};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
 
 use self::presence::LocalPresence;
 use self::publish::PublishState;
@@ -269,7 +269,10 @@ impl RedisBackend {
                 p.default_command_timeout = wait;
                 p.broadcast_channel_capacity = 16_384;
             })
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2));
+            // At most 250 ms between attempts: after a master dies, fred retries through the
+            // sentinels until they elect a new one, and a longer backoff is time lost after
+            // the election (a failed attempt is one sentinel question and a refused connect).
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 250, 2));
         let client = builder.build().map_err(|e| unavailable(&e))?;
         let sub = builder
             .build_subscriber_client()
@@ -305,13 +308,15 @@ impl RedisBackend {
             backend.pubsub.sub.wait_for_connect(),
         )
         .await;
-        if let Err(e) = backend
-            .pubsub
-            .sub
-            .subscribe(backend.keys.probe_channel())
-            .await
-        {
-            warn!(error = %e, "could not subscribe to the probe channel yet");
+        // Retried every heartbeat and after every reconnect if it fails now.
+        let _ =
+            tokio::time::timeout(Duration::from_secs(3), backend.ensure_probe_subscribed()).await;
+        if let Backend::Sentinel { sentinels, master } = &config.backend {
+            for (host, port) in sentinels {
+                let watcher =
+                    switch::sentinel_watcher(host, *port, config.redis_sentinel_password.clone())?;
+                tokio::spawn(backend.clone().watch_switches(watcher, master.clone()));
+            }
         }
         tokio::spawn(backend.clone().messages());
         tokio::spawn(backend.clone().unsubscribe_unheard());

@@ -215,6 +215,12 @@ impl RedisBackend {
                 r = rx.recv() => match r {
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         self.publish.connection_gen.fetch_add(1, Ordering::AcqRel);
+                        // A new connection may be to a new master with fewer replicas (none
+                        // right after a failover): a WAIT for the old count would only time out.
+                        if self.waits_for_replicas() {
+                            let me = self.clone();
+                            tokio::spawn(async move { me.refresh_replicas().await });
+                        }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
@@ -252,7 +258,7 @@ impl RedisBackend {
             if written.is_empty() {
                 continue;
             }
-            let ok = self.await_replicas().await
+            let ok = self.await_replicas(generation).await
                 && self.publish.connection_gen.load(Ordering::Acquire) == generation;
             for (p, raw, ev) in written {
                 if !ok {
@@ -278,10 +284,15 @@ impl RedisBackend {
     /// Waits until the writes so far are on `min_replicas` replicas — or on every replica the
     /// master has, when it has fewer (right after a failover the new master may have none:
     /// then there is nothing to wait for, as with Redis's own `min-replicas-to-write`).
-    async fn await_replicas(&self) -> bool {
+    /// False at once when the command connection changed since `generation`: a WAIT then
+    /// cannot speak for the writes made before.
+    async fn await_replicas(&self, generation: u64) -> bool {
         let need = i64::from(self.publish.min_replicas);
         let deadline = Instant::now() + self.publish.wait;
         loop {
+            if self.publish.connection_gen.load(Ordering::Acquire) != generation {
+                return false;
+            }
             let known = self.publish.replicas.load(Ordering::Acquire);
             let want = need.min(known);
             if want == 0 {

@@ -26,6 +26,9 @@ use crate::model::{DirectEvent, DirectRecord, RoomEvent};
 /// Records read per catch-up step.
 const CATCH_UP_BATCH: usize = 1000;
 
+/// How long the heartbeat loop waits for the probe channel's SUBSCRIBE.
+const PROBE_SUBSCRIBE_WAIT: Duration = Duration::from_secs(1);
+
 /// The subscriber connection and what receiving keeps.
 pub(super) struct PubSubState {
     pub(super) sub: SubscriberClient,
@@ -198,6 +201,10 @@ impl RedisBackend {
                 r = rx.recv() => if r.is_err() && matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) { return },
             }
             info!("pub/sub link reconnected: catching up from the streams");
+            // Not awaited here: a SUBSCRIBE sent while the link drops again would hold up the
+            // next reconnect's catch-up.
+            let me = self.clone();
+            tokio::spawn(async move { me.ensure_probe_subscribed().await });
             // fred re-subscribes in the background: catch up now and once more when it surely has.
             let me = self.clone();
             tokio::spawn(async move {
@@ -260,8 +267,34 @@ impl RedisBackend {
             .await;
     }
 
+    /// Subscribes to the probe channel unless fred tracks it. fred tracks a channel only once
+    /// its SUBSCRIBE succeeded and re-subscribes only tracked channels after a reconnect, so
+    /// a SUBSCRIBE that failed while there was no master (the sentinels naming a replica, say)
+    /// would leave the probe silent, and the instance unready, for good.
+    pub(super) async fn ensure_probe_subscribed(&self) {
+        let probe = self.keys.probe_channel();
+        if self
+            .pubsub
+            .sub
+            .tracked_channels()
+            .iter()
+            .any(|c| **c == *probe)
+        {
+            return;
+        }
+        match self.pubsub.sub.subscribe(probe).await {
+            Ok(()) => info!("subscribed to the probe channel"),
+            Err(e) => warn!(error = %e, "could not subscribe to the probe channel yet"),
+        }
+    }
+
     /// Forces the subscriber to reconnect when the probe stopped arriving.
     pub(super) async fn check_probe(&self) {
+        // Bounded: this runs in the heartbeat loop, which must not wait out a command timeout.
+        if self.pubsub.sub.is_connected() {
+            let _ =
+                tokio::time::timeout(PROBE_SUBSCRIBE_WAIT, self.ensure_probe_subscribed()).await;
+        }
         let limit = self.probe_limit_ms();
         let now = self.millis();
         let last = self.pubsub.last_probe_ms.load(Ordering::Acquire);

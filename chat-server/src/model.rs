@@ -94,11 +94,12 @@ impl Member {
     }
 }
 
-/// Declares a room event struct: `id`, the struct's own fields, then the fields its publisher
-/// sets. `Draft` and `EventRecord` are both declared with it because a stored record is a
-/// draft's JSON with `roomId`, `offset` and `epoch` added (the Redis scripts build it so, and
-/// `EventRecord::from_draft` moves field by field): the two must not drift apart.
-macro_rules! room_event_struct {
+/// Declares an event struct: `id`, the struct's own fields, then the fields its publisher sets.
+/// `Draft` and `EventRecord` are both declared with it because a stored record is a draft's
+/// JSON with `roomId`, `offset` and `epoch` added (the Redis scripts build it so, and
+/// `EventRecord::from_draft` moves field by field): the two must not drift apart. A direct
+/// message (`DirectRecord`, with its `to`) carries the same publisher's fields.
+macro_rules! event_struct {
     ($(#[$meta:meta])* pub struct $name:ident { $(pub $field:ident: $ty:ty,)* }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,10 +120,42 @@ macro_rules! room_event_struct {
             #[serde(default, skip_serializing_if = "Vec::is_empty")]
             pub headers: Vec<(String, String)>,
         }
+
+        impl $name {
+            /// This event as the JSON body of its MESSAGE frame (docs/PROTOCOL.md): every field
+            /// but `headers`, which travel as STOMP headers instead.
+            pub fn message_body(&self) -> Vec<u8> {
+                #[derive(Serialize)]
+                #[serde(rename_all = "camelCase")]
+                struct Body<'a> {
+                    id: &'a str,
+                    $($field: &'a $ty,)*
+                    #[serde(rename = "type")]
+                    kind: EventKind,
+                    sender: &'a Sender,
+                    content: &'a str,
+                    sent_at: &'a str,
+                    server_id: &'a str,
+                    #[serde(flatten)]
+                    extra: &'a Map<String, Value>,
+                }
+                serde_json::to_vec(&Body {
+                    id: &self.id,
+                    $($field: &self.$field,)*
+                    kind: self.kind,
+                    sender: &self.sender,
+                    content: &self.content,
+                    sent_at: &self.sent_at,
+                    server_id: &self.server_id,
+                    extra: &self.extra,
+                })
+                .unwrap_or_default()
+            }
+        }
     };
 }
 
-room_event_struct! {
+event_struct! {
     /// What a publisher hands the broker; the broker gives it an offset and an epoch.
     pub struct Draft {}
 }
@@ -142,7 +175,7 @@ impl Draft {
     }
 }
 
-room_event_struct! {
+event_struct! {
     /// A stored room event, as history and the REST API show it.
     pub struct EventRecord {
         pub room_id: String,
@@ -169,24 +202,6 @@ impl EventRecord {
     }
 }
 
-/// The body of a room MESSAGE frame (docs/PROTOCOL.md); user headers travel as STOMP headers instead.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct RoomBody<'a> {
-    id: &'a str,
-    room_id: &'a str,
-    offset: u64,
-    epoch: &'a str,
-    #[serde(rename = "type")]
-    kind: EventKind,
-    sender: &'a Sender,
-    content: &'a str,
-    sent_at: &'a str,
-    server_id: &'a str,
-    #[serde(flatten)]
-    extra: &'a Map<String, Value>,
-}
-
 /// A room event ready to deliver: the record and its encoded MESSAGE frame.
 #[derive(Debug)]
 pub struct RoomEvent {
@@ -200,19 +215,7 @@ pub struct RoomEvent {
 
 impl RoomEvent {
     pub fn new(record: EventRecord) -> Arc<RoomEvent> {
-        let body = serde_json::to_vec(&RoomBody {
-            id: &record.id,
-            room_id: &record.room_id,
-            offset: record.offset,
-            epoch: &record.epoch,
-            kind: record.kind,
-            sender: &record.sender,
-            content: &record.content,
-            sent_at: &record.sent_at,
-            server_id: &record.server_id,
-            extra: &record.extra,
-        })
-        .unwrap_or_default();
+        let body = record.message_body();
         let wire = message_wire(
             None,
             &record.id,
@@ -267,38 +270,11 @@ impl RoomEvent {
     }
 }
 
-/// A direct message to one user, on every instance where that user is connected.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DirectRecord {
-    pub id: String,
-    #[serde(rename = "type")]
-    pub kind: EventKind,
-    pub sender: Sender,
-    pub to: String,
-    pub content: String,
-    pub sent_at: String,
-    pub server_id: String,
-    /// The client's own body fields, as in a room event.
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub headers: Vec<(String, String)>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct DirectBody<'a> {
-    id: &'a str,
-    #[serde(rename = "type")]
-    kind: EventKind,
-    sender: &'a Sender,
-    to: &'a str,
-    content: &'a str,
-    sent_at: &'a str,
-    server_id: &'a str,
-    #[serde(flatten)]
-    extra: &'a Map<String, Value>,
+event_struct! {
+    /// A direct message to one user, on every instance where that user is connected.
+    pub struct DirectRecord {
+        pub to: String,
+    }
 }
 
 #[derive(Debug)]
@@ -309,17 +285,7 @@ pub struct DirectEvent {
 
 impl DirectEvent {
     pub fn new(record: DirectRecord) -> Arc<DirectEvent> {
-        let body = serde_json::to_vec(&DirectBody {
-            id: &record.id,
-            kind: record.kind,
-            sender: &record.sender,
-            to: &record.to,
-            content: &record.content,
-            sent_at: &record.sent_at,
-            server_id: &record.server_id,
-            extra: &record.extra,
-        })
-        .unwrap_or_default();
+        let body = record.message_body();
         let wire = message_wire(
             Some("/user/queue/messages"),
             &record.id,

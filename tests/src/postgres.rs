@@ -194,10 +194,7 @@ impl Postgres {
     }
 
     pub fn log_tail(&self) -> String {
-        let text =
-            std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        crate::redis::log_tail_from(&self.dir.path().join("postgres.log"), 0)
     }
 }
 

@@ -311,8 +311,8 @@ fn log_len(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
-/// The last lines of a log file, starting at byte `from`.
-fn log_tail_from(path: &Path, from: u64) -> String {
+/// The last lines of a log file, starting at byte `from` (also the PostgreSQL harness's).
+pub(crate) fn log_tail_from(path: &Path, from: u64) -> String {
     let mut text = Vec::new();
     let read = File::open(path).and_then(|mut f| {
         f.seek(SeekFrom::Start(from))?;

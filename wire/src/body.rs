@@ -1,7 +1,8 @@
 //! The body of a SEND frame or a REST publish, as a client writes it: a JSON object or plain
 //! text. Pure: bytes in, the message (content and the client's own fields) or a reason out.
 //!
-//! What it keeps true: `content` is non-empty text; `type` is ours and only `CHAT` (or absent);
+//! What it keeps true: `content` is non-empty text; `type` is ours and only `CHAT` (or absent;
+//! `JOIN`/`LEAVE` mark a presence announcement, [`BodyError::Announcement`], which publishes nothing);
 //! every other top-level field of a JSON object is kept as it came, except the names the
 //! server's event envelope owns ([`ENVELOPE_FIELDS`]), which a client can never set.
 
@@ -36,6 +37,13 @@ pub enum BodyError {
     Empty,
     #[error("message type must be CHAT, got {0:?}")]
     BadType(String),
+    /// A `JOIN` or `LEAVE` body: the classic Spring demo's `chat.addUser` announces its user
+    /// this way. Presence here comes from SUBSCRIBE and the end of a connection, so such a body
+    /// is no message: STOMP acknowledges it and publishes nothing; REST refuses it.
+    #[error(
+        "a {0} body announces presence, which comes from subscribing to the room; nothing was published"
+    )]
+    Announcement(&'static str),
 }
 
 /// Reads a client's message; a body that starts with `{` must be a JSON object with a string
@@ -59,6 +67,11 @@ pub fn parse_message_body_with(
         let mut fields: Map<String, Value> =
             serde_json::from_str(text).map_err(|e| BodyError::BadJson(e.to_string()))?;
         picked = field.and_then(|f| fields.get(f)).cloned();
+        match fields.get("type").and_then(Value::as_str) {
+            Some("JOIN") => return Err(BodyError::Announcement("JOIN")),
+            Some("LEAVE") => return Err(BodyError::Announcement("LEAVE")),
+            _ => {}
+        }
         let content = match fields.remove("content") {
             Some(Value::String(s)) => s,
             Some(_) => return Err(BodyError::BadJson("`content` must be a string".into())),
@@ -114,8 +127,8 @@ mod tests {
             Err(BodyError::BadJson(_))
         ));
         assert_eq!(
-            content(br#"{"content":"x","type":"JOIN"}"#),
-            Err(BodyError::BadType("JOIN".into()))
+            content(br#"{"content":"x","type":"TYPING"}"#),
+            Err(BodyError::BadType("TYPING".into()))
         );
         assert_eq!(
             content(br#"{"content":"x","type":3}"#),
@@ -127,6 +140,24 @@ mod tests {
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert!(content(format!("{{\"content\":{deep}}}").as_bytes()).is_err());
         assert!(content(format!("{{\"content\":\"x\",\"a\":{deep}}}").as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_join_or_leave_body_is_a_presence_announcement_with_or_without_content() {
+        for (body, kind) in [
+            (&br#"{"sender":"ann","type":"JOIN"}"#[..], "JOIN"),
+            (
+                br#"{"sender":"ann","type":"LEAVE","content":"bye"}"#,
+                "LEAVE",
+            ),
+        ] {
+            assert_eq!(parse_message_body(body), Err(BodyError::Announcement(kind)));
+        }
+        // Only the exact names: anything else is still a wrong type.
+        assert_eq!(
+            content(br#"{"content":"x","type":"join"}"#),
+            Err(BodyError::BadType("join".into()))
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::destination::{SendTo, room_in_field};
 use crate::model::{DirectRecord, Draft, EventKind};
 use crate::stomp::ClientCommand;
 use crate::stomp::command::Send;
-use chat_wire::body::parse_message_body_with;
+use chat_wire::body::{BodyError, parse_message_body_with};
 
 /// Open transactions per connection, and frames per transaction.
 pub(super) const MAX_TRANSACTIONS: usize = 16;
@@ -87,15 +87,19 @@ impl Conn {
                 return Err(SessionError::TransactionTooLarge);
             }
             // Check it now so COMMIT cannot fail half-way on a bad frame.
-            self.prepare_send(&send)?;
-            if let Some(held) = self.transactions.get_mut(&tx) {
+            if self.prepare_or_announce(&send)?.is_some()
+                && let Some(held) = self.transactions.get_mut(&tx)
+            {
                 held.push(send);
             }
             self.receipt(receipt);
             return Ok(());
         }
         self.take_token()?;
-        let first = self.prepare_send(&send)?;
+        let Some(first) = self.prepare_or_announce(&send)? else {
+            self.receipt(receipt);
+            return Ok(());
+        };
         let (items, receipts) = self.take_send_run(first, receipt);
         self.op = Some(publish_op(self.cx.clone(), items, Owed::Each(receipts)));
         Ok(())
@@ -149,6 +153,24 @@ impl Conn {
             receipts.push(receipt);
         }
         (items, receipts)
+    }
+
+    /// As [`Self::prepare_send`], but a presence announcement (a `JOIN`/`LEAVE` body, as the
+    /// classic Spring demo's `chat.addUser` sends) is `None`: acknowledged, nothing published,
+    /// since presence comes from SUBSCRIBE here.
+    fn prepare_or_announce(&self, send: &Send) -> Result<Option<Prepared>, SessionError> {
+        match self.prepare_send(send) {
+            Ok(prepared) => Ok(Some(prepared)),
+            Err(SessionError::BadMessage(BodyError::Announcement(kind))) => {
+                tracing::debug!(
+                    kind,
+                    destination = %send.destination,
+                    "presence announcement acknowledged; nothing published"
+                );
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Checks a SEND and turns it into what the broker takes.

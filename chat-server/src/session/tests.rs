@@ -310,6 +310,37 @@ async fn a_send_reaches_every_subscriber_of_the_room_with_its_subscription() {
 }
 
 #[tokio::test]
+async fn a_join_announcement_like_springs_add_user_is_receipted_and_publishes_nothing() {
+    let cx = context(&Config::for_tests());
+    let mut ann = Client::login(&cx, "ann").await;
+    ann.subscribe("a1", ROOM, &[("x-presence", "false")]).await;
+    // The classic Spring demo's `chat.addUser`: no content, `type: JOIN`, alone and inside a
+    // transaction; then a chat message shows the connection is still open.
+    ann.send(send_frame(
+        ROOM,
+        r#"{"sender":"ann","type":"JOIN"}"#,
+        &[("receipt", "j1")],
+    ));
+    ann.send(frame(Command::Begin, &[("transaction", "t")]));
+    ann.send(send_frame(
+        ROOM,
+        r#"{"sender":"ann","type":"LEAVE"}"#,
+        &[("transaction", "t"), ("receipt", "j2")],
+    ));
+    ann.send(frame(
+        Command::Commit,
+        &[("transaction", "t"), ("receipt", "c")],
+    ));
+    ann.send(send_frame(ROOM, "hello", &[("receipt", "s1")]));
+    let (messages, receipts) = split(&ann.frames(5).await);
+    assert_eq!(messages, ["hello"]);
+    assert_eq!(receipts, ["j1", "j2", "c", "s1"]);
+    assert_eq!(cx.metrics.messages_published.get(), 1);
+    let page = cx.services.history.read_last("lobby", 10).await.unwrap();
+    assert_eq!(page.events.len(), 1, "only the chat message is in the room");
+}
+
+#[tokio::test]
 async fn a_direct_message_reaches_the_users_queue() {
     let cx = context(&Config::for_tests());
     let mut ann = Client::login(&cx, "ann").await;

@@ -989,3 +989,90 @@ mod chat_server_contract {
         }
     }
 }
+
+/// `spec.archive` through a whole reconcile against the fake API server.
+#[cfg(test)]
+mod archive_reconcile {
+    use std::sync::Arc;
+
+    use serde_json::Value;
+
+    use super::chat_server_contract::with_archive;
+    use crate::crd::ChatClusterStatus;
+    use crate::fixtures::{Call, FakeApi, FakeSentinels, context, finish};
+    use crate::reconcile::reconcile;
+
+    async fn run(cc: &crate::crd::ChatCluster) -> (bool, Vec<Call>) {
+        let (ctx, task) = context(FakeApi::new(cc), FakeSentinels::default());
+        let ok = reconcile(Arc::new(cc.clone()), ctx.clone()).await.is_ok();
+        (ok, finish(ctx, task).await)
+    }
+
+    fn applied_deployment(calls: &[Call]) -> Option<&Value> {
+        calls
+            .iter()
+            .find(|c| c.is_apply_of("deployments"))
+            .map(|c| &c.body)
+    }
+
+    #[tokio::test]
+    async fn an_archived_cluster_applies_servers_reading_the_url_secret_and_the_password_file() {
+        let cc = with_archive();
+        let (_, calls) = run(&cc).await;
+        let deployment = applied_deployment(&calls).expect("the Deployment is applied");
+        let pod = &deployment["spec"]["template"]["spec"];
+        let env = pod["containers"][0]["env"].as_array().unwrap();
+        let url = env
+            .iter()
+            .find(|e| e["name"] == "CHAT_ARCHIVE_URL")
+            .unwrap();
+        assert_eq!(url["valueFrom"]["secretKeyRef"]["name"], "pg-app");
+        assert_eq!(url["valueFrom"]["secretKeyRef"]["key"], "uri");
+        let volumes = pod["volumes"].as_array().unwrap();
+        let password = volumes
+            .iter()
+            .find(|v| v["name"] == "archive-password")
+            .unwrap();
+        assert_eq!(password["secret"]["secretName"], "pg-archiver");
+        // The operator reads neither archive Secret: the kubelet hands them to the pods.
+        assert!(
+            !calls
+                .iter()
+                .any(|c| c.path.ends_with("/secrets/pg-app")
+                    || c.path.ends_with("/secrets/pg-archiver")),
+            "an archive Secret was requested"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_archive_setting_the_servers_would_refuse_degrades_the_cluster_and_applies_nothing()
+    {
+        let mut cc = with_archive();
+        if let Some(a) = cc.spec.archive.as_mut() {
+            a.backlog = Some(500);
+        }
+        let (ok, calls) = run(&cc).await;
+        assert!(!ok, "the reconcile must fail");
+        assert!(applied_deployment(&calls).is_none());
+        let status_call = calls
+            .iter()
+            .rfind(|c| c.target().2.as_deref() == Some("status"))
+            .expect("a status patch");
+        let status: ChatClusterStatus =
+            serde_json::from_value(status_call.body["status"].clone()).unwrap();
+        let degraded = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded")
+            .unwrap();
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "InvalidSpec")
+        );
+        assert!(
+            degraded.message.contains("CHAT_ARCHIVE_BACKLOG"),
+            "{}",
+            degraded.message
+        );
+    }
+}

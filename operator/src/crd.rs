@@ -84,6 +84,34 @@ pub struct ChatClusterSpec {
     /// The Redis the servers cluster through.
     #[serde(default)]
     pub redis: RedisSpec,
+    /// The PostgreSQL message archive every server writes to. Unset: no archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveSpec>,
+}
+
+/// The PostgreSQL message archive (`CHAT_ARCHIVE_*`, docs/CONFIGURATION.md). The database is
+/// one that already exists (for example a CloudNativePG cluster); the operator deploys none and
+/// reads neither Secret: the kubelet hands both to the servers.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveSpec {
+    /// Secret key holding the `postgres://user:password@host:port/db` URL (`CHAT_ARCHIVE_URL`).
+    /// For a CloudNativePG cluster `NAME`: Secret `NAME-app`, key `uri`.
+    pub url_secret_ref: SecretKeyRef,
+    /// Secret key holding the database password, mounted as a file
+    /// (`CHAT_ARCHIVE_PASSWORD_FILE`); it replaces a password in the URL. Unset: the URL's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+    /// Records waiting for the archive, all servers together, before the oldest is dropped
+    /// unarchived (`CHAT_ARCHIVE_BACKLOG`). Unset: the server's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1000))]
+    pub backlog: Option<i64>,
+    /// Records one server stores in one INSERT (`CHAT_ARCHIVE_BATCH`). Unset: the server's
+    /// default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub batch: Option<i64>,
 }
 
 /// chat-server settings.

@@ -32,6 +32,7 @@ pub(crate) fn validate(cc: &ChatCluster) -> Result<()> {
     cc.validate_cel()
         .map_err(|e| Error::InvalidSpec(format!("{e:?}")))?;
     crate::resources::redis::maxmemory(cc).map_err(Error::InvalidSpec)?;
+    crate::resources::server::check_with_servers_parser(cc).map_err(Error::InvalidSpec)?;
     Ok(())
 }
 
@@ -72,6 +73,15 @@ pub fn render(yaml: &str, operator_namespace: &str) -> Result<String> {
 mod tests {
     use super::*;
 
+    /// A ChatCluster with an empty spec section, to append fields to.
+    const MANIFEST_HEAD: &str = "\
+apiVersion: chat.dev/v1alpha1
+kind: ChatCluster
+metadata:
+  name: demo
+spec:
+";
+
     const MANIFEST: &str = "\
 apiVersion: chat.dev/v1alpha1
 kind: ChatCluster
@@ -103,6 +113,18 @@ metadata:
     }
 
     #[test]
+    fn render_refuses_a_spec_the_servers_would_refuse_at_start_up() {
+        let bad = format!(
+            "{MANIFEST_HEAD}  archive:\n    urlSecretRef: {{name: pg-app, key: uri}}\n    backlog: 500\n"
+        );
+        let err = render(&bad, "chat-operator").unwrap_err();
+        assert!(matches!(err, Error::InvalidSpec(_)), "{err}");
+        assert!(err.to_string().contains("CHAT_ARCHIVE_BACKLOG"), "{err}");
+        let good = bad.replace("backlog: 500", "backlog: 5000");
+        render(&good, "chat-operator").unwrap();
+    }
+
+    #[test]
     fn render_refuses_a_spec_the_cel_rules_reject() {
         let bad = MANIFEST.replace("mode: Sentinel", "mode: Sentinel\n    sentinels: 2");
         let err = render(&bad, "chat-operator").unwrap_err();
@@ -126,6 +148,7 @@ mod examples {
             include_str!("../../examples/external-redis.yaml"),
         ),
         ("spring", include_str!("../../examples/spring.yaml")),
+        ("archive", include_str!("../../examples/archive.yaml")),
     ];
 
     #[test]
@@ -148,6 +171,22 @@ mod examples {
         );
         let deployment = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
         assert!(deployment["spec"].get("replicas").is_none());
+    }
+
+    #[test]
+    fn the_archive_example_reads_the_url_from_the_cloudnativepg_app_secret() {
+        let objects = render_cluster(&parse_clusters(EXAMPLES[5].1).unwrap()[0], "ops").unwrap();
+        let deployment = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
+        let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap();
+        let url = env
+            .iter()
+            .find(|e| e["name"] == "CHAT_ARCHIVE_URL")
+            .unwrap();
+        assert_eq!(url["valueFrom"]["secretKeyRef"]["name"], "chat-pg-app");
+        assert_eq!(url["valueFrom"]["secretKeyRef"]["key"], "uri");
+        assert!(env.iter().any(|e| e["name"] == "CHAT_ARCHIVE_BACKLOG"));
     }
 
     #[test]

@@ -552,6 +552,10 @@ pub struct RedisOpts {
     pub replica_of: Option<u16>,
     /// A fixed port; a free one when `None`.
     pub port: Option<u16>,
+    /// Append-only file with `appendfsync always`: every write a client was answered is on
+    /// disk, so [`RedisServer::relaunch`] after a kill brings it all back (a Sentinel-less
+    /// production Redis with persistence). Off: nothing is written to disk.
+    pub persist: bool,
 }
 
 /// A data node: a `redis-server` started with [`RedisOpts`].
@@ -622,6 +626,17 @@ impl Node<DataNode> {
         debug_assert_eq!(port, self.port);
         self.child = child;
     }
+
+    /// Starts the process again (after [`Self::kill9`]) on the same port with the same
+    /// options, keeping what it wrote to disk: with [`RedisOpts::persist`] the data comes
+    /// back. Waits until it answers PING (which Redis gives only once the data is loaded).
+    pub fn relaunch(&mut self) {
+        self.child.kill9();
+        let (port, child) =
+            launch_redis(self.dir.path(), &self.log, Some(self.port), &self.role.opts);
+        debug_assert_eq!(port, self.port);
+        self.child = child;
+    }
 }
 
 fn parse_info(text: &str) -> HashMap<String, String> {
@@ -653,7 +668,7 @@ fn redis_args(port: u16, dir: &Path, opts: &RedisOpts) -> Vec<OsString> {
         "--save",
         "",
         "--appendonly",
-        "no",
+        if opts.persist { "yes" } else { "no" },
         "--daemonize",
         "no",
         "--logfile",
@@ -672,6 +687,9 @@ fn redis_args(port: u16, dir: &Path, opts: &RedisOpts) -> Vec<OsString> {
     }
     if let Some(master) = opts.replica_of {
         args.extend(["--replicaof", "127.0.0.1", &master.to_string()].map(OsString::from));
+    }
+    if opts.persist {
+        args.extend(["--appendfsync", "always"].map(OsString::from));
     }
     args
 }

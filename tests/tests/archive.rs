@@ -365,3 +365,156 @@ async fn past_the_backlog_bound_the_oldest_records_are_dropped_counted_and_the_r
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// What a load sender saw: the messages it has a RECEIPT for, and those whose SEND got an
+/// ERROR or a cut connection instead (each stored or not: the outcome is unknown).
+#[derive(Default)]
+struct Outcomes {
+    receipted: BTreeSet<u64>,
+    uncertain: BTreeSet<u64>,
+}
+
+/// Sends to three rooms through `p` every 20 ms until `stop`, reconnecting after an ERROR or a
+/// cut connection, as a client would through a Redis outage.
+async fn send_through_outages(
+    p: Arc<ServerProcess>,
+    i: u64,
+    stop: Arc<AtomicBool>,
+    out: Arc<std::sync::Mutex<Outcomes>>,
+) {
+    let login = format!("load{i}");
+    let mut k = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let Some(mut c) = Client::try_login(&p.ws_url(), &login, Duration::from_secs(2)).await
+        else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        while !stop.load(Ordering::Relaxed) {
+            let n = i * 1_000_000 + k;
+            k += 1;
+            let sent = c
+                .try_send(
+                    &format!("/app/room/rdown{}", n % 3),
+                    &format!(r#"{{"content":"m{n}","n":{n}}}"#),
+                    Duration::from_secs(15),
+                )
+                .await;
+            let ok = sent.is_ok();
+            {
+                let mut o = out.lock().unwrap();
+                if ok {
+                    o.receipted.insert(n)
+                } else {
+                    o.uncertain.insert(n)
+                };
+            }
+            if !ok {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_for_seconds_under_load_has_every_receipted_message_archived_exactly_once() {
+    // Persistence on (AOF, fsync always), as a Redis without Sentinel runs in production: the
+    // archive Stream and its consumer group survive the outage.
+    let mut redis = RedisServer::start(RedisOpts {
+        persist: true,
+        ..RedisOpts::default()
+    });
+    let pg = Postgres::start().await;
+    let mut e = env(&redis, &pg, 30_000);
+    // SENDs during the outage fail after 1 s instead of 10.
+    e.push(("CHAT_REDIS_WAIT_MS", "1000".into()));
+    let a = Arc::new(instance("a", &e).await);
+    let b = Arc::new(instance("b", &e).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let out = Arc::new(std::sync::Mutex::new(Outcomes::default()));
+    let senders: Vec<_> = [a.clone(), b.clone()]
+        .into_iter()
+        .zip(0..)
+        .map(|(p, i)| tokio::spawn(send_through_outages(p, i, stop.clone(), out.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = out.lock().unwrap().receipted.len();
+    assert!(before > 20, "only {before} receipted before the outage");
+
+    tokio::task::block_in_place(|| redis.kill9());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut unready_seen = false;
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(5) {
+        unready_seen |= !a.is_ready().await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(unready_seen, "readiness never showed Redis gone");
+    let in_outage = out.lock().unwrap().receipted.len();
+    tokio::task::block_in_place(|| redis.relaunch());
+
+    // Readiness returns, and the load goes on through the restarted Redis.
+    a.wait_ready(Duration::from_secs(15)).await;
+    b.wait_ready(Duration::from_secs(15)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while out.lock().unwrap().receipted.len() < in_outage + 50 {
+        assert!(Instant::now() < deadline, "the load did not resume");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for s in senders {
+        s.await.unwrap();
+    }
+
+    // Drained: the archive Stream empty, then every receipted message is in PostgreSQL once.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while xlen(&redis, "chat:archive") > 0 {
+        assert!(Instant::now() < deadline, "archive Stream not drained");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (receipted, uncertain) = {
+        let o = out.lock().unwrap();
+        (o.receipted.clone(), o.uncertain.clone())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let rows = loop {
+        let rows = archived(&pg).await;
+        let ns: BTreeSet<u64> = rows.values().map(|r| r["n"].as_u64().unwrap()).collect();
+        if receipted.is_subset(&ns) {
+            break rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} receipted messages missing from the archive",
+            receipted.difference(&ns).count()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut ns: Vec<u64> = rows.values().map(|r| r["n"].as_u64().unwrap()).collect();
+    ns.sort_unstable();
+    let distinct: BTreeSet<u64> = ns.iter().copied().collect();
+    assert_eq!(ns.len(), distinct.len(), "a message archived twice");
+    let unknown: Vec<_> = distinct
+        .difference(&receipted)
+        .filter(|n| !uncertain.contains(n))
+        .collect();
+    assert!(unknown.is_empty(), "archived but never sent: {unknown:?}");
+
+    // No error storm: failed steps back off (to 5 s), so a 6-second outage costs each
+    // instance a handful of counted errors, whatever the load; nothing was dropped.
+    for p in [&a, &b] {
+        let errors = metric(p, "chat_archive_errors_total{reason=\"redis\"}").await;
+        assert!(errors <= 20.0, "{}: {errors} Redis errors", p.id);
+        assert_eq!(
+            metric(p, "chat_archive_errors_total{reason=\"postgres\"}").await,
+            0.0
+        );
+        assert_eq!(metric(p, "chat_archive_lost_entries").await, 0.0);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&a, "chat_archive_lag_entries").await > 0.0 {
+        assert!(Instant::now() < deadline, "the lag did not fall back to 0");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

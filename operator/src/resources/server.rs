@@ -15,9 +15,9 @@ use k8s_openapi::api::autoscaling::v2::{
     ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, Lifecycle,
-    LifecycleHandler, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Service,
-    ServiceAccount, ServicePort, SleepAction, Volume, VolumeMount,
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, KeyToPath, Lifecycle,
+    LifecycleHandler, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecretVolumeSource,
+    Service, ServiceAccount, ServicePort, SleepAction, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -38,6 +38,17 @@ pub(crate) const SERVER_UID: i64 = 65532;
 pub(crate) const PRE_STOP_SLEEP_SECS: i64 = 5;
 /// Slack between the server's own drain deadline and the kubelet's SIGKILL.
 pub(crate) const GRACE_MARGIN_SECS: i64 = 10;
+/// Where the archive password Secret is mounted (read-only, one file).
+pub(crate) const ARCHIVE_PASSWORD_DIR: &str = "/var/run/secrets/chat-archive";
+/// The archive password file inside [`ARCHIVE_PASSWORD_DIR`] (`CHAT_ARCHIVE_PASSWORD_FILE`).
+pub(crate) const ARCHIVE_PASSWORD_FILE: &str = "/var/run/secrets/chat-archive/password";
+/// The pod volume holding the archive password.
+const ARCHIVE_PASSWORD_VOLUME: &str = "archive-password";
+/// What stands in for a Secret's content when the operator checks the environment with the
+/// server's parser: the operator never reads the Secrets the servers get.
+const SAMPLE_SECRET: &str = "a-sample-secret-of-enough-length";
+/// What stands in for the archive URL Secret in that check.
+const SAMPLE_ARCHIVE_URL: &str = "postgres://chat@postgres.sample:5432/chat";
 
 fn bool_str(b: bool) -> &'static str {
     if b { "true" } else { "false" }
@@ -134,7 +145,84 @@ pub(crate) fn server_env(cc: &ChatCluster) -> Vec<EnvVar> {
             }
         }
     }
+    if let Some(archive) = &cc.spec.archive {
+        let url = &archive.url_secret_ref;
+        env.push(env_secret("CHAT_ARCHIVE_URL", &url.name, &url.key));
+        // A file, not an env secret: that is the only way chat-server takes this password.
+        if archive.password_secret_ref.is_some() {
+            env.push(env_value(
+                "CHAT_ARCHIVE_PASSWORD_FILE",
+                ARCHIVE_PASSWORD_FILE,
+            ));
+        }
+        for (name, value) in [
+            ("CHAT_ARCHIVE_BACKLOG", archive.backlog),
+            ("CHAT_ARCHIVE_BATCH", archive.batch),
+        ] {
+            if let Some(value) = value {
+                env.push(env_value(name, value.to_string()));
+            }
+        }
+    }
     env
+}
+
+/// The environment of [`server_env`] as the kubelet would resolve it, with a sample in place
+/// of every Secret (the archive URL gets a sample URL) and of the pod name. The password file
+/// is left out: it exists only inside the pod.
+pub(crate) fn sample_resolved_env(cc: &ChatCluster) -> BTreeMap<String, String> {
+    server_env(cc)
+        .into_iter()
+        .filter(|e| e.name != "CHAT_ARCHIVE_PASSWORD_FILE")
+        .map(|e| {
+            let from = e.value_from.as_ref();
+            let value = match (e.value, from.and_then(|f| f.field_ref.as_ref())) {
+                (Some(v), _) => v,
+                (None, Some(_)) => "chat-server-7f9c-abcde".to_owned(),
+                (None, None) if e.name == "CHAT_ARCHIVE_URL" => SAMPLE_ARCHIVE_URL.to_owned(),
+                (None, None) => SAMPLE_SECRET.to_owned(),
+            };
+            (e.name, value)
+        })
+        .collect()
+}
+
+/// Whether chat-server's own parser (`Config::from_lookup`) accepts what the operator renders
+/// for `cc`; its message names the variable when not. The spec check runs this, so a spec
+/// every server would refuse at start-up is `InvalidSpec` (Degraded) instead of crash-looping
+/// pods. What lives in Secrets (the archive URL itself) is the servers' to check.
+pub(crate) fn check_with_servers_parser(cc: &ChatCluster) -> Result<(), String> {
+    let env = sample_resolved_env(cc);
+    chat_server::config::Config::from_lookup(|name| env.get(name).cloned())
+        .map(|_| ())
+        .map_err(|e| format!("the servers would refuse to start: {e}"))
+}
+
+/// The archive password Secret as a volume and its mount, when `spec.archive` names one.
+fn archive_password_volume(cc: &ChatCluster) -> Option<(Volume, VolumeMount)> {
+    let secret = cc.spec.archive.as_ref()?.password_secret_ref.as_ref()?;
+    let volume = Volume {
+        name: ARCHIVE_PASSWORD_VOLUME.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.name.clone()),
+            items: Some(vec![KeyToPath {
+                key: secret.key.clone(),
+                path: "password".to_owned(),
+                mode: None,
+            }]),
+            // Owner and group (the pod's fsGroup) may read it, nobody else.
+            default_mode: Some(0o440),
+            optional: Some(false),
+        }),
+        ..Volume::default()
+    };
+    let mount = VolumeMount {
+        name: ARCHIVE_PASSWORD_VOLUME.to_owned(),
+        mount_path: ARCHIVE_PASSWORD_DIR.to_owned(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    };
+    Some((volume, mount))
 }
 
 /// The pod's termination grace period: preStop, then the server's drain, then a margin.
@@ -176,6 +264,20 @@ pub(crate) fn default_server_resources() -> ResourceRequirements {
 pub(crate) fn deployment(cc: &ChatCluster) -> Deployment {
     let server = &cc.spec.server;
     let names = Names::of(cc);
+    let mut volumes = vec![Volume {
+        name: "tmp".to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }];
+    let mut volume_mounts = vec![VolumeMount {
+        name: "tmp".to_owned(),
+        mount_path: "/tmp".to_owned(),
+        ..VolumeMount::default()
+    }];
+    if let Some((volume, mount)) = archive_password_volume(cc) {
+        volumes.push(volume);
+        volume_mounts.push(mount);
+    }
     let container = Container {
         name: "chat-server".to_owned(),
         image: Some(server.image.clone()),
@@ -204,11 +306,7 @@ pub(crate) fn deployment(cc: &ChatCluster) -> Deployment {
                 .unwrap_or_else(default_server_resources),
         ),
         security_context: Some(container_security_context()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "tmp".to_owned(),
-            mount_path: "/tmp".to_owned(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(volume_mounts),
         ..Container::default()
     };
     Deployment {
@@ -236,11 +334,7 @@ pub(crate) fn deployment(cc: &ChatCluster) -> Deployment {
                     termination_grace_period_seconds: Some(termination_grace_seconds(cc)),
                     topology_spread_constraints: Some(spread_constraints(cc, Component::Server)),
                     containers: vec![container],
-                    volumes: Some(vec![Volume {
-                        name: "tmp".to_owned(),
-                        empty_dir: Some(EmptyDirVolumeSource::default()),
-                        ..Volume::default()
-                    }]),
+                    volumes: Some(volumes),
                     ..PodSpec::default()
                 }),
             },
@@ -409,6 +503,67 @@ pub(crate) mod tests {
             "secret:chat-redis-password/password"
         );
         assert!(!env.contains_key("CHAT_REDIS_URL"));
+    }
+
+    #[test]
+    fn the_archive_url_comes_from_its_secret_and_the_password_from_a_mounted_file() {
+        let mut cc = standalone();
+        cc.spec.archive = Some(crate::crd::ArchiveSpec {
+            url_secret_ref: SecretKeyRef {
+                name: "pg-app".into(),
+                key: "uri".into(),
+            },
+            password_secret_ref: None,
+            backlog: None,
+            batch: Some(250),
+        });
+        let env = env_map(&server_env(&cc));
+        assert_eq!(env["CHAT_ARCHIVE_URL"], "secret:pg-app/uri");
+        assert_eq!(env["CHAT_ARCHIVE_BATCH"], "250");
+        assert!(!env.contains_key("CHAT_ARCHIVE_BACKLOG"), "server default");
+        assert!(!env.contains_key("CHAT_ARCHIVE_PASSWORD_FILE"));
+        let pod = deployment(&cc).spec.unwrap().template.spec.unwrap();
+        assert_eq!(
+            pod.volumes.unwrap().len(),
+            1,
+            "only /tmp without a password"
+        );
+
+        if let Some(a) = cc.spec.archive.as_mut() {
+            a.password_secret_ref = Some(SecretKeyRef {
+                name: "pg-archiver".into(),
+                key: "pw".into(),
+            });
+        }
+        let env = env_map(&server_env(&cc));
+        assert_eq!(env["CHAT_ARCHIVE_PASSWORD_FILE"], ARCHIVE_PASSWORD_FILE);
+        let pod = deployment(&cc).spec.unwrap().template.spec.unwrap();
+        let volume = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "archive-password")
+            .unwrap();
+        let secret = volume.secret.unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("pg-archiver"));
+        let items = secret.items.unwrap();
+        assert_eq!(
+            (items[0].key.as_str(), items[0].path.as_str()),
+            ("pw", "password")
+        );
+        assert_eq!(secret.default_mode, Some(0o440));
+        let mount = pod.containers[0]
+            .volume_mounts
+            .clone()
+            .unwrap()
+            .into_iter()
+            .find(|m| m.name == "archive-password")
+            .unwrap();
+        assert_eq!(mount.read_only, Some(true));
+        assert_eq!(
+            format!("{}/password", mount.mount_path),
+            ARCHIVE_PASSWORD_FILE
+        );
     }
 
     #[test]
@@ -636,7 +791,74 @@ mod chat_server_contract {
             key: "k".into(),
         });
         with_jwt.spec.server.history.ttl_seconds = Some(60);
-        vec![standalone(), sentinel(), with_jwt, with_destinations()]
+        vec![
+            standalone(),
+            sentinel(),
+            with_jwt,
+            with_destinations(),
+            with_archive(),
+        ]
+    }
+
+    /// A cluster archiving to a CloudNativePG cluster `pg` (its `pg-app` Secret), with a
+    /// password of its own and both tuning knobs set.
+    pub(super) fn with_archive() -> crate::crd::ChatCluster {
+        let mut cc = sentinel();
+        cc.spec.archive = Some(crate::crd::ArchiveSpec {
+            url_secret_ref: SecretKeyRef {
+                name: "pg-app".into(),
+                key: "uri".into(),
+            },
+            password_secret_ref: Some(SecretKeyRef {
+                name: "pg-archiver".into(),
+                key: "password".into(),
+            }),
+            backlog: Some(200_000),
+            batch: Some(1000),
+        });
+        cc
+    }
+
+    #[test]
+    fn the_archive_settings_reach_the_servers_parser() {
+        use chat_server::config::Config;
+        let env = resolved(&with_archive());
+        let config = Config::from_lookup(|name| env.get(name).cloned()).unwrap();
+        let archive = config.archive.unwrap();
+        assert_eq!(archive.backlog, 200_000);
+        assert_eq!(archive.batch, 1000);
+        assert!(archive.url.starts_with("postgres://"));
+        // Without spec.archive the servers archive nothing.
+        let env = resolved(&standalone());
+        let config = Config::from_lookup(|name| env.get(name).cloned()).unwrap();
+        assert_eq!(config.archive, None);
+        assert!(check_with_servers_parser(&with_archive()).is_ok());
+    }
+
+    #[test]
+    fn archive_bounds_the_server_refuses_are_refused_by_the_spec_check_naming_the_variable() {
+        // The CRD schema says the same bounds (backlog >= 1000, batch 1..=10000); the server's
+        // parser is the authority, so its answer is checked at both ends of each range.
+        // (backlog, batch, the variable refused)
+        let cases = [
+            (1000, 500, None),
+            (999, 500, Some("CHAT_ARCHIVE_BACKLOG")),
+            (1000, 10_000, None),
+            (1000, 10_001, Some("CHAT_ARCHIVE_BATCH")),
+            (1000, 0, Some("CHAT_ARCHIVE_BATCH")),
+        ];
+        for (backlog, batch, refused) in cases {
+            let mut cc = with_archive();
+            if let Some(a) = cc.spec.archive.as_mut() {
+                a.backlog = Some(backlog);
+                a.batch = Some(batch);
+            }
+            match (check_with_servers_parser(&cc), refused) {
+                (Ok(()), None) => {}
+                (Err(message), Some(var)) => assert!(message.contains(var), "{message}"),
+                (result, expected) => panic!("{result:?}, expected refusal of {expected:?}"),
+            }
+        }
     }
 
     /// A cluster serving a Spring front-end's destination layout.
@@ -706,19 +928,7 @@ mod chat_server_contract {
 
     /// What the kubelet would put in the environment: secrets and fields resolved.
     fn resolved(cc: &crate::crd::ChatCluster) -> std::collections::BTreeMap<String, String> {
-        env_map(&server_env(cc))
-            .into_iter()
-            .map(|(k, v)| {
-                let v = if v.starts_with("secret:") {
-                    "a-sample-secret-of-enough-length".to_owned()
-                } else if v == "field:metadata.name" {
-                    "chat-server-7f9c-abcde".to_owned()
-                } else {
-                    v
-                };
-                (k, v)
-            })
-            .collect()
+        sample_resolved_env(cc)
     }
 
     #[test]
@@ -777,5 +987,92 @@ mod chat_server_contract {
                 env.contains_key("CHAT_REDIS_SENTINEL_MASTER")
             );
         }
+    }
+}
+
+/// `spec.archive` through a whole reconcile against the fake API server.
+#[cfg(test)]
+mod archive_reconcile {
+    use std::sync::Arc;
+
+    use serde_json::Value;
+
+    use super::chat_server_contract::with_archive;
+    use crate::crd::ChatClusterStatus;
+    use crate::fixtures::{Call, FakeApi, FakeSentinels, context, finish};
+    use crate::reconcile::reconcile;
+
+    async fn run(cc: &crate::crd::ChatCluster) -> (bool, Vec<Call>) {
+        let (ctx, task) = context(FakeApi::new(cc), FakeSentinels::default());
+        let ok = reconcile(Arc::new(cc.clone()), ctx.clone()).await.is_ok();
+        (ok, finish(ctx, task).await)
+    }
+
+    fn applied_deployment(calls: &[Call]) -> Option<&Value> {
+        calls
+            .iter()
+            .find(|c| c.is_apply_of("deployments"))
+            .map(|c| &c.body)
+    }
+
+    #[tokio::test]
+    async fn an_archived_cluster_applies_servers_reading_the_url_secret_and_the_password_file() {
+        let cc = with_archive();
+        let (_, calls) = run(&cc).await;
+        let deployment = applied_deployment(&calls).expect("the Deployment is applied");
+        let pod = &deployment["spec"]["template"]["spec"];
+        let env = pod["containers"][0]["env"].as_array().unwrap();
+        let url = env
+            .iter()
+            .find(|e| e["name"] == "CHAT_ARCHIVE_URL")
+            .unwrap();
+        assert_eq!(url["valueFrom"]["secretKeyRef"]["name"], "pg-app");
+        assert_eq!(url["valueFrom"]["secretKeyRef"]["key"], "uri");
+        let volumes = pod["volumes"].as_array().unwrap();
+        let password = volumes
+            .iter()
+            .find(|v| v["name"] == "archive-password")
+            .unwrap();
+        assert_eq!(password["secret"]["secretName"], "pg-archiver");
+        // The operator reads neither archive Secret: the kubelet hands them to the pods.
+        assert!(
+            !calls
+                .iter()
+                .any(|c| c.path.ends_with("/secrets/pg-app")
+                    || c.path.ends_with("/secrets/pg-archiver")),
+            "an archive Secret was requested"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_archive_setting_the_servers_would_refuse_degrades_the_cluster_and_applies_nothing()
+    {
+        let mut cc = with_archive();
+        if let Some(a) = cc.spec.archive.as_mut() {
+            a.backlog = Some(500);
+        }
+        let (ok, calls) = run(&cc).await;
+        assert!(!ok, "the reconcile must fail");
+        assert!(applied_deployment(&calls).is_none());
+        let status_call = calls
+            .iter()
+            .rfind(|c| c.target().2.as_deref() == Some("status"))
+            .expect("a status patch");
+        let status: ChatClusterStatus =
+            serde_json::from_value(status_call.body["status"].clone()).unwrap();
+        let degraded = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded")
+            .unwrap();
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "InvalidSpec")
+        );
+        assert!(
+            degraded.message.contains("CHAT_ARCHIVE_BACKLOG"),
+            "{}",
+            degraded.message
+        );
     }
 }

@@ -1,0 +1,200 @@
+//! Reading the archive: a room's events of one epoch by offset range, the newest before an
+//! offset, the offsets an epoch spans, and which epochs a room had.
+//!
+//! Keeps true: every query is bounded twice, by a row limit its caller gives (at most
+//! `MAX_ARCHIVE_READ` rows) and by `READ_TIMEOUT` (a PostgreSQL that is down or slow costs a
+//! reader at most that long, never a hang); reads use their own small pool, so a history
+//! request never waits behind the archiver's inserts; a row comes back through
+//! `RoomEvent::from_json`, the conversion Redis reads use, so a record reads the same from
+//! either store. Every query uses the primary key `(room, epoch, offset)` or the index
+//! `(room, sent_at DESC, offset DESC)`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+use super::store::connect_options;
+use super::{ArchiveConfig, ArchiveError};
+use crate::model::RoomEvent;
+
+/// The longest one archive read may take, waiting for a connection included.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The most rows one read returns (the longest replay, `x-history` or recovery, is 10,000).
+pub const MAX_ARCHIVE_READ: u64 = 10_000;
+
+/// Connections the readers of one instance share.
+const READ_CONNECTIONS: u32 = 4;
+
+/// Reads from the archive database.
+#[derive(Debug, Clone)]
+pub struct ArchiveReads {
+    pool: PgPool,
+}
+
+fn pg(e: sqlx::Error) -> ArchiveError {
+    ArchiveError::Postgres(e.to_string())
+}
+
+/// Offsets travel as `bigint`; one past `i64::MAX` is no offset any room reaches.
+fn db_offset(offset: u64) -> i64 {
+    i64::try_from(offset).unwrap_or(i64::MAX)
+}
+
+fn events(rows: Vec<String>) -> Result<Vec<Arc<RoomEvent>>, ArchiveError> {
+    rows.iter()
+        .map(|raw| {
+            RoomEvent::from_json(raw)
+                .map_err(|e| ArchiveError::Postgres(format!("unreadable archived record: {e}")))
+        })
+        .collect()
+}
+
+impl ArchiveReads {
+    /// A lazily connecting pool for `config` (PostgreSQL down never stops start-up).
+    pub fn new(config: &ArchiveConfig) -> Result<ArchiveReads, ArchiveError> {
+        let options = connect_options(config, "chat-server-reads")?;
+        let pool = PgPoolOptions::new()
+            .max_connections(READ_CONNECTIONS)
+            .acquire_timeout(READ_TIMEOUT)
+            .connect_lazy_with(options);
+        Ok(ArchiveReads { pool })
+    }
+
+    /// Runs one query within `READ_TIMEOUT`.
+    async fn bounded<T>(
+        &self,
+        query: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, ArchiveError> {
+        match tokio::time::timeout(READ_TIMEOUT, query).await {
+            Ok(result) => result.map_err(pg),
+            Err(_) => Err(ArchiveError::Postgres(format!(
+                "read timed out after {} ms",
+                READ_TIMEOUT.as_millis()
+            ))),
+        }
+    }
+
+    /// The archived events of `room` in `epoch` with offsets `from..=to`, oldest first, at most
+    /// `MAX_ARCHIVE_READ` of them (offsets the archive lacks are simply absent).
+    pub async fn range(
+        &self,
+        room: &str,
+        epoch: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<Arc<RoomEvent>>, ArchiveError> {
+        if to < from {
+            return Ok(Vec::new());
+        }
+        let limit = (to - from + 1).min(MAX_ARCHIVE_READ);
+        let rows: Vec<String> = self
+            .bounded(
+                sqlx::query_scalar(
+                    r#"SELECT record::text FROM chat_messages
+                       WHERE room = $1 AND epoch = $2 AND "offset" BETWEEN $3 AND $4
+                       ORDER BY "offset" LIMIT $5"#,
+                )
+                .bind(room)
+                .bind(epoch)
+                .bind(db_offset(from))
+                .bind(db_offset(to))
+                .bind(db_offset(limit))
+                .fetch_all(&self.pool),
+            )
+            .await?;
+        events(rows)
+    }
+
+    /// The newest `limit` (at most `MAX_ARCHIVE_READ`) archived events of `room` in `epoch`
+    /// with offsets below `before`, oldest first.
+    pub async fn newest_before(
+        &self,
+        room: &str,
+        epoch: &str,
+        before: u64,
+        limit: u64,
+    ) -> Result<Vec<Arc<RoomEvent>>, ArchiveError> {
+        let rows: Vec<String> = self
+            .bounded(
+                sqlx::query_scalar(
+                    r#"SELECT record::text FROM chat_messages
+                       WHERE room = $1 AND epoch = $2 AND "offset" < $3
+                       ORDER BY "offset" DESC LIMIT $4"#,
+                )
+                .bind(room)
+                .bind(epoch)
+                .bind(db_offset(before))
+                .bind(db_offset(limit.min(MAX_ARCHIVE_READ)))
+                .fetch_all(&self.pool),
+            )
+            .await?;
+        let mut out = events(rows)?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// The lowest and highest archived offsets of `room` in `epoch`; `None` if it has none.
+    pub async fn bounds(
+        &self,
+        room: &str,
+        epoch: &str,
+    ) -> Result<Option<(u64, u64)>, ArchiveError> {
+        let (lo, hi): (Option<i64>, Option<i64>) = self
+            .bounded(
+                sqlx::query_as(
+                    r#"SELECT min("offset"), max("offset") FROM chat_messages
+                       WHERE room = $1 AND epoch = $2"#,
+                )
+                .bind(room)
+                .bind(epoch)
+                .fetch_one(&self.pool),
+            )
+            .await?;
+        Ok(match (lo, hi) {
+            (Some(lo), Some(hi)) => Some((
+                u64::try_from(lo).unwrap_or(0),
+                u64::try_from(hi).unwrap_or(0),
+            )),
+            _ => None,
+        })
+    }
+
+    /// The epoch of `room`'s newest archived event; `None` if the archive has none.
+    pub async fn latest_epoch(&self, room: &str) -> Result<Option<String>, ArchiveError> {
+        self.bounded(
+            sqlx::query_scalar(
+                r#"SELECT epoch FROM chat_messages WHERE room = $1 AND sent_at IS NOT NULL
+                   ORDER BY sent_at DESC, "offset" DESC LIMIT 1"#,
+            )
+            .bind(room)
+            .fetch_optional(&self.pool),
+        )
+        .await
+    }
+
+    /// The epoch `room` had before `epoch`: the newest archived event of another epoch sent no
+    /// later than `epoch`'s oldest archived one (or any time, if `epoch` has none archived).
+    pub async fn previous_epoch(
+        &self,
+        room: &str,
+        epoch: &str,
+    ) -> Result<Option<String>, ArchiveError> {
+        self.bounded(
+            sqlx::query_scalar(
+                r#"SELECT epoch FROM chat_messages
+                   WHERE room = $1 AND epoch <> $2
+                     AND sent_at <= COALESCE(
+                         (SELECT sent_at FROM chat_messages
+                          WHERE room = $1 AND epoch = $2 ORDER BY "offset" LIMIT 1),
+                         'infinity'::timestamptz)
+                   ORDER BY sent_at DESC, "offset" DESC LIMIT 1"#,
+            )
+            .bind(room)
+            .bind(epoch)
+            .fetch_optional(&self.pool),
+        )
+        .await
+    }
+}

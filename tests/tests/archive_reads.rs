@@ -347,9 +347,27 @@ async fn with_postgresql_stopped_archive_only_offsets_are_a_clear_503_and_not_a_
         page["error"].as_str().unwrap().contains("archive"),
         "{page}"
     );
+    assert!(started.elapsed() < Duration::from_secs(15));
+    // Known down: the next read fails at once instead of waiting for PostgreSQL again.
+    let again = Instant::now();
     let (status, _) = get(&server, "/api/rooms/down/messages?since=0&limit=30").await;
     assert_eq!(status, 503);
-    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(
+        again.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        again.elapsed()
+    );
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let read_errors: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"chat_archive_errors_total{reason="read"} "#))
+        .map_or(0.0, |v| v.parse().unwrap());
+    assert!(read_errors >= 2.0, "{metrics}");
 
     // Recovery that needs the archive: not recovered, nothing partial.
     let mut c = recovering(&server, "carol", "down", 5, &epoch).await;

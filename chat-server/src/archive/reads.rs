@@ -3,19 +3,22 @@
 //!
 //! Keeps true: every query is bounded twice, by a row limit its caller gives (at most
 //! `MAX_ARCHIVE_READ` rows) and by `READ_TIMEOUT` (a PostgreSQL that is down or slow costs a
-//! reader at most that long, never a hang); reads use their own small pool, so a history
+//! reader at most that long, never a hang); after PostgreSQL could not be reached, reads fail
+//! at once for `DOWN_FOR` (so an outage costs one reader the timeout, not every one), and
+//! each failure counts in `chat_archive_errors_total{reason="read"}`; reads use their own small pool, so a history
 //! request never waits behind the archiver's inserts; a row comes back through
 //! `RoomEvent::from_json`, the conversion Redis reads use, so a record reads the same from
 //! either store. Every query uses the primary key `(room, epoch, offset)` or the index
 //! `(room, sent_at DESC, offset DESC)`.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use super::store::connect_options;
 use super::{ArchiveConfig, ArchiveError};
+use crate::metrics::Metrics;
 use crate::model::RoomEvent;
 
 /// The longest one archive read may take, waiting for a connection included.
@@ -27,14 +30,24 @@ pub const MAX_ARCHIVE_READ: u64 = 10_000;
 /// Connections the readers of one instance share.
 const READ_CONNECTIONS: u32 = 4;
 
+/// How long reads fail fast after PostgreSQL could not be reached.
+const DOWN_FOR: Duration = Duration::from_secs(5);
+
 /// Reads from the archive database.
 #[derive(Debug, Clone)]
 pub struct ArchiveReads {
     pool: PgPool,
+    metrics: Arc<Metrics>,
+    /// Until when reads fail without trying (PostgreSQL was unreachable).
+    down_until: Arc<Mutex<Option<Instant>>>,
 }
 
-fn pg(e: sqlx::Error) -> ArchiveError {
-    ArchiveError::Postgres(e.to_string())
+/// Whether `e` says PostgreSQL is unreachable (rather than one query failing).
+fn unreachable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+    )
 }
 
 /// Offsets travel as `bigint`; one past `i64::MAX` is no offset any room reaches.
@@ -53,27 +66,56 @@ fn events(rows: Vec<String>) -> Result<Vec<Arc<RoomEvent>>, ArchiveError> {
 
 impl ArchiveReads {
     /// A lazily connecting pool for `config` (PostgreSQL down never stops start-up).
-    pub fn new(config: &ArchiveConfig) -> Result<ArchiveReads, ArchiveError> {
+    pub fn new(
+        config: &ArchiveConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<ArchiveReads, ArchiveError> {
         let options = connect_options(config, "chat-server-reads")?;
         let pool = PgPoolOptions::new()
             .max_connections(READ_CONNECTIONS)
             .acquire_timeout(READ_TIMEOUT)
             .connect_lazy_with(options);
-        Ok(ArchiveReads { pool })
+        Ok(ArchiveReads {
+            pool,
+            metrics,
+            down_until: Arc::default(),
+        })
     }
 
-    /// Runs one query within `READ_TIMEOUT`.
+    fn down_until(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.down_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs one query within `READ_TIMEOUT`, or fails at once while PostgreSQL is known down.
     async fn bounded<T>(
         &self,
         query: impl Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, ArchiveError> {
-        match tokio::time::timeout(READ_TIMEOUT, query).await {
-            Ok(result) => result.map_err(pg),
-            Err(_) => Err(ArchiveError::Postgres(format!(
-                "read timed out after {} ms",
-                READ_TIMEOUT.as_millis()
-            ))),
+        if self.down_until().is_some_and(|t| Instant::now() < t) {
+            self.metrics.archive_error("read");
+            return Err(ArchiveError::Postgres(format!(
+                "unreachable (a read failed less than {} s ago)",
+                DOWN_FOR.as_secs()
+            )));
         }
+        let (error, down) = match tokio::time::timeout(READ_TIMEOUT, query).await {
+            Ok(Ok(value)) => {
+                *self.down_until() = None;
+                return Ok(value);
+            }
+            Ok(Err(e)) => (e.to_string(), unreachable(&e)),
+            Err(_) => (
+                format!("read timed out after {} ms", READ_TIMEOUT.as_millis()),
+                true,
+            ),
+        };
+        self.metrics.archive_error("read");
+        if down {
+            *self.down_until() = Some(Instant::now() + DOWN_FOR);
+        }
+        Err(ArchiveError::Postgres(error))
     }
 
     /// The archived events of `room` in `epoch` with offsets `from..=to`, oldest first, at most

@@ -62,7 +62,7 @@ impl Server {
                     // History (REST, x-history, recovery) reaches past the Redis window.
                     services.history = Arc::new(ArchivedHistory::new(
                         services.history.clone(),
-                        ArchiveReads::new(archive, metrics.clone())?,
+                        Arc::new(ArchiveReads::new(archive, metrics.clone())?),
                     ));
                 }
                 services

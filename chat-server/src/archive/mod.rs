@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use self::batch::{Batch, Entry, Row, build};
-pub use self::reads::{ArchiveReads, MAX_ARCHIVE_READ, READ_TIMEOUT};
+pub use self::reads::{ArchiveReads, ArchiveSource, Events, MAX_ARCHIVE_READ, READ_TIMEOUT, Read};
 pub use self::store::{Store, check_url};
 use crate::metrics::Metrics;
 

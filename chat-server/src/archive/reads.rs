@@ -14,6 +14,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use super::store::connect_options;
@@ -55,13 +56,35 @@ fn db_offset(offset: u64) -> i64 {
     i64::try_from(offset).unwrap_or(i64::MAX)
 }
 
-fn events(rows: Vec<String>) -> Result<Vec<Arc<RoomEvent>>, ArchiveError> {
+fn events(rows: Vec<String>) -> Read<Events> {
     rows.iter()
         .map(|raw| {
             RoomEvent::from_json(raw)
                 .map_err(|e| ArchiveError::Postgres(format!("unreadable archived record: {e}")))
         })
         .collect()
+}
+
+/// What history reads ask of the archive (PostgreSQL in production; a map in unit tests).
+/// Events come back oldest first; offsets the archive lacks are simply absent.
+/// What a read returns: events oldest first.
+pub type Events = Vec<Arc<RoomEvent>>;
+/// A read's result.
+pub type Read<T> = Result<T, ArchiveError>;
+
+#[async_trait]
+pub trait ArchiveSource: Send + Sync {
+    /// The events of `room` in `epoch` with offsets `from..=to`, at most `MAX_ARCHIVE_READ`.
+    async fn range(&self, room: &str, epoch: &str, from: u64, to: u64) -> Read<Events>;
+    /// The newest `n` (at most `MAX_ARCHIVE_READ`) events of `room` in `epoch` with
+    /// offsets below `before`.
+    async fn newest_before(&self, room: &str, epoch: &str, before: u64, n: u64) -> Read<Events>;
+    /// The lowest and highest offsets of `room` in `epoch`; `None` if it has none.
+    async fn bounds(&self, room: &str, epoch: &str) -> Read<Option<(u64, u64)>>;
+    /// The epoch of `room`'s newest event; `None` if the archive has none.
+    async fn latest_epoch(&self, room: &str) -> Read<Option<String>>;
+    /// The epoch `room` had before `epoch`, if the archive holds any of it.
+    async fn previous_epoch(&self, room: &str, epoch: &str) -> Read<Option<String>>;
 }
 
 impl ArchiveReads {
@@ -117,16 +140,13 @@ impl ArchiveReads {
         }
         Err(ArchiveError::Postgres(error))
     }
+}
 
+#[async_trait]
+impl ArchiveSource for ArchiveReads {
     /// The archived events of `room` in `epoch` with offsets `from..=to`, oldest first, at most
     /// `MAX_ARCHIVE_READ` of them (offsets the archive lacks are simply absent).
-    pub async fn range(
-        &self,
-        room: &str,
-        epoch: &str,
-        from: u64,
-        to: u64,
-    ) -> Result<Vec<Arc<RoomEvent>>, ArchiveError> {
+    async fn range(&self, room: &str, epoch: &str, from: u64, to: u64) -> Read<Events> {
         if to < from {
             return Ok(Vec::new());
         }
@@ -149,15 +169,9 @@ impl ArchiveReads {
         events(rows)
     }
 
-    /// The newest `limit` (at most `MAX_ARCHIVE_READ`) archived events of `room` in `epoch`
+    /// The newest `n` (at most `MAX_ARCHIVE_READ`) archived events of `room` in `epoch`
     /// with offsets below `before`, oldest first.
-    pub async fn newest_before(
-        &self,
-        room: &str,
-        epoch: &str,
-        before: u64,
-        limit: u64,
-    ) -> Result<Vec<Arc<RoomEvent>>, ArchiveError> {
+    async fn newest_before(&self, room: &str, epoch: &str, before: u64, n: u64) -> Read<Events> {
         let rows: Vec<String> = self
             .bounded(
                 sqlx::query_scalar(
@@ -168,7 +182,7 @@ impl ArchiveReads {
                 .bind(room)
                 .bind(epoch)
                 .bind(db_offset(before))
-                .bind(db_offset(limit.min(MAX_ARCHIVE_READ)))
+                .bind(db_offset(n.min(MAX_ARCHIVE_READ)))
                 .fetch_all(&self.pool),
             )
             .await?;
@@ -178,11 +192,7 @@ impl ArchiveReads {
     }
 
     /// The lowest and highest archived offsets of `room` in `epoch`; `None` if it has none.
-    pub async fn bounds(
-        &self,
-        room: &str,
-        epoch: &str,
-    ) -> Result<Option<(u64, u64)>, ArchiveError> {
+    async fn bounds(&self, room: &str, epoch: &str) -> Read<Option<(u64, u64)>> {
         let (lo, hi): (Option<i64>, Option<i64>) = self
             .bounded(
                 sqlx::query_as(
@@ -204,7 +214,7 @@ impl ArchiveReads {
     }
 
     /// The epoch of `room`'s newest archived event; `None` if the archive has none.
-    pub async fn latest_epoch(&self, room: &str) -> Result<Option<String>, ArchiveError> {
+    async fn latest_epoch(&self, room: &str) -> Read<Option<String>> {
         self.bounded(
             sqlx::query_scalar(
                 r#"SELECT epoch FROM chat_messages WHERE room = $1 AND sent_at IS NOT NULL
@@ -218,11 +228,7 @@ impl ArchiveReads {
 
     /// The epoch `room` had before `epoch`: the newest archived event of another epoch sent no
     /// later than `epoch`'s oldest archived one (or any time, if `epoch` has none archived).
-    pub async fn previous_epoch(
-        &self,
-        room: &str,
-        epoch: &str,
-    ) -> Result<Option<String>, ArchiveError> {
+    async fn previous_epoch(&self, room: &str, epoch: &str) -> Read<Option<String>> {
         self.bounded(
             sqlx::query_scalar(
                 r#"SELECT epoch FROM chat_messages

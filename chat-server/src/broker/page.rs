@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tracing::warn;
 
 use super::{BackendError, History, RoomInfo, Slice};
-use crate::archive::ArchiveReads;
+use crate::archive::ArchiveSource;
 use crate::model::RoomEvent;
 
 /// The largest `limit` of one page.
@@ -145,7 +145,7 @@ fn archive_down(what: &str, e: &crate::archive::ArchiveError) -> PageError {
 /// the archive for the rest.
 pub async fn read_page<H: History + ?Sized>(
     history: &H,
-    archive: Option<&ArchiveReads>,
+    archive: Option<&dyn ArchiveSource>,
     room: &str,
     q: &PageQuery,
 ) -> Result<Page, PageError> {
@@ -259,28 +259,34 @@ pub async fn read_page<H: History + ?Sized>(
     })
 }
 
+/// A chat event of room "r" at `offset` of `epoch`, for tests.
+#[cfg(test)]
+pub(crate) fn event_at(epoch: &str, offset: u64) -> Arc<RoomEvent> {
+    use crate::model::{EventKind, EventRecord, Sender};
+    RoomEvent::new(EventRecord {
+        id: format!("{epoch}-{offset}"),
+        room_id: "r".into(),
+        offset,
+        epoch: epoch.into(),
+        kind: EventKind::Chat,
+        sender: Sender {
+            id: "u".into(),
+            name: "U".into(),
+        },
+        content: "x".into(),
+        sent_at: String::new(),
+        server_id: "s".into(),
+        extra: serde_json::Map::new(),
+        headers: Vec::new(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{EventKind, EventRecord, Sender};
 
     fn ev(offset: u64) -> Arc<RoomEvent> {
-        RoomEvent::new(EventRecord {
-            id: format!("m{offset}"),
-            room_id: "r".into(),
-            offset,
-            epoch: "e".into(),
-            kind: EventKind::Chat,
-            sender: Sender {
-                id: "u".into(),
-                name: "U".into(),
-            },
-            content: "x".into(),
-            sent_at: String::new(),
-            server_id: "s".into(),
-            extra: serde_json::Map::new(),
-            headers: Vec::new(),
-        })
+        event_at("e", offset)
     }
 
     fn evs(offsets: impl IntoIterator<Item = u64>) -> Vec<Arc<RoomEvent>> {

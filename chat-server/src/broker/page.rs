@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::{BackendError, History, RoomInfo, Slice};
 use crate::archive::ArchiveSource;
@@ -237,8 +237,9 @@ pub async fn read_page<H: History + ?Sized>(
     }
     let (events, missing) = merge(from, to, [older, newer]);
     let previous_epoch = match archive {
+        // Only a pointer: without it the page is still whole, so a failure is not an error.
         Some(ar) if from <= first => ar.previous_epoch(room, &epoch).await.unwrap_or_else(|e| {
-            warn!(error = %e, "archive read of the previous epoch failed");
+            debug!(error = %e, "archive read of the previous epoch failed");
             None
         }),
         _ => None,

@@ -372,6 +372,18 @@ async fn with_postgresql_stopped_archive_only_offsets_are_a_clear_503_and_not_a_
     // Recovery that needs the archive: not recovered, nothing partial.
     let mut c = recovering(&server, "carol", "down", 5, &epoch).await;
     expect_not_recovered(&mut c, 60).await;
+
+    // x-history: what Redis holds, the newest run without a gap.
+    let mut h = Client::login(&server.ws_url(), "henry").await;
+    h.subscribe("h", "/topic/room/down", &[QUIET, ("x-history", "50")])
+        .await;
+    let mut replayed = Vec::new();
+    for _ in 0..WINDOW {
+        replayed.push(h.next_event().await);
+    }
+    let window: BTreeMap<u64, Value> = seen.range(41..).map(|(k, v)| (*k, v.clone())).collect();
+    assert_same(&replayed, &window);
+    h.expect_quiet(Duration::from_millis(300)).await;
 }
 
 #[tokio::test]

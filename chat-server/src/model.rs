@@ -233,6 +233,12 @@ impl RoomEvent {
         })
     }
 
+    /// A stored record's JSON (as Redis and the archive both hold it) as an event: the one
+    /// conversion every history read uses, so a record reads back the same from either store.
+    pub fn from_json(raw: &str) -> Result<Arc<RoomEvent>, serde_json::Error> {
+        serde_json::from_str::<EventRecord>(raw).map(RoomEvent::new)
+    }
+
     pub fn offset(&self) -> u64 {
         self.record.offset
     }

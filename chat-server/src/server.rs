@@ -15,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::archive::Archiver;
+use crate::archive::{ArchiveReads, Archiver};
 use crate::auth::{AuthError, Authenticator};
-use crate::broker::Services;
+use crate::broker::{ArchivedHistory, Services};
 use crate::config::{Backend, Config};
 use crate::http::AppState;
 use crate::metrics::Metrics;
@@ -54,11 +54,16 @@ impl Server {
         let services = match &config.backend {
             Backend::Memory => Services::memory(config.history_max_len, &config.server_id),
             Backend::Redis { .. } | Backend::Sentinel { .. } => {
-                let (services, queue) = Services::redis_with_queue(&config).await?;
+                let (mut services, queue) = Services::redis_with_queue(&config).await?;
                 if let Some(archive) = &config.archive {
                     // Stops with the drain: what it has not acknowledged another instance
                     // takes over after CHAT_ARCHIVE_CLAIM_IDLE_MS.
                     Archiver::spawn(archive, queue, metrics.clone(), drain.clone())?;
+                    // History (REST, x-history, recovery) reaches past the Redis window.
+                    services.history = Arc::new(ArchivedHistory::new(
+                        services.history.clone(),
+                        Arc::new(ArchiveReads::new(archive, metrics.clone())?),
+                    ));
                 }
                 services
             }

@@ -1,4 +1,4 @@
-//! The durable message archive in PostgreSQL: the write path.
+//! The durable message archive in PostgreSQL: the write path here, the reads in `reads.rs`.
 //!
 //! Every room event the Redis backend appends also goes to one archive Stream with a consumer
 //! group that every instance reads (`broker/redis/archive.rs`, `lua/common.lua`). Each
@@ -15,6 +15,7 @@
 //! - Memory is bounded: one batch of at most `CHAT_ARCHIVE_BATCH` records per instance.
 
 mod batch;
+mod reads;
 mod store;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use self::batch::{Batch, Entry, Row, build};
+pub use self::reads::{ArchiveReads, ArchiveSource, Events, MAX_ARCHIVE_READ, READ_TIMEOUT, Read};
 pub use self::store::{Store, check_url};
 use crate::metrics::Metrics;
 

@@ -25,12 +25,7 @@ pub struct Store {
 impl Store {
     /// A lazily connecting pool for `config` (connections are made on first use).
     pub fn new(config: &ArchiveConfig) -> Result<Store, ArchiveError> {
-        let mut options = PgConnectOptions::from_str(&config.url)
-            .map_err(|e| ArchiveError::Config(e.to_string()))?
-            .application_name("chat-server");
-        if let Some(pw) = &config.password {
-            options = options.password(pw);
-        }
+        let options = connect_options(config, "chat-server")?;
         let pool = PgPoolOptions::new()
             // One archiver per instance: one statement at a time, plus one for start-up.
             .max_connections(2)
@@ -88,6 +83,20 @@ impl Store {
         .map_err(|e| ArchiveError::Postgres(e.to_string()))?;
         Ok(done.rows_affected())
     }
+}
+
+/// How to connect to the archive of `config`, named `application` in `pg_stat_activity`.
+pub(super) fn connect_options(
+    config: &ArchiveConfig,
+    application: &str,
+) -> Result<PgConnectOptions, ArchiveError> {
+    let options = PgConnectOptions::from_str(&config.url)
+        .map_err(|e| ArchiveError::Config(e.to_string()))?
+        .application_name(application);
+    Ok(match &config.password {
+        Some(pw) => options.password(pw),
+        None => options,
+    })
 }
 
 /// `Ok` if `url` is a PostgreSQL URL this server can use; the reason otherwise.

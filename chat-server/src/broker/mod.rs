@@ -5,7 +5,9 @@
 //! Each is a trait with an in-memory implementation (`memory`) for a single process; the
 //! clustered ones back the same traits with Redis. Sessions only ever see the traits.
 
+mod archived;
 pub(crate) mod memory;
+pub mod page;
 pub mod redis;
 
 use std::sync::Arc;
@@ -13,6 +15,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Serialize;
 
+pub use self::archived::ArchivedHistory;
+use self::page::{Page, PageError, PageQuery};
 use crate::hub::{Hub, Topic};
 use crate::model::{DirectRecord, Draft, Member, RoomEvent};
 
@@ -120,6 +124,17 @@ pub trait History: Send + Sync + 'static {
 
     /// Every room known, by id.
     async fn rooms(&self) -> Result<Vec<RoomInfo>, BackendError>;
+
+    /// Whether a read may return offsets older than the room's `first_offset` (the archive
+    /// holds them), so a recovery from there is worth trying.
+    fn reaches_past_window(&self) -> bool {
+        false
+    }
+
+    /// One REST page of `room`'s history (`page.rs`); here from this history alone.
+    async fn page(&self, room: &str, q: &PageQuery) -> Result<Page, PageError> {
+        page::read_page(self, None, room, q).await
+    }
 }
 
 #[async_trait]

@@ -20,6 +20,7 @@ use chat_wire::body::parse_message_body;
 use super::AppState;
 use crate::auth::bearer_token;
 use crate::broker::BackendError;
+use crate::broker::page::{MAX_PAGE, PageError, PageQuery};
 use crate::model::{Draft, EventKind, EventRecord, Identity, is_valid_id};
 
 #[derive(Debug, thiserror::Error)]
@@ -254,10 +255,20 @@ async fn get_room(
 #[serde(deny_unknown_fields)]
 struct HistoryQuery {
     since: Option<u64>,
+    before: Option<u64>,
     limit: Option<usize>,
+    epoch: Option<String>,
 }
 
-const MAX_PAGE: usize = 1000;
+impl From<PageError> for ApiError {
+    fn from(e: PageError) -> Self {
+        match e {
+            PageError::NotFound(m) => ApiError::NotFound(m),
+            PageError::ArchiveUnavailable(m) => ApiError::Unavailable(m),
+            PageError::Backend(e) => e.into(),
+        }
+    }
+}
 
 async fn history(
     State(app): State<Arc<AppState>>,
@@ -267,26 +278,40 @@ async fn history(
     let q: HistoryQuery =
         serde_urlencoded::from_str(query.as_deref().unwrap_or("")).map_err(|e| {
             ApiError::BadRequest(format!(
-                "bad query: {e} (since and limit are whole numbers)"
+                "bad query: {e} (since, before and limit are whole numbers, epoch an epoch)"
             ))
         })?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::BadRequest(format!("limit must be 1-{MAX_PAGE}")));
     }
-    let page = match q.since {
-        Some(since) => app.services.history.read_after(&room, since, limit).await?,
-        None => app.services.history.read_last(&room, limit).await?,
-    };
-    if page.info.epoch.is_empty() {
-        return Err(ApiError::NotFound(format!("no room {room:?}")));
+    if q.before == Some(0) {
+        return Err(ApiError::BadRequest(
+            "before must be at least 1 (offsets start at 1)".into(),
+        ));
     }
+    if let Some(e) = &q.epoch
+        && !is_valid_id(e)
+    {
+        return Err(ApiError::BadRequest(format!("bad epoch {e:?}")));
+    }
+    let query = PageQuery {
+        epoch: q.epoch,
+        since: q.since,
+        before: q.before,
+        limit,
+    };
+    let page = app.services.history.page(&room, &query).await?;
     let messages: Vec<&EventRecord> = page.events.iter().map(|e| &e.record).collect();
-    Ok(axum::Json(json!({
+    let mut body = json!({
         "roomId": room, "epoch": page.info.epoch, "firstOffset": page.info.first_offset,
-        "lastOffset": page.info.last_offset, "messages": messages,
-    }))
-    .into_response())
+        "lastOffset": page.info.last_offset, "from": page.from, "to": page.to,
+        "hasMore": page.has_more, "missing": page.missing, "messages": messages,
+    });
+    if let Some(previous) = page.previous_epoch {
+        body["previousEpoch"] = json!(previous);
+    }
+    Ok(axum::Json(body).into_response())
 }
 
 async fn publish(

@@ -125,7 +125,9 @@ async fn recover(
         Some(e) => e == info.epoch,
         None => n == 0,
     };
-    if !epoch_ok || n > info.last_offset || n + 1 < info.first_offset {
+    // Below Redis's window only an archive can still hold the range: then the read decides.
+    let before_window = n + 1 < info.first_offset && !services.history.reaches_past_window();
+    if !epoch_ok || n > info.last_offset || before_window {
         return Ok(Replay::NotRecovered(info));
     }
     let wanted = usize::try_from(info.last_offset - n).unwrap_or(usize::MAX);
@@ -133,8 +135,18 @@ async fn recover(
         return Ok(Replay::NotRecovered(info));
     }
     let page = services.history.read_after(room, n, wanted).await?;
-    // The history may have moved on between the two reads; what matters is that it starts at n+1.
-    if page.info.epoch != info.epoch || page.events.first().is_some_and(|e| e.offset() != n + 1) {
+    // The history may have moved on between the two reads, or not reach back to n+1 (neither
+    // Redis nor the archive holds it): what matters is that it runs on from n+1 without a gap.
+    let unbroken = page
+        .events
+        .iter()
+        .zip(n + 1..)
+        .all(|(e, o)| e.offset() == o);
+    let reaches_back = page
+        .events
+        .first()
+        .map_or(wanted == 0, |e| e.offset() == n + 1);
+    if page.info.epoch != info.epoch || !unbroken || !reaches_back {
         return Ok(Replay::NotRecovered(page.info));
     }
     Ok(Replay::Events {

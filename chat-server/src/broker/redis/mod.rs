@@ -55,7 +55,7 @@ use self::registry::RegistryState;
 use super::{BackendError, Services, new_epoch};
 use crate::config::{Backend, Config, RESEND_WINDOW};
 use crate::hub::Hub;
-use crate::model::{Draft, EventRecord, RoomEvent};
+use crate::model::{Draft, RoomEvent};
 
 const COMMON: &str = include_str!("lua/common.lua");
 const PUBLISH: &str = include_str!("lua/publish.lua");
@@ -354,8 +354,7 @@ impl RedisBackend {
     }
 
     fn parse_record(raw: &str) -> Result<Arc<RoomEvent>, BackendError> {
-        serde_json::from_str::<EventRecord>(raw)
-            .map(RoomEvent::new)
+        RoomEvent::from_json(raw)
             .map_err(|e| BackendError::Protocol(format!("bad record in Redis: {e}")))
     }
 

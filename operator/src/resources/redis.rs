@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, ExecAction,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, Service, TCPSocketAction, Volume, VolumeMount,
+    Lifecycle, LifecycleHandler, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, Service, TCPSocketAction, Volume, VolumeMount,
     VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -14,7 +14,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::config_map::{checksum, redis_config_map};
+use super::config_map::{
+    DATA_NODE_GRACE_SECONDS, DATA_NODE_KEYS, SENTINEL_KEYS, checksum, redis_config_map,
+};
 use super::{
     CLUSTER_IP, Component, Names, REDIS_PORT, REDIS_ROLE_LABEL, REDIS_ROLE_MASTER, ServiceKind,
     container_security_context, disruption_budget, env_field, env_secret, env_value,
@@ -41,6 +43,7 @@ pub(crate) fn topology_env(cc: &ChatCluster) -> Vec<EnvVar> {
         env_value("SENTINEL_STATEFULSET", names.sentinel()),
         env_value("SENTINEL_HEADLESS", names.sentinel_headless()),
         env_value("SENTINELS", cc.spec.redis.sentinel_replicas().to_string()),
+        env_value("REDIS_NODES", cc.spec.redis.data_replicas().to_string()),
     ];
     if let Some((secret, key)) = redis_password_ref(cc) {
         env.insert(0, env_secret("REDIS_PASSWORD", &secret, &key));
@@ -243,6 +246,10 @@ pub(crate) fn redis_image_statefulset(cc: &ChatCluster, set: RedisImageSet) -> S
     let component = set.component;
     let mut volumes = script_volumes(cc);
     volumes.extend(set.volumes);
+    let keys: &[&str] = match component {
+        Component::Sentinel => &SENTINEL_KEYS,
+        _ => &DATA_NODE_KEYS,
+    };
     StatefulSet {
         metadata: meta(cc, set.name, component),
         spec: Some(StatefulSetSpec {
@@ -255,7 +262,7 @@ pub(crate) fn redis_image_statefulset(cc: &ChatCluster, set: RedisImageSet) -> S
                     labels: Some(labels(cc, component)),
                     annotations: Some(BTreeMap::from([(
                         CONFIG_CHECKSUM_ANNOTATION.to_owned(),
-                        checksum(&redis_config_map(cc)),
+                        checksum(&redis_config_map(cc), keys),
                     )])),
                     ..ObjectMeta::default()
                 }),
@@ -322,6 +329,19 @@ pub(crate) fn redis_statefulset(cc: &ChatCluster) -> StatefulSet {
     if let Some(mounts) = container.volume_mounts.as_mut() {
         mounts.push(mount("data", "/data", false));
     }
+    let sentinel_mode = redis.mode == RedisMode::Sentinel;
+    if sentinel_mode {
+        // A master hands its role to a replica before it stops (see `REDIS_PRESTOP`).
+        container.lifecycle = Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(vec!["sh".to_owned(), "/config/redis-prestop.sh".to_owned()]),
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        });
+    }
     let service_name = match redis.mode {
         RedisMode::Standalone => names.redis(),
         RedisMode::Sentinel => names.redis_headless(),
@@ -335,7 +355,7 @@ pub(crate) fn redis_statefulset(cc: &ChatCluster) -> StatefulSet {
             replicas: redis.data_replicas(),
             container,
             volumes,
-            grace_seconds: 30,
+            grace_seconds: DATA_NODE_GRACE_SECONDS,
         },
     );
     if let Some(spec) = sts.spec.as_mut() {
@@ -525,6 +545,33 @@ mod tests {
         }
         let sentinels = env_var(c, "SENTINELS");
         assert_eq!(sentinels.value.as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn sentinel_mode_data_nodes_fail_over_before_stopping() {
+        let sts = redis_statefulset(&sentinel());
+        let pod = pod_spec(&sts);
+        assert_eq!(
+            pod.termination_grace_period_seconds,
+            Some(DATA_NODE_GRACE_SECONDS)
+        );
+        let hook = pod.containers[0]
+            .lifecycle
+            .clone()
+            .unwrap()
+            .pre_stop
+            .unwrap();
+        assert_eq!(
+            hook.exec.unwrap().command.unwrap(),
+            ["sh", "/config/redis-prestop.sh"]
+        );
+        assert_eq!(
+            env_var(&pod.containers[0], "REDIS_NODES").value.as_deref(),
+            Some("3")
+        );
+        // One standalone node has no replica to hand over to.
+        let standalone = redis_statefulset(&standalone());
+        assert!(pod_spec(&standalone).containers[0].lifecycle.is_none());
     }
 
     #[test]

@@ -930,7 +930,7 @@ mod scenarios {
     #[tokio::test]
     async fn a_lost_password_secret_is_not_regenerated_while_data_volume_claims_remain() {
         let mut cc = standalone();
-        cc.spec.redis.persistence.enabled = true;
+        cc.spec.redis.persistence.enabled = Some(true);
         let fake = FakeApi::new(&cc).with_claim("data-chat-redis-0");
         assert_password_not_regenerated(&cc, fake, "PersistentVolumeClaim data-chat-redis-0").await;
     }
@@ -1045,7 +1045,7 @@ mod scenarios {
     #[tokio::test]
     async fn a_refused_statefulset_change_degrades_the_cluster_and_blocks_no_other_child() {
         let mut cc = sentinel();
-        cc.spec.redis.persistence.enabled = true;
+        cc.spec.redis.persistence.enabled = Some(true);
         let live = json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
             "metadata": {"name": "chat-redis", "namespace": "prod", "generation": 4},
             "spec": {"replicas": 3, "selector": {}, "template": {}, "serviceName": "x"},

@@ -284,7 +284,7 @@ pub(crate) fn redis_config_map(cc: &ChatCluster) -> ConfigMap {
             "redis.conf".to_owned(),
             // An unparsable limit is refused by `render::validate` before anything is built.
             redis_conf(
-                cc.spec.redis.persistence.enabled,
+                cc.spec.redis.persistent(),
                 super::redis::maxmemory(cc).ok().flatten(),
             ),
         ),
@@ -341,7 +341,12 @@ mod tests {
         assert!(data.contains_key("redis-start.sh"));
         assert!(!data.contains_key("sentinel-start.sh"));
         assert!(!data.contains_key("redis-prestop.sh"));
-        assert!(data["redis.conf"].contains("appendonly no"));
+        // Persistence is on unless the spec says off.
+        assert!(data["redis.conf"].contains("appendonly yes"));
+        let mut off = standalone();
+        off.spec.redis.persistence.enabled = Some(false);
+        let conf = &redis_config_map(&off).data.unwrap()["redis.conf"];
+        assert!(conf.contains("appendonly no\nsave \"\"\n"), "{conf}");
     }
 
     #[test]
@@ -362,7 +367,7 @@ mod tests {
     #[test]
     fn sentinel_config_carries_both_start_scripts() {
         let mut cc = sentinel();
-        cc.spec.redis.persistence.enabled = true;
+        cc.spec.redis.persistence.enabled = Some(true);
         let data = redis_config_map(&cc).data.unwrap();
         assert!(data.contains_key("sentinel-start.sh"));
         assert!(data.contains_key("redis-prestop.sh"));

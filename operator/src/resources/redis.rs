@@ -313,7 +313,7 @@ fn data_claim(cc: &ChatCluster) -> PersistentVolumeClaim {
 pub(crate) fn redis_statefulset(cc: &ChatCluster) -> StatefulSet {
     let names = Names::of(cc);
     let redis = &cc.spec.redis;
-    let persistence = redis.persistence.enabled;
+    let persistence = redis.persistent();
     // Without persistence the data lives as long as the pod.
     let volumes = if persistence {
         Vec::new()
@@ -488,8 +488,10 @@ mod tests {
     }
 
     #[test]
-    fn standalone_runs_one_node_behind_its_service_without_a_volume_claim() {
-        let sts = redis_statefulset(&standalone());
+    fn standalone_without_persistence_runs_one_node_behind_its_service_on_an_empty_dir() {
+        let mut cc = standalone();
+        cc.spec.redis.persistence.enabled = Some(false);
+        let sts = redis_statefulset(&cc);
         assert_eq!(sts.metadata.name.as_deref(), Some("chat-redis"));
         assert!(sts.metadata.owner_references.is_some());
         let spec = sts.spec.clone().unwrap();
@@ -508,7 +510,7 @@ mod tests {
     #[test]
     fn persistence_adds_a_claim_template_of_the_requested_size_and_class() {
         let mut cc = standalone();
-        cc.spec.redis.persistence.enabled = true;
+        cc.spec.redis.persistence.enabled = Some(true);
         cc.spec.redis.persistence.size = Quantity("5Gi".into());
         cc.spec.redis.persistence.storage_class_name = Some("fast".into());
         let spec = redis_statefulset(&cc).spec.unwrap();

@@ -226,7 +226,7 @@ mod tests {
         assert_ne!(sentinels, data);
         // A data-node setting (persistence) changes only the data nodes' checksum.
         let mut persistent = cc.clone();
-        persistent.spec.redis.persistence.enabled = !cc.spec.redis.persistence.enabled;
+        persistent.spec.redis.persistence.enabled = Some(!cc.spec.redis.persistent());
         assert_eq!(sum(sentinel_statefulset(&persistent)), sentinels);
         assert_ne!(
             sum(super::super::redis::redis_statefulset(&persistent)),

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, ExecAction,
     Lifecycle, LifecycleHandler, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec,
@@ -360,6 +360,14 @@ pub(crate) fn redis_statefulset(cc: &ChatCluster) -> StatefulSet {
     );
     if let Some(spec) = sts.spec.as_mut() {
         spec.volume_claim_templates = persistence.then(|| vec![data_claim(cc)]);
+        if sentinel_mode {
+            // The operator rolls the data nodes itself: replicas first, the master last and
+            // failed over first (see `crate::rollout`).
+            spec.update_strategy = Some(StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".to_owned()),
+                ..StatefulSetUpdateStrategy::default()
+            });
+        }
     }
     sts
 }
@@ -550,8 +558,13 @@ mod tests {
     }
 
     #[test]
-    fn sentinel_mode_data_nodes_fail_over_before_stopping() {
+    fn sentinel_mode_data_nodes_fail_over_before_stopping_and_are_rolled_by_the_operator() {
         let sts = redis_statefulset(&sentinel());
+        let spec = sts.spec.clone().unwrap();
+        assert_eq!(
+            spec.update_strategy.unwrap().type_.as_deref(),
+            Some("OnDelete")
+        );
         let pod = pod_spec(&sts);
         assert_eq!(
             pod.termination_grace_period_seconds,
@@ -571,8 +584,9 @@ mod tests {
             env_var(&pod.containers[0], "REDIS_NODES").value.as_deref(),
             Some("3")
         );
-        // One standalone node has no replica to hand over to.
+        // One standalone node has no replica to hand over to nor an order to roll in.
         let standalone = redis_statefulset(&standalone());
+        assert!(standalone.spec.clone().unwrap().update_strategy.is_none());
         assert!(pod_spec(&standalone).containers[0].lifecycle.is_none());
     }
 

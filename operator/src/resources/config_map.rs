@@ -85,10 +85,12 @@ survey_data_nodes() {
   fi
 }
 # Poll the sentinels, at most $2 seconds, until one names a data node other than host $1: print
-# it, or nothing. Meanwhile ask one that still names $1 to fail over, once it accepts (OK, or
-# -INPROG: it already is); asking again after a switch would move the master twice.
+# it, or nothing. Meanwhile, unless $3 is "wait" (another node already is master: a failover is
+# under way), ask one that still names $1 to fail over, once it accepts (OK, or -INPROG: it
+# already is); asking again after a switch would move the master twice.
 hand_over() {
   _until=$(( $(date +%s) + $2 )); _asked=""
+  if [ "${3:-ask}" = "wait" ]; then _asked=no; fi
   while [ "$(date +%s)" -lt "$_until" ]; do
     _s=0; _stale=""
     while [ "$_s" -lt "$SENTINELS" ]; do
@@ -163,10 +165,10 @@ if [ "$MODE" = "Sentinel" ]; then
   if [ -z "$master" ] || [ "$master" = "$self" ]; then
     if [ -n "$survey" ]; then
       # Another node holds data: starting here as master would wipe it on its next sync.
-      echo "another data node has data (${survey}): asking the sentinels to fail over to it"
+      echo "another data node has data (${survey}): waiting for the sentinels to name it"
       master="$(hand_over "$self" "#,
     "45",
-    r#")"
+    r#" "$([ "${survey%% *}" = master ] && echo wait || echo ask)")"
       if [ -z "$master" ]; then
         echo "the sentinels named no other master in time; exiting to be retried" >&2
         exit 1
@@ -266,6 +268,17 @@ sentinel down-after-milliseconds ${MASTER_NAME} 5000
 sentinel failover-timeout ${MASTER_NAME} 60000
 sentinel parallel-syncs ${MASTER_NAME} 1
 EOF
+# Every other data node is a known replica from the start: a sentinel otherwise learns them
+# only from the master's INFO, every 10 s, and a master lost before that has no replica to
+# fail over to (-failover-abort-no-good-slave).
+n=0
+while [ "$n" -lt "$REDIS_NODES" ]; do
+  replica="$(node_host "$n")"
+  if [ "$replica" != "$master" ]; then
+    printf 'sentinel known-replica %s %s 6379\n' "$MASTER_NAME" "$replica" >> "$conf"
+  fi
+  n=$((n + 1))
+done
 exec redis-server "$conf" --sentinel
 "#
 );
@@ -469,7 +482,7 @@ mod tests {
             .find("survey=\"$(survey_data_nodes \"$self\")\"")
             .unwrap();
         let hand_over = REDIS_START
-            .find("master=\"$(hand_over \"$self\" 45)\"")
+            .find("master=\"$(hand_over \"$self\" 45 ")
             .unwrap();
         let give_up = REDIS_START.find("exit 1").unwrap();
         let start = REDIS_START.find("exec redis-server").unwrap();
@@ -506,5 +519,9 @@ mod tests {
             .unwrap();
         let pod0 = SENTINEL_START.find("master=\"$(node_host 0)\"").unwrap();
         assert!(others < survey && survey < pod0);
+        // Every other data node is a known replica from the first second.
+        let known = SENTINEL_START.find("sentinel known-replica").unwrap();
+        let start = SENTINEL_START.find("exec redis-server").unwrap();
+        assert!(pod0 < known && known < start);
     }
 }

@@ -117,6 +117,10 @@ hand_over() {
     };
 }
 
+/// The shell functions alone, for tests that run them against a stubbed `redis-cli`.
+#[cfg(test)]
+pub(crate) const SCRIPT_FUNCTIONS: &str = script_functions!();
+
 /// Seconds a data node has to stop: the preStop hook's hand-over (at most 40 s) plus time to
 /// flush and exit.
 pub(crate) const DATA_NODE_GRACE_SECONDS: i64 = 60;

@@ -406,14 +406,8 @@ mod tests {
     #[test]
     fn start_scripts_are_valid_posix_shell() {
         for script in [REDIS_START, SENTINEL_START, REDIS_PRESTOP] {
-            let out = std::process::Command::new("sh")
-                .args(["-n", "-c", script])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
+            crate::resources::script_tests::succeeded(
+                std::process::Command::new("sh").args(["-n", "-c", script]),
             );
         }
     }

@@ -70,18 +70,13 @@ impl Stub {
             self.dir.join("bin").display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(format!("set -eu\n{SCRIPT_FUNCTIONS}\n{body}"))
-            .env("PATH", path)
-            .env("STUB_DIR", &self.dir)
-            .envs(ENV)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = succeeded(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("set -eu\n{SCRIPT_FUNCTIONS}\n{body}"))
+                .env("PATH", path)
+                .env("STUB_DIR", &self.dir)
+                .envs(ENV),
         );
         let calls = std::fs::read_to_string(self.dir.join("calls")).unwrap_or_default();
         (
@@ -99,6 +94,17 @@ impl Drop for Stub {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(self.path());
     }
+}
+
+/// Run `command`, which must succeed (else its stderr is the failure): its output.
+pub(super) fn succeeded(command: &mut Command) -> std::process::Output {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 const ENV: [(&str, &str); 9] = [

@@ -457,7 +457,7 @@ pub enum AntiAffinity {
     validation = Rule::new("self.mode != 'Sentinel' || has(self.external) || (has(self.minReplicasToAck) ? self.minReplicasToAck : 1) <= (has(self.replicas) ? self.replicas : 3) - 1").message("minReplicasToAck must be below the number of Redis data nodes (replicas)"),
     validation = Rule::new("self.mode == 'Sentinel' || !has(self.minReplicasToAck)").message("minReplicasToAck only applies in Sentinel mode"),
     validation = Rule::new("!has(self.external) || (self.mode == 'Standalone' ? has(self.external.url) : has(self.external.sentinels))").message("external Redis needs external.url in Standalone mode and external.sentinels in Sentinel mode"),
-    validation = Rule::new("!has(self.external) || !self.persistence.enabled").message("persistence does not apply to an external Redis"),
+    validation = Rule::new("!has(self.external) || !has(self.persistence.enabled) || !self.persistence.enabled").message("persistence does not apply to an external Redis"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RedisSpec {
@@ -523,6 +523,12 @@ impl Default for RedisSpec {
 }
 
 impl RedisSpec {
+    /// Whether the data nodes keep their data on volumes: `persistence.enabled`, unset meaning
+    /// on for a Redis the operator deploys (a restart without it starts the node empty).
+    pub(crate) fn persistent(&self) -> bool {
+        self.persistence.enabled.unwrap_or(self.external.is_none())
+    }
+
     /// Data nodes the operator runs (none for an external Redis).
     pub(crate) fn data_replicas(&self) -> i32 {
         match (self.external.is_some(), self.mode) {
@@ -557,9 +563,11 @@ fn default_redis_image() -> String {
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PersistenceSpec {
-    /// Keep Redis data on a PersistentVolumeClaim per node (else an emptyDir).
-    #[serde(default)]
-    pub enabled: bool,
+    /// Keep Redis data on a PersistentVolumeClaim per node with an append-only file (else an
+    /// emptyDir, wiped at every start). Unset: on for a Redis the operator deploys, in both
+    /// modes (objects created before this default keep the `false` they were stored with).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
     /// Size of each volume.
     #[serde(default = "default_persistence_size")]
     pub size: Quantity,
@@ -571,7 +579,7 @@ pub struct PersistenceSpec {
 impl Default for PersistenceSpec {
     fn default() -> Self {
         Self {
-            enabled: false,
+            enabled: None,
             size: default_persistence_size(),
             storage_class_name: None,
         }
@@ -720,7 +728,7 @@ mod tests {
     fn redis_persistence_cannot_change_after_creation() {
         let old = cluster(ChatClusterSpec::default());
         let changes: [fn(&mut PersistenceSpec); 3] = [
-            |p| p.enabled = true,
+            |p| p.enabled = Some(false),
             |p| p.size = Quantity("5Gi".to_owned()),
             |p| p.storage_class_name = Some("fast".to_owned()),
         ];
@@ -739,6 +747,21 @@ mod tests {
         let mut spec = ChatClusterSpec::default();
         spec.redis.image = "redis:7.2.7".to_owned();
         cluster(spec).validate_cel_update(&old).unwrap();
+    }
+
+    #[test]
+    fn persistence_is_on_unless_the_spec_says_off_and_a_stored_false_stays_off() {
+        let fresh: ChatClusterSpec = serde_json::from_str("{}").unwrap();
+        assert!(fresh.redis.persistent());
+        let sentinel: ChatClusterSpec =
+            serde_json::from_str(r#"{"redis": {"mode": "Sentinel"}}"#).unwrap();
+        assert!(sentinel.redis.persistent());
+        // What the previous CRD's default stored in every existing object.
+        let stored: ChatClusterSpec = serde_json::from_str(
+            r#"{"redis": {"persistence": {"enabled": false, "size": "1Gi"}}}"#,
+        )
+        .unwrap();
+        assert!(!stored.redis.persistent());
     }
 
     #[test]
@@ -792,7 +815,10 @@ mod tests {
             master_name: None,
         });
         cluster(spec.clone()).validate_cel().unwrap();
-        spec.redis.persistence.enabled = true;
+        assert!(!spec.redis.persistent(), "unset: off for an external Redis");
+        spec.redis.persistence.enabled = Some(false);
+        cluster(spec.clone()).validate_cel().unwrap();
+        spec.redis.persistence.enabled = Some(true);
         rejected_with(&cluster(spec), "persistence does not apply");
     }
 

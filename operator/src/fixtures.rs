@@ -74,6 +74,8 @@ pub(crate) struct FakeApi {
     pub(crate) claims: Vec<Value>,
     /// Applies answered 422 Invalid, by `(resource, name)`.
     pub(crate) invalid: Vec<(String, String)>,
+    /// `status.updateRevision` of the StatefulSets it answers applies with.
+    pub(crate) update_revision: Option<String>,
 }
 
 impl FakeApi {
@@ -88,7 +90,25 @@ impl FakeApi {
             objects: BTreeMap::new(),
             claims: Vec::new(),
             invalid: Vec::new(),
+            update_revision: None,
         }
+    }
+
+    /// The same, with StatefulSets at `status.updateRevision` `revision`.
+    pub(crate) fn at_revision(mut self, revision: &str) -> Self {
+        self.update_revision = Some(revision.to_owned());
+        self
+    }
+
+    /// The same, with data pod `name` of `revision`, Ready or not.
+    pub(crate) fn with_data_pod(mut self, name: &str, revision: &str, ready: bool) -> Self {
+        self = self.with_redis_pod(name, false);
+        if let Some(pod) = self.pods.last_mut() {
+            pod["metadata"]["labels"]["controller-revision-hash"] = json!(revision);
+            pod["status"] = json!({"conditions": [
+                {"type": "Ready", "status": if ready { "True" } else { "False" }}]});
+        }
+        self
     }
 
     /// Applies of `resource` `name` are refused as invalid, as for a changed immutable field.
@@ -197,7 +217,7 @@ impl FakeApi {
                 200,
                 json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": self.pods}),
             ),
-            ("PATCH", "pods", Some(name), None) => {
+            ("PATCH" | "DELETE", "pods", Some(name), None) => {
                 let pod = self
                     .pods
                     .iter()
@@ -248,6 +268,9 @@ impl FakeApi {
             "statefulsets" => {
                 object["status"] = json!({"replicas": wanted, "readyReplicas": ready,
                     "updatedReplicas": wanted, "currentReplicas": wanted, "observedGeneration": 1});
+                if let Some(revision) = &self.update_revision {
+                    object["status"]["updateRevision"] = json!(revision);
+                }
             }
             _ => {}
         }
@@ -303,6 +326,8 @@ pub(crate) fn serve(mut fake: FakeApi) -> (Client, tokio::task::JoinHandle<Vec<C
 pub(crate) struct FakeSentinels {
     /// Answer per sentinel address; addresses not listed are unreachable.
     pub(crate) answers: BTreeMap<String, Option<String>>,
+    /// Addresses of the sentinels asked to fail over, in order (a reachable one accepts).
+    pub(crate) failovers: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl FakeSentinels {
@@ -321,6 +346,7 @@ impl FakeSentinels {
                 .into_iter()
                 .map(|a| (a, Some(host.to_owned())))
                 .collect(),
+            failovers: Arc::default(),
         }
     }
 }
@@ -333,6 +359,21 @@ impl SentinelProbe for FakeSentinels {
                 addr: query.addr.to_owned(),
                 reason: "unreachable".to_owned(),
             }),
+        };
+        Box::pin(std::future::ready(answer))
+    }
+
+    fn failover<'a>(&'a self, query: MasterQuery<'a>) -> BoxFuture<'a, crate::Result<()>> {
+        let answer = if self.answers.contains_key(query.addr) {
+            if let Ok(mut asked) = self.failovers.lock() {
+                asked.push(query.addr.to_owned());
+            }
+            Ok(())
+        } else {
+            Err(Error::Sentinel {
+                addr: query.addr.to_owned(),
+                reason: "unreachable".to_owned(),
+            })
         };
         Box::pin(std::future::ready(answer))
     }

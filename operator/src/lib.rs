@@ -13,6 +13,7 @@ pub(crate) mod reconcile;
 pub mod render;
 pub(crate) mod resources;
 pub mod role;
+pub(crate) mod rollout;
 pub mod sentinel;
 pub(crate) mod status;
 

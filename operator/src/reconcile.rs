@@ -34,6 +34,7 @@ use crate::resources::{
     sentinel_addresses,
 };
 use crate::role::{NodeRole, RoleCheck, RoleQuery, check_roles, may_label_master};
+use crate::rollout::{DataPod, RollStep, next_step};
 use crate::sentinel::MasterQuery;
 use crate::status::{self, MasterView, Observed, Workload, compute, decide_master, flipped};
 
@@ -121,6 +122,18 @@ async fn converge(cc: &ChatCluster, ctx: &Context, ns: &str) -> Result<Action> {
             _ => None,
         };
         let check = check_roles(named, &roles);
+        // The roll moves only when the sentinels agree and no node's own role contradicts them.
+        let agreed_master = named.filter(|_| check == RoleCheck::Consistent);
+        roll_data_nodes(
+            ctx,
+            cc,
+            ns,
+            &applied,
+            agreed_master,
+            &roles,
+            password.as_deref(),
+        )
+        .await?;
         match &view {
             MasterView::Agreed(host) if may_label_master(&check, pod_of(host)) => {
                 label_master(ctx, cc, ns, host).await?;
@@ -535,6 +548,91 @@ async fn ask_roles(
     futures_util::future::join_all(asks).await
 }
 
+/// One step of the data nodes' roll (their StatefulSet is `OnDelete`; see [`crate::rollout`]):
+/// delete one outdated replica, or ask a sentinel to fail an outdated master over, or wait.
+async fn roll_data_nodes(
+    ctx: &Context,
+    cc: &ChatCluster,
+    ns: &str,
+    applied: &Applied,
+    master: Option<&str>,
+    roles: &[(String, Option<NodeRole>)],
+    password: Option<&str>,
+) -> Result<()> {
+    let set = Names::of(cc).redis();
+    let Some(sts) = applied
+        .stateful_sets
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some(set.as_str()))
+    else {
+        return Ok(());
+    };
+    // Until the StatefulSet controller has seen the latest template, its updateRevision is
+    // the previous one: rolling towards it would restart pods for nothing.
+    let Some(revision) = sts.status.as_ref().and_then(|s| s.update_revision.clone()) else {
+        return Ok(());
+    };
+    if !statefulset_workload(sts).observed_latest {
+        return Ok(());
+    }
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let listed = api
+        .list(&ListParams::default().labels(&selector_string(cc, Component::Redis)))
+        .await?;
+    let pods: Vec<DataPod> = listed
+        .items
+        .iter()
+        .filter_map(|p| DataPod::of(p, &set))
+        .collect();
+    let desired = usize::try_from(cc.spec.redis.data_replicas()).unwrap_or(0);
+    match next_step(&pods, &revision, desired, master, roles) {
+        RollStep::UpToDate => {}
+        RollStep::Wait(reason) => debug!(%reason, "data-node roll waits"),
+        RollStep::Delete(pod) => {
+            info!(%pod, %revision, "rolling a data node");
+            api.delete(&pod, &DeleteParams::default()).await?;
+            publish(
+                ctx,
+                cc,
+                EventType::Normal,
+                "DataNodeRolled",
+                format!("deleted {pod} to restart it at revision {revision}"),
+            )
+            .await;
+        }
+        RollStep::FailOver(pod) => fail_over_for_roll(ctx, cc, &pod, password).await,
+    }
+    Ok(())
+}
+
+/// Ask the sentinels, one after the other until one accepts, to fail the master `pod` over
+/// before it is rolled. A refusal is logged; the next reconcile asks again.
+async fn fail_over_for_roll(ctx: &Context, cc: &ChatCluster, pod: &str, password: Option<&str>) {
+    for addr in sentinel_addresses(cc) {
+        let query = MasterQuery {
+            addr: &addr,
+            password,
+            master_name: SENTINEL_MASTER_NAME,
+        };
+        match ctx.sentinel.failover(query).await {
+            Ok(()) => {
+                info!(%pod, sentinel = %addr, "asked for a failover before rolling the master");
+                publish(
+                    ctx,
+                    cc,
+                    EventType::Normal,
+                    "MasterFailingOver",
+                    format!("asked the sentinels to fail {pod} over before rolling it"),
+                )
+                .await;
+                return;
+            }
+            Err(e) => debug!(sentinel = %addr, error = %e, "sentinel refused the failover"),
+        }
+    }
+    warn!(%pod, "no sentinel accepted a failover; the master waits to be rolled");
+}
+
 /// Label changes that make `master` the only pod with the master label: `(pod, add?)`,
 /// removals first. Nothing changes when `master` is not among `pods` (an incomplete view).
 pub(crate) fn master_label_changes(pods: &[(String, bool)], master: &str) -> Vec<(String, bool)> {
@@ -771,6 +869,47 @@ mod scenarios {
         calls
     }
 
+    /// One reconcile of a Sentinel cluster at revision `rev-2` whose data pod `i` is at
+    /// `revisions[i]` (Ready unless it is `not_ready`), pod `master` the master the sentinels
+    /// name and the others its linked replicas: the pods deleted and the sentinels asked to
+    /// fail over.
+    async fn roll_step(
+        revisions: [&str; 3],
+        master: usize,
+        not_ready: Option<usize>,
+    ) -> (Vec<String>, Vec<String>) {
+        let cc = sentinel();
+        let host = |i: usize| format!("chat-redis-{i}.chat-redis-headless.prod.svc");
+        let mut fake = FakeApi::new(&cc)
+            .with_secret("chat-redis-password", "password", "pw")
+            .at_revision("rev-2");
+        let mut roles = FakeRoles::default();
+        for (i, revision) in revisions.iter().enumerate() {
+            fake = fake.with_data_pod(&format!("chat-redis-{i}"), revision, not_ready != Some(i));
+            let role = if i == master {
+                NodeRole::Master { replicas: 2 }
+            } else {
+                NodeRole::Replica {
+                    master: format!("{}:6379", host(master)),
+                    linked: true,
+                }
+            };
+            roles = roles.with(&cc, i32::try_from(i).unwrap(), role);
+        }
+        let sentinels = FakeSentinels::all_naming(&cc, &host(master));
+        let asked = sentinels.failovers.clone();
+        let (ctx, task) = crate::fixtures::context_with_roles(fake, sentinels, roles);
+        reconcile(Arc::new(cc.clone()), ctx.clone()).await.unwrap();
+        let deleted = finish(ctx, task)
+            .await
+            .iter()
+            .filter(|c| c.method == "DELETE" && c.target().0 == "pods")
+            .filter_map(|c| c.target().1)
+            .collect();
+        let failovers = asked.lock().unwrap().clone();
+        (deleted, failovers)
+    }
+
     fn applied_kinds(calls: &[Call]) -> Vec<String> {
         calls
             .iter()
@@ -930,7 +1069,7 @@ mod scenarios {
     #[tokio::test]
     async fn a_lost_password_secret_is_not_regenerated_while_data_volume_claims_remain() {
         let mut cc = standalone();
-        cc.spec.redis.persistence.enabled = true;
+        cc.spec.redis.persistence.enabled = Some(true);
         let fake = FakeApi::new(&cc).with_claim("data-chat-redis-0");
         assert_password_not_regenerated(&cc, fake, "PersistentVolumeClaim data-chat-redis-0").await;
     }
@@ -1045,7 +1184,7 @@ mod scenarios {
     #[tokio::test]
     async fn a_refused_statefulset_change_degrades_the_cluster_and_blocks_no_other_child() {
         let mut cc = sentinel();
-        cc.spec.redis.persistence.enabled = true;
+        cc.spec.redis.persistence.enabled = Some(true);
         let live = json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
             "metadata": {"name": "chat-redis", "namespace": "prod", "generation": 4},
             "spec": {"replicas": 3, "selector": {}, "template": {}, "serviceName": "x"},
@@ -1081,6 +1220,38 @@ mod scenarios {
         assert_eq!(condition(&status, "RedisReady").0, "False"); // the sentinels were not reachable
         assert_ne!(condition(&status, "RedisReady").1, "External");
         assert!(event_reasons(&calls).contains(&"NeedsMigration".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn data_nodes_roll_one_at_a_time_replicas_first_and_the_master_after_its_failover() {
+        const OLD: &str = "rev-1";
+        const NEW: &str = "rev-2";
+        let nothing = (Vec::<String>::new(), Vec::<String>::new());
+        // All outdated, pod 1 master: the highest replica goes first, alone.
+        assert_eq!(
+            roll_step([OLD, OLD, OLD], 1, None).await,
+            (vec!["chat-redis-2".to_owned()], Vec::new())
+        );
+        // Pod 2 restarted but not Ready yet: nothing moves.
+        assert_eq!(roll_step([OLD, OLD, NEW], 1, Some(2)).await, nothing);
+        // Ready (and linked): the other replica.
+        assert_eq!(
+            roll_step([OLD, OLD, NEW], 1, None).await,
+            (vec!["chat-redis-0".to_owned()], Vec::new())
+        );
+        // Only the master is left: one sentinel is asked to fail it over, nothing deleted.
+        let (deleted, asked) = roll_step([NEW, OLD, NEW], 1, None).await;
+        assert!(deleted.is_empty(), "{deleted:?}");
+        assert_eq!(
+            asked,
+            ["chat-sentinel-0.chat-sentinel-headless.prod.svc:26379"]
+        );
+        // The sentinels name pod 2 now: the old master, a replica since, goes last.
+        assert_eq!(
+            roll_step([NEW, OLD, NEW], 2, None).await,
+            (vec!["chat-redis-1".to_owned()], Vec::new())
+        );
+        assert_eq!(roll_step([NEW, NEW, NEW], 2, None).await, nothing);
     }
 
     #[tokio::test]

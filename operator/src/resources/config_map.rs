@@ -27,55 +27,159 @@ pub(crate) fn redis_conf(persistence: bool, maxmemory: Option<u64>) -> String {
     )
 }
 
-/// The question both start scripts put to the sentinel at `$host`: who is master of
-/// `$MASTER_NAME`? The answer (empty when the sentinel does not answer) lands in `$answer`.
-macro_rules! ask_sentinel {
+/// Shell functions every script shares: bounded questions to data nodes and sentinels, and
+/// the survey of the data nodes a starting node or sentinel decides by.
+macro_rules! script_functions {
     () => {
-        r#"    answer="$(REDISCLI_AUTH="$REDIS_PASSWORD" timeout 3 redis-cli -h "$host" -p 26379 --raw \
-      sentinel get-master-addr-by-name "$MASTER_NAME" 2>/dev/null | head -n 1 || true)"
+        r#"# Every question to a peer is bounded, so a dead peer costs 3 s, never a hang.
+cli() {
+  REDISCLI_AUTH="$REDIS_PASSWORD" timeout 3 redis-cli --raw "$@" 2>/dev/null | tr -d '\r' || true
+}
+node_host() { printf '%s-%s.%s.%s.svc' "$REDIS_STATEFULSET" "$1" "$REDIS_HEADLESS" "$NAMESPACE"; }
+sentinel_host() {
+  printf '%s-%s.%s.%s.svc' "$SENTINEL_STATEFULSET" "$1" "$SENTINEL_HEADLESS" "$NAMESPACE"
+}
+# The value of INFO field $1 in the text on stdin.
+info_field() { sed -n "s/^$1://p" | head -n 1; }
+# The master the sentinels name (the first that answers with one of our own data nodes), the
+# sentinel at host $1 (this sentinel itself, or nobody) not asked.
+sentinels_master() {
+  _s=0
+  while [ "$_s" -lt "$SENTINELS" ]; do
+    _host="$(sentinel_host "$_s")"
+    if [ "$_host" != "${1:-}" ]; then
+      _answer="$(cli -h "$_host" -p 26379 sentinel get-master-addr-by-name "$MASTER_NAME" | head -n 1)"
+      case "$_answer" in
+        "${REDIS_STATEFULSET}"-*) printf '%s' "$_answer"; return 0 ;;
+      esac
+    fi
+    _s=$((_s + 1))
+  done
+  return 0
+}
+# Ask the data nodes but host $1 what they are: prints "master HOST" for a running master
+# (most replicas attached wins, ties the lowest ordinal), else "data HOST" for the one with the
+# highest replication offset above 0 (ties the lowest ordinal), else nothing.
+survey_data_nodes() {
+  _n=0; _master=""; _links=-1; _data=""; _offset=0
+  while [ "$_n" -lt "$REDIS_NODES" ]; do
+    _host="$(node_host "$_n")"
+    if [ "$_host" != "${1:-}" ]; then
+      _info="$(cli -h "$_host" -p 6379 info replication)"
+      _role="$(printf '%s\n' "$_info" | info_field role)"
+      _o="$(printf '%s\n' "$_info" | info_field master_repl_offset)"
+      _l="$(printf '%s\n' "$_info" | info_field connected_slaves)"
+      if [ "$_role" = "master" ] && [ "${_l:-0}" -gt "$_links" ]; then
+        _master="$_host"; _links="${_l:-0}"
+      fi
+      if [ -n "$_role" ] && [ "${_o:-0}" -gt "$_offset" ]; then
+        _data="$_host"; _offset="$_o"
+      fi
+    fi
+    _n=$((_n + 1))
+  done
+  if [ -n "$_master" ]; then
+    echo "master $_master"
+  elif [ -n "$_data" ]; then
+    echo "data $_data"
+  fi
+}
+# Poll the sentinels, at most $2 seconds, until one names a data node other than host $1: print
+# it, or nothing. Meanwhile, unless $3 is "wait" (another node already is master: a failover is
+# under way), ask one that still names $1 to fail over, once it accepts (OK, or -INPROG: it
+# already is); asking again after a switch would move the master twice.
+hand_over() {
+  _until=$(( $(date +%s) + $2 )); _asked=""
+  if [ "${3:-ask}" = "wait" ]; then _asked=no; fi
+  while [ "$(date +%s)" -lt "$_until" ]; do
+    _s=0; _stale=""
+    while [ "$_s" -lt "$SENTINELS" ]; do
+      _host="$(sentinel_host "$_s")"
+      _answer="$(cli -h "$_host" -p 26379 sentinel get-master-addr-by-name "$MASTER_NAME" | head -n 1)"
+      case "$_answer" in
+        "$1") _stale="${_stale:-$_host}" ;;
+        "${REDIS_STATEFULSET}"-*) printf '%s' "$_answer"; return 0 ;;
+      esac
+      _s=$((_s + 1))
+    done
+    if [ -z "$_asked" ] && [ -n "$_stale" ]; then
+      _reply="$(cli -h "$_stale" -p 26379 sentinel failover "$MASTER_NAME")"
+      case "$_reply" in
+        OK|*INPROG*) _asked=yes ;;
+      esac
+      echo "sentinel $_stale, asked to fail over: $_reply" >&2
+    fi
+    sleep 1
+  done
+  return 0
+}
 "#
     };
 }
 
-/// Both start scripts take `$answer` as `$master` only when it names one of the cluster's own
-/// data nodes.
-macro_rules! accept_own_data_node {
-    () => {
-        r#"    case "$answer" in
-      "${REDIS_STATEFULSET}"-*) master="$answer" ;;
-    esac
-"#
-    };
-}
+/// The shell functions alone, for tests that run them against a stubbed `redis-cli`.
+#[cfg(test)]
+pub(crate) const SCRIPT_FUNCTIONS: &str = script_functions!();
 
-/// Start script of a data node. In Sentinel mode a (re)starting node first asks the sentinels
-/// who the master is; only pod 0 of a cluster that no sentinel knows bootstraps as master.
+/// Seconds a data node has to stop: the preStop hook's hand-over (at most 40 s) plus time to
+/// flush and exit.
+pub(crate) const DATA_NODE_GRACE_SECONDS: i64 = 60;
+
+/// Start script of a data node.
+///
+/// - Persistence off (`appendonly no` in `/config/redis.conf`): `/data` is wiped, so a node
+///   always starts empty and never reloads a `dump.rdb` a full sync left behind.
+/// - Sentinel mode: the master is the one the sentinels name, else a running master another
+///   data node reports. A node that would start as master (named so, or pod 0 bootstrapping)
+///   while another data node holds data (replication offset above 0) does not: it asks the
+///   sentinels to fail over to a node with data and starts as its replica once they name it,
+///   or exits non-zero after 45 s (the kubelet retries; its liveness probe allows 15 s + 6 x 10 s
+///   before a kill). Its
+///   redis-server is not running meanwhile, so two masters never coexist.
 pub(crate) const REDIS_START: &str = concat!(
     r#"#!/bin/sh
 # Generated by chat-operator: starts one Redis data node.
+# Environment: POD_NAME, NAMESPACE, MODE (Standalone|Sentinel), REDIS_PASSWORD,
+#   REDIS_STATEFULSET, REDIS_HEADLESS, REDIS_NODES (data nodes); in Sentinel mode also
+#   SENTINEL_STATEFULSET, SENTINEL_HEADLESS, SENTINELS, MASTER_NAME.
+# Paths: /config (this ConfigMap), /data (data), /run/redis (the generated redis.conf).
+# Exits non-zero, redis-server not started, when it may neither be master nor find one.
 set -eu
-conf=/run/redis/redis.conf
+"#,
+    script_functions!(),
+    r#"conf=/run/redis/redis.conf
+if ! grep -q '^appendonly yes' /config/redis.conf; then
+  # Without persistence a node starts empty: a dump.rdb a full sync wrote is stale.
+  rm -rf /data/dump.rdb /data/temp-*.rdb /data/appendonly*
+fi
 cp /config/redis.conf "$conf"
 printf 'requirepass "%s"\nmasterauth "%s"\n' "$REDIS_PASSWORD" "$REDIS_PASSWORD" >> "$conf"
 if [ "$MODE" = "Sentinel" ]; then
-  self="${POD_NAME}.${REDIS_HEADLESS}.${NAMESPACE}.svc"
+  self="$(node_host "${POD_NAME##*-}")"
   printf 'replica-announce-ip %s\n' "$self" >> "$conf"
-  master=""
-  i=0
-  while [ "$i" -lt "$SENTINELS" ] && [ -z "$master" ]; do
-    host="${SENTINEL_STATEFULSET}-${i}.${SENTINEL_HEADLESS}.${NAMESPACE}.svc"
-"#,
-    ask_sentinel!(),
-    "    # Only one of our own data nodes is an acceptable answer.\n",
-    accept_own_data_node!(),
-    r#"    i=$((i + 1))
-  done
-  if [ -z "$master" ]; then
-    if [ "$POD_NAME" = "${REDIS_STATEFULSET}-0" ]; then
-      echo "no sentinel knows a master: bootstrapping as master"
-      master="$self"
+  master="$(sentinels_master)"
+  survey="$(survey_data_nodes "$self")"
+  if [ -z "$master" ] && [ "${survey%% *}" = "master" ]; then
+    echo "no sentinel knows a master; ${survey#* } says it is one"
+    master="${survey#* }"
+  fi
+  if [ -z "$master" ] && [ "$POD_NAME" != "${REDIS_STATEFULSET}-0" ]; then
+    master="$(node_host 0)"
+  fi
+  if [ -z "$master" ] || [ "$master" = "$self" ]; then
+    if [ -n "$survey" ]; then
+      # Another node holds data: starting here as master would wipe it on its next sync.
+      echo "another data node has data (${survey}): waiting for the sentinels to name it"
+      master="$(hand_over "$self" "#,
+    "45",
+    r#" "$([ "${survey%% *}" = master ] && echo wait || echo ask)")"
+      if [ -z "$master" ]; then
+        echo "the sentinels named no other master in time; exiting to be retried" >&2
+        exit 1
+      fi
     else
-      master="${REDIS_STATEFULSET}-0.${REDIS_HEADLESS}.${NAMESPACE}.svc"
+      echo "no other data node has data: starting as master"
+      master="$self"
     fi
   fi
   if [ "$master" != "$self" ]; then
@@ -87,26 +191,70 @@ exec redis-server "$conf"
 "#
 );
 
-/// Start script of a sentinel: monitor the master the other sentinels name, else pod 0.
+/// preStop hook of a data node (Sentinel mode): a master with a replica attached pauses
+/// writes (so the replicas catch up to its last write) and asks the sentinels to fail over,
+/// waiting up to 40 s (within [`DATA_NODE_GRACE_SECONDS`]) for them to name another node. It always exits
+/// 0: a hook that fails changes nothing but the pod's events.
+pub(crate) const REDIS_PRESTOP: &str = concat!(
+    r#"#!/bin/sh
+# Generated by chat-operator: preStop hook of a Redis data node.
+# Environment: as redis-start.sh (POD_NAME, NAMESPACE, MODE, REDIS_PASSWORD, REDIS_STATEFULSET,
+#   REDIS_HEADLESS, SENTINEL_STATEFULSET, SENTINEL_HEADLESS, SENTINELS, MASTER_NAME).
+# Always exits 0.
+set -u
+[ "$MODE" = "Sentinel" ] || exit 0
+"#,
+    script_functions!(),
+    r#"info="$(cli -p 6379 info replication)"
+role="$(printf '%s\n' "$info" | info_field role)"
+links="$(printf '%s\n' "$info" | info_field connected_slaves)"
+if [ "$role" != "master" ] || [ "${links:-0}" -eq 0 ]; then
+  exit 0
+fi
+self="$(node_host "${POD_NAME##*-}")"
+# Writes wait (the chat servers retry) while a replica takes over with everything written.
+cli -p 6379 client pause "#,
+    "45000",
+    r#" write > /dev/null
+echo "master with ${links} replica(s): asking the sentinels to fail over"
+named="$(hand_over "$self" "#,
+    "40",
+    r#")"
+if [ -n "$named" ]; then
+  echo "the sentinels name $named"
+else
+  echo "no failover within the wait; stopping anyway" >&2
+  cli -p 6379 client unpause > /dev/null
+fi
+exit 0
+"#
+);
+
+/// Start script of a sentinel: monitor the master the other sentinels name; when none
+/// answers (all restarted together), the master the data nodes report (most replicas
+/// attached), else the data node with the highest replication offset; pod 0 only when no
+/// data node answers.
 pub(crate) const SENTINEL_START: &str = concat!(
     r#"#!/bin/sh
 # Generated by chat-operator: starts one Redis sentinel.
+# Environment: POD_NAME, NAMESPACE, REDIS_PASSWORD, REDIS_STATEFULSET, REDIS_HEADLESS,
+#   REDIS_NODES, SENTINEL_STATEFULSET, SENTINEL_HEADLESS, SENTINELS, MASTER_NAME, QUORUM.
+# Paths: /config (this ConfigMap), /run/sentinel (the sentinel's own, rewritten config).
 set -eu
-conf=/run/sentinel/sentinel.conf
-self="${POD_NAME}.${SENTINEL_HEADLESS}.${NAMESPACE}.svc"
-master=""
-i=0
-while [ "$i" -lt "$SENTINELS" ] && [ -z "$master" ]; do
-  host="${SENTINEL_STATEFULSET}-${i}.${SENTINEL_HEADLESS}.${NAMESPACE}.svc"
-  if [ "$host" != "$self" ]; then
 "#,
-    ask_sentinel!(),
-    accept_own_data_node!(),
-    r#"  fi
-  i=$((i + 1))
-done
+    script_functions!(),
+    r#"conf=/run/sentinel/sentinel.conf
+self="$(sentinel_host "${POD_NAME##*-}")"
+master="$(sentinels_master "$self")"
 if [ -z "$master" ]; then
-  master="${REDIS_STATEFULSET}-0.${REDIS_HEADLESS}.${NAMESPACE}.svc"
+  survey="$(survey_data_nodes)"
+  master="${survey#* }"
+  if [ -n "$master" ]; then
+    echo "no other sentinel answers; the data nodes say: $survey"
+  fi
+fi
+if [ -z "$master" ]; then
+  master="$(node_host 0)"
 fi
 echo "monitoring $master"
 cat > "$conf" <<EOF
@@ -124,9 +272,27 @@ sentinel down-after-milliseconds ${MASTER_NAME} 5000
 sentinel failover-timeout ${MASTER_NAME} 60000
 sentinel parallel-syncs ${MASTER_NAME} 1
 EOF
+# Every other data node is a known replica from the start: a sentinel otherwise learns them
+# only from the master's INFO, every 10 s, and a master lost before that has no replica to
+# fail over to (-failover-abort-no-good-slave).
+n=0
+while [ "$n" -lt "$REDIS_NODES" ]; do
+  replica="$(node_host "$n")"
+  if [ "$replica" != "$master" ]; then
+    printf 'sentinel known-replica %s %s 6379\n' "$MASTER_NAME" "$replica" >> "$conf"
+  fi
+  n=$((n + 1))
+done
 exec redis-server "$conf" --sentinel
 "#
 );
+
+/// ConfigMap keys the data nodes read; the sentinels read only [`SENTINEL_KEYS`]. Each
+/// StatefulSet's pods carry a checksum of their own keys, so a change to one never rolls the
+/// other.
+pub(crate) const DATA_NODE_KEYS: [&str; 3] = ["redis.conf", "redis-start.sh", "redis-prestop.sh"];
+/// ConfigMap keys the sentinels read.
+pub(crate) const SENTINEL_KEYS: [&str; 1] = ["sentinel-start.sh"];
 
 /// The ConfigMap `NAME-redis`.
 pub(crate) fn redis_config_map(cc: &ChatCluster) -> ConfigMap {
@@ -135,13 +301,14 @@ pub(crate) fn redis_config_map(cc: &ChatCluster) -> ConfigMap {
             "redis.conf".to_owned(),
             // An unparsable limit is refused by `render::validate` before anything is built.
             redis_conf(
-                cc.spec.redis.persistence.enabled,
+                cc.spec.redis.persistent(),
                 super::redis::maxmemory(cc).ok().flatten(),
             ),
         ),
         ("redis-start.sh".to_owned(), REDIS_START.to_owned()),
     ]);
     if cc.spec.redis.mode == RedisMode::Sentinel {
+        data.insert("redis-prestop.sh".to_owned(), REDIS_PRESTOP.to_owned());
         data.insert("sentinel-start.sh".to_owned(), SENTINEL_START.to_owned());
     }
     ConfigMap {
@@ -151,14 +318,15 @@ pub(crate) fn redis_config_map(cc: &ChatCluster) -> ConfigMap {
     }
 }
 
-/// A stable hash (FNV-1a, 64 bits) of the ConfigMap's data: pods carry it as an annotation so
-/// that a change to the scripts rolls them.
-pub(crate) fn checksum(config_map: &ConfigMap) -> String {
+/// A stable hash (FNV-1a, 64 bits) of the ConfigMap's entries under `keys`: pods carry it as
+/// an annotation so that a change to what they read rolls them, and only them.
+pub(crate) fn checksum(config_map: &ConfigMap, keys: &[&str]) -> String {
     fnv_hex(
         config_map
             .data
             .iter()
             .flatten()
+            .filter(|(k, _)| keys.contains(&k.as_str()))
             .map(|(k, v)| (k.as_bytes(), v.as_bytes())),
     )
 }
@@ -189,7 +357,13 @@ mod tests {
         assert!(data.contains_key("redis.conf"));
         assert!(data.contains_key("redis-start.sh"));
         assert!(!data.contains_key("sentinel-start.sh"));
-        assert!(data["redis.conf"].contains("appendonly no"));
+        assert!(!data.contains_key("redis-prestop.sh"));
+        // Persistence is on unless the spec says off.
+        assert!(data["redis.conf"].contains("appendonly yes"));
+        let mut off = standalone();
+        off.spec.redis.persistence.enabled = Some(false);
+        let conf = &redis_config_map(&off).data.unwrap()["redis.conf"];
+        assert!(conf.contains("appendonly no\nsave \"\"\n"), "{conf}");
     }
 
     #[test]
@@ -210,23 +384,30 @@ mod tests {
     #[test]
     fn sentinel_config_carries_both_start_scripts() {
         let mut cc = sentinel();
-        cc.spec.redis.persistence.enabled = true;
+        cc.spec.redis.persistence.enabled = Some(true);
         let data = redis_config_map(&cc).data.unwrap();
         assert!(data.contains_key("sentinel-start.sh"));
+        assert!(data.contains_key("redis-prestop.sh"));
         assert!(data["redis.conf"].contains("appendonly yes"));
+        let keys: Vec<&str> = DATA_NODE_KEYS
+            .iter()
+            .chain(&SENTINEL_KEYS)
+            .copied()
+            .collect();
+        assert_eq!(
+            data.keys().map(String::as_str).collect::<Vec<_>>().len(),
+            keys.len()
+        );
+        for key in keys {
+            assert!(data.contains_key(key), "{key}");
+        }
     }
 
     #[test]
     fn start_scripts_are_valid_posix_shell() {
-        for script in [REDIS_START, SENTINEL_START] {
-            let out = std::process::Command::new("sh")
-                .args(["-n", "-c", script])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
+        for script in [REDIS_START, SENTINEL_START, REDIS_PRESTOP] {
+            crate::resources::script_tests::succeeded(
+                std::process::Command::new("sh").args(["-n", "-c", script]),
             );
         }
     }
@@ -236,8 +417,10 @@ mod tests {
         let ask = REDIS_START.find("get-master-addr-by-name").unwrap();
         let start = REDIS_START.find("exec redis-server").unwrap();
         assert!(ask < start);
-        // Only pod 0 bootstraps, and only when no sentinel answered.
-        assert!(REDIS_START.contains(r#"if [ "$POD_NAME" = "${REDIS_STATEFULSET}-0" ]"#));
+        // Only pod 0 bootstraps, and only when no sentinel and no data node knew a master.
+        assert!(REDIS_START.contains(
+            r#"if [ -z "$master" ] && [ "$POD_NAME" != "${REDIS_STATEFULSET}-0" ]; then"#
+        ));
     }
 
     #[test]
@@ -245,7 +428,98 @@ mod tests {
         let a = redis_config_map(&standalone());
         let b = redis_config_map(&standalone());
         let c = redis_config_map(&sentinel());
-        assert_eq!(checksum(&a), checksum(&b));
-        assert_ne!(checksum(&a), checksum(&c));
+        assert_eq!(checksum(&a, &DATA_NODE_KEYS), checksum(&b, &DATA_NODE_KEYS));
+        assert_ne!(checksum(&a, &DATA_NODE_KEYS), checksum(&c, &DATA_NODE_KEYS));
+    }
+
+    #[test]
+    fn a_data_node_change_leaves_the_sentinel_checksum_alone_and_back() {
+        let cm = redis_config_map(&sentinel());
+        let mut changed_conf = cm.clone();
+        if let Some(d) = changed_conf.data.as_mut() {
+            d.insert("redis.conf".into(), "port 6380\n".into());
+        }
+        assert_ne!(
+            checksum(&cm, &DATA_NODE_KEYS),
+            checksum(&changed_conf, &DATA_NODE_KEYS)
+        );
+        assert_eq!(
+            checksum(&cm, &SENTINEL_KEYS),
+            checksum(&changed_conf, &SENTINEL_KEYS)
+        );
+        let mut changed_sentinel = cm.clone();
+        if let Some(d) = changed_sentinel.data.as_mut() {
+            d.insert("sentinel-start.sh".into(), "exit 1\n".into());
+        }
+        assert_eq!(
+            checksum(&cm, &DATA_NODE_KEYS),
+            checksum(&changed_sentinel, &DATA_NODE_KEYS)
+        );
+        assert_ne!(
+            checksum(&cm, &SENTINEL_KEYS),
+            checksum(&changed_sentinel, &SENTINEL_KEYS)
+        );
+    }
+
+    #[test]
+    fn without_persistence_a_data_node_wipes_its_data_before_redis_starts() {
+        let wipe = REDIS_START.find("rm -rf /data/dump.rdb").unwrap();
+        let condition = REDIS_START
+            .find("if ! grep -q '^appendonly yes' /config/redis.conf")
+            .unwrap();
+        let start = REDIS_START.find("exec redis-server").unwrap();
+        assert!(condition < wipe && wipe < start);
+        // The condition reads the same line redis_conf writes.
+        assert!(redis_conf(true, None).contains("\nappendonly yes\n"));
+        assert!(!redis_conf(false, None).contains("appendonly yes"));
+    }
+
+    #[test]
+    fn a_node_named_master_hands_over_to_a_node_with_data_and_never_starts_meanwhile() {
+        let survey = REDIS_START
+            .find("survey=\"$(survey_data_nodes \"$self\")\"")
+            .unwrap();
+        let hand_over = REDIS_START
+            .find("master=\"$(hand_over \"$self\" 45 ")
+            .unwrap();
+        let give_up = REDIS_START.find("exit 1").unwrap();
+        let start = REDIS_START.find("exec redis-server").unwrap();
+        assert!(survey < hand_over && hand_over < give_up && give_up < start);
+        // A failover is asked only of a sentinel still naming this node, and only until one
+        // accepts it.
+        assert!(REDIS_START.contains(r#"if [ -z "$_asked" ] && [ -n "$_stale" ]; then"#));
+    }
+
+    #[test]
+    fn the_prestop_hand_over_fits_in_the_grace_period() {
+        let wait: i64 = REDIS_PRESTOP
+            .split("hand_over \"$self\" ")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        assert_eq!(wait, 40);
+        // Each round of questions may take 3 s per sentinel past the deadline, then the
+        // node flushes and exits.
+        assert!(wait + 15 <= DATA_NODE_GRACE_SECONDS);
+        let pause = REDIS_PRESTOP.find("client pause").unwrap();
+        let ask = REDIS_PRESTOP.find("named=\"$(hand_over").unwrap();
+        assert!(pause < ask, "writes stop before the failover");
+    }
+
+    #[test]
+    fn a_sentinel_nobody_answers_asks_the_data_nodes_before_pod_0() {
+        let others = SENTINEL_START
+            .find("master=\"$(sentinels_master \"$self\")\"")
+            .unwrap();
+        let survey = SENTINEL_START
+            .find("survey=\"$(survey_data_nodes)\"")
+            .unwrap();
+        let pod0 = SENTINEL_START.find("master=\"$(node_host 0)\"").unwrap();
+        assert!(others < survey && survey < pod0);
+        // Every other data node is a known replica from the first second.
+        let known = SENTINEL_START.find("sentinel known-replica").unwrap();
+        let start = SENTINEL_START.find("exec redis-server").unwrap();
+        assert!(pod0 < known && known < start);
     }
 }

@@ -8,6 +8,8 @@
 pub(crate) mod config_map;
 pub(crate) mod network_policy;
 pub(crate) mod redis;
+#[cfg(test)]
+mod script_tests;
 pub(crate) mod secret;
 pub(crate) mod sentinel;
 pub(crate) mod server;

@@ -2,11 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, ExecAction,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, Service, TCPSocketAction, Volume, VolumeMount,
+    Lifecycle, LifecycleHandler, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, Service, TCPSocketAction, Volume, VolumeMount,
     VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -14,7 +14,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::config_map::{checksum, redis_config_map};
+use super::config_map::{
+    DATA_NODE_GRACE_SECONDS, DATA_NODE_KEYS, SENTINEL_KEYS, checksum, redis_config_map,
+};
 use super::{
     CLUSTER_IP, Component, Names, REDIS_PORT, REDIS_ROLE_LABEL, REDIS_ROLE_MASTER, ServiceKind,
     container_security_context, disruption_budget, env_field, env_secret, env_value,
@@ -41,6 +43,7 @@ pub(crate) fn topology_env(cc: &ChatCluster) -> Vec<EnvVar> {
         env_value("SENTINEL_STATEFULSET", names.sentinel()),
         env_value("SENTINEL_HEADLESS", names.sentinel_headless()),
         env_value("SENTINELS", cc.spec.redis.sentinel_replicas().to_string()),
+        env_value("REDIS_NODES", cc.spec.redis.data_replicas().to_string()),
     ];
     if let Some((secret, key)) = redis_password_ref(cc) {
         env.insert(0, env_secret("REDIS_PASSWORD", &secret, &key));
@@ -243,6 +246,10 @@ pub(crate) fn redis_image_statefulset(cc: &ChatCluster, set: RedisImageSet) -> S
     let component = set.component;
     let mut volumes = script_volumes(cc);
     volumes.extend(set.volumes);
+    let keys: &[&str] = match component {
+        Component::Sentinel => &SENTINEL_KEYS,
+        _ => &DATA_NODE_KEYS,
+    };
     StatefulSet {
         metadata: meta(cc, set.name, component),
         spec: Some(StatefulSetSpec {
@@ -255,7 +262,7 @@ pub(crate) fn redis_image_statefulset(cc: &ChatCluster, set: RedisImageSet) -> S
                     labels: Some(labels(cc, component)),
                     annotations: Some(BTreeMap::from([(
                         CONFIG_CHECKSUM_ANNOTATION.to_owned(),
-                        checksum(&redis_config_map(cc)),
+                        checksum(&redis_config_map(cc), keys),
                     )])),
                     ..ObjectMeta::default()
                 }),
@@ -306,7 +313,7 @@ fn data_claim(cc: &ChatCluster) -> PersistentVolumeClaim {
 pub(crate) fn redis_statefulset(cc: &ChatCluster) -> StatefulSet {
     let names = Names::of(cc);
     let redis = &cc.spec.redis;
-    let persistence = redis.persistence.enabled;
+    let persistence = redis.persistent();
     // Without persistence the data lives as long as the pod.
     let volumes = if persistence {
         Vec::new()
@@ -322,6 +329,19 @@ pub(crate) fn redis_statefulset(cc: &ChatCluster) -> StatefulSet {
     if let Some(mounts) = container.volume_mounts.as_mut() {
         mounts.push(mount("data", "/data", false));
     }
+    let sentinel_mode = redis.mode == RedisMode::Sentinel;
+    if sentinel_mode {
+        // A master hands its role to a replica before it stops (see `REDIS_PRESTOP`).
+        container.lifecycle = Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(vec!["sh".to_owned(), "/config/redis-prestop.sh".to_owned()]),
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        });
+    }
     let service_name = match redis.mode {
         RedisMode::Standalone => names.redis(),
         RedisMode::Sentinel => names.redis_headless(),
@@ -335,11 +355,19 @@ pub(crate) fn redis_statefulset(cc: &ChatCluster) -> StatefulSet {
             replicas: redis.data_replicas(),
             container,
             volumes,
-            grace_seconds: 30,
+            grace_seconds: DATA_NODE_GRACE_SECONDS,
         },
     );
     if let Some(spec) = sts.spec.as_mut() {
         spec.volume_claim_templates = persistence.then(|| vec![data_claim(cc)]);
+        if sentinel_mode {
+            // The operator rolls the data nodes itself: replicas first, the master last and
+            // failed over first (see `crate::rollout`).
+            spec.update_strategy = Some(StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".to_owned()),
+                ..StatefulSetUpdateStrategy::default()
+            });
+        }
     }
     sts
 }
@@ -468,8 +496,10 @@ mod tests {
     }
 
     #[test]
-    fn standalone_runs_one_node_behind_its_service_without_a_volume_claim() {
-        let sts = redis_statefulset(&standalone());
+    fn standalone_without_persistence_runs_one_node_behind_its_service_on_an_empty_dir() {
+        let mut cc = standalone();
+        cc.spec.redis.persistence.enabled = Some(false);
+        let sts = redis_statefulset(&cc);
         assert_eq!(sts.metadata.name.as_deref(), Some("chat-redis"));
         assert!(sts.metadata.owner_references.is_some());
         let spec = sts.spec.clone().unwrap();
@@ -488,7 +518,7 @@ mod tests {
     #[test]
     fn persistence_adds_a_claim_template_of_the_requested_size_and_class() {
         let mut cc = standalone();
-        cc.spec.redis.persistence.enabled = true;
+        cc.spec.redis.persistence.enabled = Some(true);
         cc.spec.redis.persistence.size = Quantity("5Gi".into());
         cc.spec.redis.persistence.storage_class_name = Some("fast".into());
         let spec = redis_statefulset(&cc).spec.unwrap();
@@ -525,6 +555,39 @@ mod tests {
         }
         let sentinels = env_var(c, "SENTINELS");
         assert_eq!(sentinels.value.as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn sentinel_mode_data_nodes_fail_over_before_stopping_and_are_rolled_by_the_operator() {
+        let sts = redis_statefulset(&sentinel());
+        let spec = sts.spec.clone().unwrap();
+        assert_eq!(
+            spec.update_strategy.unwrap().type_.as_deref(),
+            Some("OnDelete")
+        );
+        let pod = pod_spec(&sts);
+        assert_eq!(
+            pod.termination_grace_period_seconds,
+            Some(DATA_NODE_GRACE_SECONDS)
+        );
+        let hook = pod.containers[0]
+            .lifecycle
+            .clone()
+            .unwrap()
+            .pre_stop
+            .unwrap();
+        assert_eq!(
+            hook.exec.unwrap().command.unwrap(),
+            ["sh", "/config/redis-prestop.sh"]
+        );
+        assert_eq!(
+            env_var(&pod.containers[0], "REDIS_NODES").value.as_deref(),
+            Some("3")
+        );
+        // One standalone node has no replica to hand over to nor an order to roll in.
+        let standalone = redis_statefulset(&standalone());
+        assert!(standalone.spec.clone().unwrap().update_strategy.is_none());
+        assert!(pod_spec(&standalone).containers[0].lifecycle.is_none());
     }
 
     #[test]

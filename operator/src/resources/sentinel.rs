@@ -209,6 +209,32 @@ mod tests {
     }
 
     #[test]
+    fn sentinels_and_data_nodes_roll_on_their_own_checksums() {
+        let cc = sentinel();
+        let sum = |sts: StatefulSet| {
+            sts.spec
+                .unwrap()
+                .template
+                .metadata
+                .unwrap()
+                .annotations
+                .unwrap()[super::super::redis::CONFIG_CHECKSUM_ANNOTATION]
+                .clone()
+        };
+        let sentinels = sum(sentinel_statefulset(&cc));
+        let data = sum(super::super::redis::redis_statefulset(&cc));
+        assert_ne!(sentinels, data);
+        // A data-node setting (persistence) changes only the data nodes' checksum.
+        let mut persistent = cc.clone();
+        persistent.spec.redis.persistence.enabled = Some(!cc.spec.redis.persistent());
+        assert_eq!(sum(sentinel_statefulset(&persistent)), sentinels);
+        assert_ne!(
+            sum(super::super::redis::redis_statefulset(&persistent)),
+            data
+        );
+    }
+
+    #[test]
     fn sentinel_services_select_only_sentinels() {
         let cc = sentinel();
         for svc in [sentinel_service(&cc), sentinel_headless_service(&cc)] {

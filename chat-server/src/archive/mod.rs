@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use self::batch::{Batch, Entry, Row, build};
 pub use self::reads::{ArchiveReads, ArchiveSource, Events, MAX_ARCHIVE_READ, READ_TIMEOUT, Read};
@@ -307,10 +307,17 @@ impl Archiver {
     }
 
     /// Keeps the lag gauges current, whatever the archiver is waiting for.
+    /// While Redis is down only the first failure of a run is a warning (the rest are debug),
+    /// so an outage gives one line per instance, not one a second.
     async fn report_lag(self: Arc<Self>) {
+        let mut failing = 0u64;
         while self.pause(STATS_EVERY).await {
             match self.queue.stats().await {
                 Ok(s) => {
+                    if failing > 0 {
+                        info!(failed_reads = failing, "archive lag readable again");
+                        failing = 0;
+                    }
                     self.metrics
                         .archive_lag_entries
                         .set(i64::try_from(s.waiting).unwrap_or(i64::MAX));
@@ -321,7 +328,14 @@ impl Archiver {
                         .archive_lost_entries
                         .set(i64::try_from(s.lost).unwrap_or(i64::MAX));
                 }
-                Err(e) => warn!(error = %e, "could not read the archive lag"),
+                Err(e) => {
+                    failing += 1;
+                    if failing == 1 {
+                        warn!(error = %e, "could not read the archive lag; retrying quietly");
+                    } else {
+                        debug!(error = %e, failing, "archive lag still unreadable");
+                    }
+                }
             }
         }
     }

@@ -620,7 +620,7 @@ async fn sigstop_of_an_instance_past_its_ttl_then_sigcont() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_master_kill_9_with_sentinel_failover() {
     let _one = SERIAL.lock().await;
-    let mut cluster = SentinelCluster::start(1, 3, Some(PASSWORD));
+    let mut cluster = SentinelCluster::start(2, 3, Some(PASSWORD));
     let mut env = registry_env();
     env.extend([
         ("CHAT_REDIS_SENTINELS", cluster.sentinel_addrs()),

@@ -57,9 +57,10 @@ enum Fault {
 
 /// Runs a receipted publisher on one instance, applies `fault` to the master, and returns how
 /// long after the first `+switch-master` (seen by the test's own sentinel subscriber) the
-/// first receipt came.
+/// first receipt came. Three data nodes, as the operator deploys them: a receipt needs one
+/// replica's ack, so the new master must keep a replica.
 async fn resume_after_switch(fault: Fault) -> Duration {
-    let mut cluster = SentinelCluster::start(1, 3, Some(PASSWORD));
+    let mut cluster = SentinelCluster::start(2, 3, Some(PASSWORD));
     let watch = SwitchWatch::start(cluster.sentinels[0].port);
     let a = start_server("a", &server_env(&cluster, "10000")).await;
     a.wait_ready(Duration::from_secs(15)).await;

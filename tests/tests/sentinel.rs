@@ -48,7 +48,7 @@ async fn publisher(
 
 #[tokio::test]
 async fn a_master_killed_mid_stream_loses_no_receipted_message_and_delivery_resumes_quickly() {
-    let mut cluster = SentinelCluster::start(1, 3, Some(PASSWORD));
+    let mut cluster = SentinelCluster::start(2, 3, Some(PASSWORD));
     let env = [
         ("CHAT_REDIS_SENTINELS", cluster.sentinel_addrs()),
         ("CHAT_REDIS_PASSWORD", PASSWORD.to_owned()),

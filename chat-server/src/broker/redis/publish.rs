@@ -281,22 +281,34 @@ impl RedisBackend {
         }
     }
 
-    /// Waits until the writes so far are on `min_replicas` replicas — or on every replica the
-    /// master has, when it has fewer (right after a failover the new master may have none:
-    /// then there is nothing to wait for, as with Redis's own `min-replicas-to-write`).
+    /// Waits until the writes so far are on `min_replicas` replicas, at most the publish wait.
+    /// Never fewer, even when the master has fewer replicas connected: a master without
+    /// replicas may be an old one cut off from the rest (its writes are discarded when the
+    /// sentinels make it a replica again), so a RECEIPT from it would be a promise broken
+    /// (seen in the topology chaos test: a partitioned master back for a second before the
+    /// sentinels demoted it). Right after a failover the new master has its replicas within
+    /// about a second; a topology left with fewer replicas than `min_replicas` refuses
+    /// messages (ERROR, the client may resend) until one is back.
     /// False at once when the command connection changed since `generation`: a WAIT then
     /// cannot speak for the writes made before.
     async fn await_replicas(&self, generation: u64) -> bool {
-        let need = i64::from(self.publish.min_replicas);
+        let want = i64::from(self.publish.min_replicas);
         let deadline = Instant::now() + self.publish.wait;
         loop {
             if self.publish.connection_gen.load(Ordering::Acquire) != generation {
                 return false;
             }
-            let known = self.publish.replicas.load(Ordering::Acquire);
-            let want = need.min(known);
-            if want == 0 {
-                return true;
+            if self.publish.replicas.load(Ordering::Acquire) < want {
+                // Not there yet: look again (a new master gains its replicas within a second)
+                // rather than send a WAIT that cannot be met.
+                self.refresh_replicas().await;
+                if self.publish.replicas.load(Ordering::Acquire) < want {
+                    if Instant::now() >= deadline {
+                        return false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
             }
             let acked: Result<i64, _> = self.client.wait(want, 500).await;
             if matches!(acked, Ok(n) if n >= want) {

@@ -45,6 +45,8 @@ pub const SENTINEL_PORT: u16 = 26379;
 const CONTAINER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Timeout of one probe command to a node.
 const PROBE: Duration = Duration::from_millis(800);
+/// How long an init container may run.
+const INIT_WITHIN: Duration = Duration::from_secs(120);
 /// Prefix of every network device this harness creates.
 const DEVICE_PREFIX: &str = "chx";
 
@@ -96,10 +98,13 @@ pub struct PodTemplate {
     pub command: Vec<String>,
     /// The container's `env` entries, unresolved.
     pub env: Vec<Value>,
+    /// Init containers, in order: `(command and args, env entries)`.
+    pub init: Vec<(Vec<String>, Vec<Value>)>,
     /// `lifecycle.preStop.exec.command`, if any.
     pub pre_stop: Option<Vec<String>>,
     pub grace: Duration,
-    /// `(volume name, mount path)` of each mount.
+    /// `(volume name, mount path)` of each mount of any of its containers (they share the
+    /// pod's one mount namespace here, so a path means the same volume in all of them).
     pub mounts: Vec<(String, String)>,
     /// Volumes that are the ConfigMap (filled with its files).
     pub config_volumes: Vec<String>,
@@ -197,6 +202,8 @@ impl Rendered {
                     "metadata.name" => pod.to_owned(),
                     "metadata.namespace" => self.namespace.clone(),
                     "status.podIP" => ip.to_string(),
+                    // Every pod on a node of its own, as required anti-affinity would have it.
+                    "spec.nodeName" => format!("node-{pod}"),
                     other => panic!("env {name}: downward-API field {other} is not simulated"),
                 }
             } else if let Some(secret) = e["valueFrom"]["secretKeyRef"]["name"].as_str() {
@@ -228,14 +235,32 @@ fn template(sts: &Value) -> Result<PodTemplate, String> {
     let pod = &spec["template"]["spec"];
     let container = &pod["containers"][0];
     let name = text(&sts["metadata"]["name"]).ok_or("a StatefulSet without a name")?;
-    let mounts = container["volumeMounts"]
+    let containers: Vec<&Value> = pod["initContainers"]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|m| Some((text(&m["name"])?, text(&m["mountPath"])?)))
-                .collect()
-        })
-        .unwrap_or_default();
+        .into_iter()
+        .flatten()
+        .chain(std::iter::once(container))
+        .collect();
+    let mut mounts: Vec<(String, String)> = Vec::new();
+    for c in &containers {
+        for m in c["volumeMounts"].as_array().into_iter().flatten() {
+            if let (Some(v), Some(path)) = (text(&m["name"]), text(&m["mountPath"]))
+                && !mounts.iter().any(|(_, p)| *p == path)
+            {
+                mounts.push((v, path));
+            }
+        }
+    }
+    let argv = |c: &Value| -> Vec<String> {
+        strings(&c["command"])
+            .into_iter()
+            .chain(strings(&c["args"]))
+            .collect()
+    };
+    let init = containers[..containers.len() - 1]
+        .iter()
+        .map(|c| (argv(c), c["env"].as_array().cloned().unwrap_or_default()))
+        .collect();
     let config_volumes = pod["volumes"]
         .as_array()
         .map(|a| {
@@ -251,11 +276,9 @@ fn template(sts: &Value) -> Result<PodTemplate, String> {
     Ok(PodTemplate {
         headless: text(&spec["serviceName"]).ok_or("a StatefulSet without serviceName")?,
         replicas: usize::try_from(spec["replicas"].as_i64().unwrap_or(1)).unwrap_or(1),
-        command: strings(&container["command"])
-            .into_iter()
-            .chain(strings(&container["args"]))
-            .collect(),
+        command: argv(container),
         env: container["env"].as_array().cloned().unwrap_or_default(),
+        init,
         pre_stop,
         grace: Duration::from_secs(pod["terminationGracePeriodSeconds"].as_u64().unwrap_or(30)),
         mounts,
@@ -298,6 +321,45 @@ fn kill_group(child: &mut Child) {
     run_quiet("kill", &["-KILL", "--", &format!("-{}", child.id())]);
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Runs `argv` with `env` (and the image's `PATH`) inside the namespaces of holder `pid`, in a
+/// process group of its own, its output appended to `log` after `banner`.
+fn spawn_in(
+    pid: u32,
+    argv: &[String],
+    env: Vec<(String, String)>,
+    log: &Path,
+    banner: &str,
+) -> io::Result<Child> {
+    let mut out = OpenOptions::new().create(true).append(true).open(log)?;
+    writeln!(out, "{banner}")?;
+    let err = out.try_clone()?;
+    Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "-m", "--"])
+        .args(argv)
+        .env_clear()
+        .env("PATH", CONTAINER_PATH)
+        .envs(env)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+}
+
+/// Waits for `child` at most `within`; its status, `None` (and it killed) when it ran over.
+fn wait_bounded(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill_group(child);
+    None
 }
 
 fn ns_link(pid: u32, ns: &str) -> Option<PathBuf> {
@@ -425,6 +487,10 @@ pub struct Pod {
     dir: PathBuf,
     holder: Option<Child>,
     container: Option<Child>,
+    /// Times its container exited and was started again in the same pod (kubelet style).
+    pub restarts: u32,
+    /// When an exited container is due to start again (the kubelet's back-off).
+    restart_at: Option<Instant>,
 }
 
 impl Pod {
@@ -440,7 +506,7 @@ impl Pod {
     }
 
     pub fn is_running(&self) -> bool {
-        self.container.is_some()
+        self.holder.is_some()
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -455,6 +521,7 @@ impl Pod {
     }
 
     fn kill(&mut self) {
+        self.restart_at = None;
         if let Some(mut c) = self.container.take() {
             kill_group(&mut c);
         }
@@ -531,6 +598,8 @@ impl Cluster {
                     name,
                     holder: None,
                     container: None,
+                    restarts: 0,
+                    restart_at: None,
                 };
                 cluster.prepare_volumes(&pod, &t);
                 match kind {
@@ -656,31 +725,66 @@ impl Cluster {
             let _ = write!(binds, " && mount --bind {} {path}", src.display());
         }
         run("nsenter", &["-t", &pid_s, "-m", "sh", "-c", &binds]);
-        let env = self.rendered.resolve(&t.env, &name, ip);
-        let log_path = dir.join("pod.log");
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .expect("open the pod log");
-        let _ = writeln!(log, "=== {name} starts at {ip}: {:?}", t.command);
-        let err = log.try_clone().expect("clone the pod log");
-        let mut container = Command::new("nsenter");
-        container
-            .args(["-t", &pid_s, "-n", "-m", "--"])
-            .args(&t.command)
-            .env_clear()
-            .env("PATH", CONTAINER_PATH)
-            .envs(env)
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .process_group(0);
-        let container = container.spawn().expect("the container starts");
+        let log = dir.join("pod.log");
+        for (argv, env) in &t.init {
+            let env = self.rendered.resolve(env, &name, ip);
+            let banner = format!("=== {name} init container at {ip}: {argv:?}");
+            let mut init = spawn_in(pid, argv, env, &log, &banner).expect("an init container");
+            let status = wait_bounded(&mut init, INIT_WITHIN);
+            assert!(
+                status.is_some_and(|s| s.success()),
+                "{name}: init container {argv:?} ended {status:?}:\n{}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
         let pod = self.pod_mut(kind, i);
         pod.holder = Some(holder);
+        pod.restarts = 0;
+        self.start_container(kind, i);
+    }
+
+    /// Starts the main container of a pod whose sandbox (holder) runs.
+    fn start_container(&mut self, kind: Kind, i: usize) {
+        let t = self.template(kind).clone();
+        let pod = &self.pods(kind)[i];
+        let pid = pod.holder.as_ref().map(Child::id).expect("a pod sandbox");
+        let env = self.rendered.resolve(&t.env, &pod.name, pod.ip);
+        let banner = format!("=== {} starts at {}: {:?}", pod.name, pod.ip, t.command);
+        let container =
+            spawn_in(pid, &t.command, env, &pod.log_path(), &banner).expect("the container starts");
+        let pod = self.pod_mut(kind, i);
         pod.container = Some(container);
+        pod.restart_at = None;
+    }
+
+    /// Does what the kubelet does for a container that exited (`restartPolicy: Always`):
+    /// starts it again in the same pod after a back-off (10 s doubling to 5 min). Called by
+    /// every wait of the harness.
+    pub fn supervise(&mut self) {
+        for kind in [Kind::Data, Kind::Sentinel] {
+            for i in 0..self.pods(kind).len() {
+                let pod = self.pod_mut(kind, i);
+                if let Some(c) = pod.container.as_mut()
+                    && let Ok(Some(status)) = c.try_wait()
+                {
+                    // Its group may still hold children (a redis-cli of the script).
+                    kill_group(c);
+                    pod.container = None;
+                    let backoff = Duration::from_secs(10)
+                        .saturating_mul(1 << pod.restarts.min(5))
+                        .min(Duration::from_secs(300));
+                    pod.restart_at = Some(Instant::now() + backoff);
+                    pod.restarts += 1;
+                    if let Ok(mut log) = OpenOptions::new().append(true).open(pod.log_path()) {
+                        let _ = writeln!(log, "=== exited ({status}); restart in {backoff:?}");
+                    }
+                }
+                let due = pod.restart_at.is_some_and(|at| Instant::now() >= at);
+                if due && pod.holder.is_some() {
+                    self.start_container(kind, i);
+                }
+            }
+        }
     }
 
     /// SIGKILLs the pod's processes (container and holder); its volumes stay.
@@ -689,8 +793,8 @@ impl Cluster {
     }
 
     /// Deletes a pod as the kubelet does: the preStop hook (if rendered), SIGTERM, and SIGKILL
-    /// once the grace period is over. Returns how long the hook ran.
-    pub fn stop_pod_gracefully(&mut self, kind: Kind, i: usize) -> Duration {
+    /// once the grace period is over. Returns how long the hook ran (`None`: none rendered).
+    pub fn stop_pod_gracefully(&mut self, kind: Kind, i: usize) -> Option<Duration> {
         let t = self.template(kind).clone();
         let started = Instant::now();
         let deadline = started + t.grace;
@@ -699,37 +803,21 @@ impl Cluster {
         let holder_pid = pod.holder.as_ref().map(Child::id);
         if let (Some(hook), Some(pid)) = (&t.pre_stop, holder_pid) {
             let env = self.rendered.resolve(&t.env, &name, ip);
-            let log = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.pods(kind)[i].log_path())
-                .expect("open the pod log");
-            let err = log.try_clone().expect("clone the pod log");
-            let mut cmd = Command::new("nsenter");
-            cmd.args(["-t", &pid.to_string(), "-n", "-m", "--"])
-                .args(hook)
-                .env_clear()
-                .env("PATH", CONTAINER_PATH)
-                .envs(env)
-                .current_dir("/")
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(err)
-                .process_group(0);
-            if let Ok(mut child) = cmd.spawn() {
-                while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+            let log = self.pods(kind)[i].log_path();
+            let banner = format!("=== {name} preStop: {hook:?}");
+            if let Ok(mut child) = spawn_in(pid, hook, env, &log, &banner) {
+                wait_bounded(
+                    &mut child,
+                    deadline.saturating_duration_since(Instant::now()),
+                );
                 kill_group(&mut child);
             }
         }
-        let hook_ran = started.elapsed();
+        let hook_ran = t.pre_stop.as_ref().map(|_| started.elapsed());
         let pod = self.pod_mut(kind, i);
         if let Some(c) = pod.container.as_mut() {
             run_quiet("kill", &["-TERM", "--", &format!("-{}", c.id())]);
-            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            wait_bounded(c, deadline.saturating_duration_since(Instant::now()));
         }
         pod.kill();
         hook_ran
@@ -849,10 +937,11 @@ impl Cluster {
 
     /// Polls until [`Cluster::converged`], at most `within`; also the most masters seen at
     /// once meanwhile.
-    pub fn wait_converged(&self, within: Duration) -> (Option<usize>, usize) {
+    pub fn wait_converged(&mut self, within: Duration) -> (Option<usize>, usize) {
         let deadline = Instant::now() + within;
         let mut most = 0;
         loop {
+            self.supervise();
             most = most.max(self.masters().len());
             if let Some(m) = self.converged() {
                 return (Some(m), most);
@@ -865,9 +954,10 @@ impl Cluster {
     }
 
     /// Waits until pod `i` answers PING with PONG (the rendered readiness probe's test).
-    pub fn wait_pod_ready(&self, kind: Kind, i: usize, within: Duration) -> bool {
+    pub fn wait_pod_ready(&mut self, kind: Kind, i: usize, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
+            self.supervise();
             if self
                 .command(&self.pods(kind)[i], &["PING"])
                 .and_then(|r| r.as_text())

@@ -487,6 +487,8 @@ pub struct Pod {
     dir: PathBuf,
     holder: Option<Child>,
     container: Option<Child>,
+    /// The root-namespace end of its veth while it runs.
+    veth: Option<String>,
     /// Times its container exited and was started again in the same pod (kubelet style).
     pub restarts: u32,
     /// When an exited container is due to start again (the kubelet's back-off).
@@ -598,6 +600,7 @@ impl Cluster {
                     name,
                     holder: None,
                     container: None,
+                    veth: None,
                     restarts: 0,
                     restart_at: None,
                 };
@@ -685,7 +688,7 @@ impl Cluster {
     pub fn start_pod(&mut self, kind: Kind, i: usize) {
         let t = self.template(kind).clone();
         // The host end goes with the pod end when the pod's network namespace goes.
-        let (_host_end, pod_end) = self.net.veth();
+        let (host_end, pod_end) = self.net.veth();
         let hosts = self.hosts.clone();
         let pod = &self.pods(kind)[i];
         assert!(!pod.is_running(), "{} is already running", pod.name);
@@ -739,6 +742,7 @@ impl Cluster {
         }
         let pod = self.pod_mut(kind, i);
         pod.holder = Some(holder);
+        pod.veth = Some(host_end);
         pod.restarts = 0;
         self.start_container(kind, i);
     }
@@ -829,6 +833,15 @@ impl Cluster {
         self.start_pod(kind, i);
     }
 
+    /// Cuts a running pod off the network (`connected` false: its link on the bridge down, as
+    /// when its node is partitioned) or puts it back.
+    pub fn set_connected(&mut self, kind: Kind, i: usize, connected: bool) {
+        let pod = &self.pods(kind)[i];
+        let veth = pod.veth.as_deref().expect("a running pod");
+        let state = if connected { "up" } else { "down" };
+        run("ip", &["link", "set", veth, state]);
+    }
+
     /// Gives a (stopped) pod a new address and rewrites the hosts file.
     pub fn change_ip(&mut self, kind: Kind, i: usize) -> Ipv4Addr {
         let ip = self.fresh_ip();
@@ -903,21 +916,47 @@ impl Cluster {
 
     /// The data node sentinel `i` names as master (by its address as announced).
     pub fn sentinel_master(&self, i: usize) -> Option<String> {
-        let master = self
-            .rendered
-            .resolve(&self.rendered.sentinels.env, "", Ipv4Addr::LOCALHOST)
-            .into_iter()
-            .find(|(k, _)| k == "MASTER_NAME")
-            .map_or_else(|| "mymaster".to_owned(), |(_, v)| v);
+        let name = self.master_name();
         let reply = self.command(
             &self.sentinels[i],
-            &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", &master],
+            &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", &name],
         )?;
         reply.as_array()?.first()?.as_text()
     }
 
+    /// The data nodes sentinel `i` counts as healthy replicas (flags just `slave`).
+    pub fn sentinel_replicas(&self, i: usize) -> Vec<usize> {
+        let name = self.master_name();
+        let Some(reply) = self.command(&self.sentinels[i], &["SENTINEL", "REPLICAS", &name]) else {
+            return Vec::new();
+        };
+        let mut out: Vec<usize> = reply
+            .as_array()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(Resp::as_field_map)
+            .filter(|f| f.get("flags").map(String::as_str) == Some("slave"))
+            .filter_map(|f| self.data_pod_named(f.get("ip")?))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// The master name the sentinels monitor (`MASTER_NAME` of the rendered env).
+    pub fn master_name(&self) -> String {
+        self.rendered
+            .sentinels
+            .env
+            .iter()
+            .find(|e| e["name"] == "MASTER_NAME")
+            .and_then(|e| text(&e["value"]))
+            .unwrap_or_else(|| "mymaster".to_owned())
+    }
+
     /// The master when the topology has converged: exactly one data node is master, every
-    /// other one is its replica with the link up, and every sentinel names it.
+    /// other one is its replica with the link up, and every sentinel names it and counts
+    /// every other node as a healthy replica (a sentinel that does not know a replica can
+    /// neither promote it nor point it at a new master).
     pub fn converged(&self) -> Option<usize> {
         let masters = self.masters();
         let [m] = masters.as_slice() else {
@@ -927,10 +966,12 @@ impl Cluster {
             matches!(self.role(i), Role::Replica { master, state }
                 if self.data_pod_named(&master) == Some(*m) && state == "connected")
         });
+        let others: Vec<usize> = (0..self.data.len()).filter(|i| i != m).collect();
         let agreed = (0..self.sentinels.len()).all(|s| {
             self.sentinel_master(s)
                 .and_then(|h| self.data_pod_named(&h))
                 == Some(*m)
+                && self.sentinel_replicas(s) == others
         });
         (linked && agreed).then_some(*m)
     }

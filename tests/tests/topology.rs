@@ -3,6 +3,7 @@
 //! `chat_tests::topology`), 3 data + 3 sentinel "pods" in their own network and mount
 //! namespaces, two chat-server instances on top with a receipted publisher, and one fault:
 //!
+//! - the master partitioned (its link down) until the sentinels replace it, then back,
 //! - the master killed and restarted within a second,
 //! - the master killed, and restarted while the sentinels fail over,
 //! - every sentinel restarted together while the master is not pod 0,
@@ -20,7 +21,7 @@
 //! row; `operator/README.md` ("Topology chaos test") holds the table of one full run.
 //!
 //! CI runs a representative subset (one fault per test, both modes among them); set
-//! `TOPOLOGY_FULL=1` for the whole matrix. Needs root, `unshare`, `nsenter` and `ip`; without
+//! `TOPOLOGY_FULL=1` for the whole matrix, `TOPOLOGY_LOGS=1` for the pods' logs of every run. Needs root, `unshare`, `nsenter` and `ip`; without
 //! them every test skips with the reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -57,6 +58,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fault {
+    MasterPartition,
     MasterKillRestart,
     KillMidFailover,
     AllSentinelsRestart,
@@ -68,6 +70,7 @@ enum Fault {
 impl Fault {
     fn describe(self) -> &'static str {
         match self {
+            Fault::MasterPartition => "master partitioned until the failover, then back",
             Fault::MasterKillRestart => "master kill -9 + restart within 1 s",
             Fault::KillMidFailover => "master kill -9, restarted mid-failover",
             Fault::AllSentinelsRestart => "all sentinels restarted, master != pod 0",
@@ -310,6 +313,17 @@ fn roll_order(cluster: &Cluster, kind: Kind, master: usize) -> Vec<usize> {
 async fn apply(cluster: &mut Cluster, fault: Fault, master: usize, events_after: Instant) {
     let events = cluster.watch_events();
     match fault {
+        Fault::MasterPartition => {
+            cluster.set_connected(Kind::Data, master, false);
+            let switched = blocking(|| {
+                events.wait_first("+switch-master", events_after, Duration::from_secs(30))
+            });
+            println!(
+                "partitioned master replaced: {:?}",
+                switched.map(|(at, what)| (at - events_after, what))
+            );
+            cluster.set_connected(Kind::Data, master, true);
+        }
         Fault::MasterKillRestart => {
             cluster.kill_pod(Kind::Data, master);
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -398,7 +412,13 @@ async fn run(fault: Fault, persistence: bool) -> Option<Row> {
     if fault == Fault::AllSentinelsRestart {
         blocking(|| move_master_off_pod_0(&cluster));
     }
-    let extra = [("CHAT_SEND_RATE", "0"), ("CHAT_REDIS_WAIT_MS", "10000")];
+    // Every message of a run stays in the room's history (the default keeps 1000), so a
+    // message missing there was lost, not trimmed.
+    let extra = [
+        ("CHAT_SEND_RATE", "0"),
+        ("CHAT_REDIS_WAIT_MS", "10000"),
+        ("CHAT_HISTORY_MAX_LEN", "10000"),
+    ];
     for id in ["a", "b"] {
         cluster.start_server(id, &extra).await;
     }
@@ -483,7 +503,8 @@ async fn run(fault: Fault, persistence: bool) -> Option<Row> {
     if let Some((at, what)) = switched {
         println!("+switch-master {:?} after the fault: {what}", at - faulted);
     }
-    if lost.as_ref().is_none_or(|l| !l.is_empty()) || after.is_none() {
+    let lossy = lost.as_ref().is_none_or(|l| !l.is_empty());
+    if lossy || after.is_none() || std::env::var_os("TOPOLOGY_LOGS").is_some() {
         println!("pod logs:{}", cluster.logs(12));
     }
     drop(cluster);
@@ -519,8 +540,10 @@ async fn check(fault: Fault, persistence: bool, in_ci_subset: bool) {
     if no_loss {
         assert_eq!(row.lost, Some(0), "receipted messages lost: {row}");
     }
-    if matches!(fault, Fault::MasterKillRestart | Fault::KillMidFailover)
-        && let Some(resume) = row.resume
+    if matches!(
+        fault,
+        Fault::MasterPartition | Fault::MasterKillRestart | Fault::KillMidFailover
+    ) && let Some(resume) = row.resume
     {
         assert!(
             resume <= RESUME_WITHIN,
@@ -562,6 +585,18 @@ macro_rules! topology_test {
     };
 }
 
+topology_test!(
+    a_partitioned_master_without_persistence_is_replaced_and_receipts_resume_within_half_a_second,
+    Fault::MasterPartition,
+    persistence = false,
+    ci = true
+);
+topology_test!(
+    a_partitioned_master_with_persistence_is_replaced_and_receipts_resume_within_half_a_second,
+    Fault::MasterPartition,
+    persistence = true,
+    ci = false
+);
 topology_test!(
     a_master_killed_and_restarted_within_a_second_without_persistence_loses_nothing_receipted,
     Fault::MasterKillRestart,

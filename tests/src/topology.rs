@@ -833,6 +833,11 @@ impl Cluster {
         self.start_pod(kind, i);
     }
 
+    /// The directory behind volume `volume` of pod `i` (what it wrote there stays).
+    pub fn volume_dir(&self, kind: Kind, i: usize, volume: &str) -> PathBuf {
+        self.pods(kind)[i].dir.join("volumes").join(volume)
+    }
+
     /// Cuts a running pod off the network (`connected` false: its link on the bridge down, as
     /// when its node is partitioned) or puts it back.
     pub fn set_connected(&mut self, kind: Kind, i: usize, connected: bool) {

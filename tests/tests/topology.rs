@@ -580,6 +580,61 @@ fn the_harness_runs_what_the_operator_renders_for_data_nodes_sentinels_and_serve
     assert!(!rendered(false).persistence);
 }
 
+/// `rendered(false)` with an init container and a preStop hook added to the data nodes'
+/// StatefulSet (in the YAML, so reading them is tested too), each leaving a file in `/data`.
+fn rendered_with_hooks() -> Rendered {
+    let yaml = chat_operator::render::render(&manifest(false), "ops").expect("render");
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&yaml) {
+        use serde::Deserialize as _;
+        let mut v = serde_json::Value::deserialize(doc).expect("a rendered object");
+        if v["kind"] == "StatefulSet" && v["metadata"]["name"] == "chat-redis" {
+            let pod = &mut v["spec"]["template"]["spec"];
+            let mounts = pod["containers"][0]["volumeMounts"].clone();
+            pod["initContainers"] = serde_json::json!([{
+                "name": "init",
+                "command": ["sh", "-c", "echo \"$POD_NAME\" > /data/init-ran"],
+                "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                "volumeMounts": mounts,
+            }]);
+            pod["containers"][0]["lifecycle"] = serde_json::json!({
+                "preStop": {"exec": {"command": ["sh", "-c", "echo \"$POD_NAME\" > /data/pre-stop-ran"]}}
+            });
+        }
+        docs.push(format!("---\n{}", serde_yaml::to_string(&v).expect("YAML")));
+    }
+    Rendered::from_yaml(&docs.concat()).expect("the rendered objects")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_harness_runs_init_containers_before_a_pod_and_its_pre_stop_hook_before_it_stops() {
+    let _serial = SERIAL.lock().await;
+    if let Some(why) = unsupported() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let rendered = rendered_with_hooks();
+    assert_eq!(rendered.data.init.len(), 1);
+    assert!(rendered.data.pre_stop.is_some());
+    let mut cluster = Cluster::start(rendered);
+    let data = cluster.volume_dir(Kind::Data, 1, "data");
+    let read = |file: &str| std::fs::read_to_string(data.join(file)).unwrap_or_default();
+    assert_eq!(read("init-ran").trim(), "chat-redis-1");
+    assert!(
+        blocking(|| cluster.wait_pod_ready(Kind::Data, 1, Duration::from_secs(20))),
+        "{}",
+        cluster.logs(20)
+    );
+    assert_eq!(read("pre-stop-ran"), "", "no hook before the stop");
+    let hook = blocking(|| cluster.stop_pod_gracefully(Kind::Data, 1));
+    assert!(hook.is_some());
+    assert_eq!(read("pre-stop-ran").trim(), "chat-redis-1");
+    assert!(
+        cluster.command(&cluster.data[1], &["PING"]).is_none(),
+        "the pod is gone after its stop"
+    );
+}
+
 macro_rules! topology_test {
     ($name:ident, $fault:expr, persistence = $p:expr, ci = $ci:expr) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

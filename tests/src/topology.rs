@@ -702,6 +702,11 @@ impl Cluster {
             .process_group(0);
         let holder = holder.spawn().expect("unshare starts");
         let pid = holder.id();
+        // Owned by the pod at once, so a failure below still kills it (the pod's drop).
+        let pod = self.pod_mut(kind, i);
+        pod.holder = Some(holder);
+        pod.veth = Some(host_end);
+        pod.restarts = 0;
         // `ip link set .. netns PID` must not run before unshare(2) did, or the device stays.
         let deadline = Instant::now() + Duration::from_secs(5);
         let me = std::process::id();
@@ -740,10 +745,6 @@ impl Cluster {
                 fs::read_to_string(&log).unwrap_or_default()
             );
         }
-        let pod = self.pod_mut(kind, i);
-        pod.holder = Some(holder);
-        pod.veth = Some(host_end);
-        pod.restarts = 0;
         self.start_container(kind, i);
     }
 

@@ -20,9 +20,10 @@
 //! Asserted is what the mode promises (see [`promises`]). Each test prints its Markdown table
 //! row; `operator/README.md` ("Topology chaos test") holds the table of one full run.
 //!
-//! CI runs a representative subset (one fault per test, both modes among them); set
-//! `TOPOLOGY_FULL=1` for the whole matrix, `TOPOLOGY_LOGS=1` for the pods' logs of every run. Needs root, `unshare`, `nsenter` and `ip`; without
-//! them every test skips with the reason.
+//! CI runs a representative subset (five faults, both modes among them; the mid-failover
+//! restart, whose outcome depends on timing, only in the full matrix); set `TOPOLOGY_FULL=1`
+//! for the whole matrix, `TOPOLOGY_LOGS=1` for the pods' logs of every run. Needs root,
+//! `unshare`, `nsenter` and `ip`; without them every test skips with the reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
@@ -672,7 +673,7 @@ topology_test!(
     a_master_restarted_mid_failover_without_persistence_leaves_one_master_and_every_message,
     Fault::KillMidFailover,
     persistence = false,
-    ci = true
+    ci = false
 );
 topology_test!(
     a_master_restarted_mid_failover_with_persistence_leaves_one_master_and_every_message,

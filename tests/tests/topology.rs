@@ -508,6 +508,18 @@ async fn run(fault: Fault, persistence: bool) -> Option<Row> {
     if let Some((at, what)) = switched {
         println!("+switch-master {:?} after the fault: {what}", at - faulted);
     }
+    // When each lost message was receipted, relative to the fault: which phase lost it.
+    if let Some(lost) = &lost
+        && !lost.is_empty()
+    {
+        let when: Vec<String> = receipted
+            .iter()
+            .filter(|(t, _)| lost.contains(&t.as_str()))
+            .take(20)
+            .map(|(t, at)| format!("{t} at {:.1} s", (*at - faulted).as_secs_f64()))
+            .collect();
+        println!("lost (receipted after the fault): {}", when.join(", "));
+    }
     let lossy = lost.as_ref().is_none_or(|l| !l.is_empty());
     if lossy || after.is_none() || std::env::var_os("TOPOLOGY_LOGS").is_some() {
         println!("pod logs:{}", cluster.logs(12));

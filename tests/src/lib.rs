@@ -8,6 +8,7 @@ pub mod http;
 pub mod postgres;
 pub mod process;
 pub mod redis;
+pub mod topology;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

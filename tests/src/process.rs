@@ -43,8 +43,22 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts the binary with `env` (plus a free CHAT_LISTEN_ADDR) and waits for /healthz.
     pub async fn start(id: &str, env: &[(&str, &str)]) -> ServerProcess {
+        Self::start_via(id, env, &[]).await
+    }
+
+    /// [`ServerProcess::start`] under `prefix` (a program and its arguments that end by
+    /// exec'ing the binary appended to them, so the child is the server itself), e.g. the
+    /// topology test's own mount namespace with its hosts file.
+    pub async fn start_via(id: &str, env: &[(&str, &str)], prefix: &[&str]) -> ServerProcess {
         let port = crate::free_port();
-        let mut cmd = Command::new(chat_server_bin());
+        let mut cmd = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(chat_server_bin());
+                c
+            }
+            None => Command::new(chat_server_bin()),
+        };
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("CHAT_LISTEN_ADDR", format!("127.0.0.1:{port}"))

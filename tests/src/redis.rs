@@ -102,7 +102,8 @@ impl Resp {
     }
 }
 
-fn encode_command(args: &[&str]) -> Vec<u8> {
+/// One command in RESP2 (an array of bulk strings).
+pub fn encode_command(args: &[&str]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", args.len()).into_bytes();
     for arg in args {
         out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
@@ -140,7 +141,8 @@ fn parse_len(s: &str) -> io::Result<i64> {
         .map_err(|_| protocol_error(format!("bad length in reply: {s:?}")))
 }
 
-fn read_reply(reader: &mut impl BufRead) -> io::Result<Resp> {
+/// Reads one whole RESP2 reply.
+pub fn read_reply(reader: &mut impl BufRead) -> io::Result<Resp> {
     let line = read_line(reader)?;
     let (kind, rest) = line.split_at(line.chars().next().map_or(0, char::len_utf8));
     match kind {
@@ -187,7 +189,21 @@ pub fn resp_command(
     args: &[&str],
     timeout: Duration,
 ) -> io::Result<Resp> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    resp_command_at(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        password,
+        args,
+        timeout,
+    )
+}
+
+/// [`resp_command`] to any address (the topology test's pods have addresses of their own).
+pub fn resp_command_at(
+    addr: SocketAddr,
+    password: Option<&str>,
+    args: &[&str],
+    timeout: Duration,
+) -> io::Result<Resp> {
     let stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;

@@ -384,6 +384,18 @@ async fn apply(cluster: &mut Cluster, fault: Fault, master: usize, events_after:
                         cluster.pods(kind)[i].name,
                         cluster.logs(20)
                     );
+                    if kind == Kind::Data && cluster.rendered.data.on_delete {
+                        // The operator's roll (`operator/src/rollout.rs`) takes its next step
+                        // only once every data pod is ready, every replica linked and the
+                        // sentinels agree on the master.
+                        let (settled, _) = blocking(|| cluster.wait_converged(CONVERGE_WITHIN));
+                        assert!(
+                            settled.is_some(),
+                            "the topology never settled after {} restarted{}",
+                            cluster.pods(kind)[i].name,
+                            cluster.logs(20)
+                        );
+                    }
                 }
             }
         }

@@ -121,7 +121,7 @@ hand_over() {
 #[cfg(test)]
 pub(crate) const SCRIPT_FUNCTIONS: &str = script_functions!();
 
-/// Seconds a data node has to stop: the preStop hook's hand-over (at most 40 s) plus time to
+/// Seconds a data node has to stop: the preStop hook's catch-up (at most 10 s) and hand-over (at most 35 s) plus time to
 /// flush and exit.
 pub(crate) const DATA_NODE_GRACE_SECONDS: i64 = 60;
 
@@ -192,8 +192,9 @@ exec redis-server "$conf"
 );
 
 /// preStop hook of a data node (Sentinel mode): a master with a replica attached pauses
-/// writes (so the replicas catch up to its last write) and asks the sentinels to fail over,
-/// waiting up to 40 s (within [`DATA_NODE_GRACE_SECONDS`]) for them to name another node. It always exits
+/// writes, waits (at most 10 s) until its online replicas have acknowledged its last write,
+/// and asks the sentinels to fail over, waiting up to 35 s (all within
+/// [`DATA_NODE_GRACE_SECONDS`]) for them to name another node. It always exits
 /// 0: a hook that fails changes nothing but the pod's events.
 pub(crate) const REDIS_PRESTOP: &str = concat!(
     r#"#!/bin/sh
@@ -216,9 +217,21 @@ self="$(node_host "${POD_NAME##*-}")"
 cli -p 6379 client pause "#,
     "45000",
     r#" write > /dev/null
-echo "master with ${links} replica(s): asking the sentinels to fail over"
+# Whichever replica the sentinels promote must hold every write: wait (at most 10 s) until
+# each online replica has acknowledged the master's offset (replicas acknowledge every second).
+wait=0
+while [ "$wait" -lt 100 ]; do
+  info="$(cli -p 6379 info replication)"
+  want="$(printf '%s\n' "$info" | info_field master_repl_offset)"
+  behind="$(printf '%s\n' "$info" | sed -n 's/^slave[0-9]*:.*state=online,offset=\([0-9]*\),.*/\1/p' \
+    | while read -r o; do [ "$o" -ge "${want:-0}" ] || echo behind; done)"
+  [ -z "$behind" ] && break
+  sleep 0.1
+  wait=$((wait + 1))
+done
+echo "master with ${links} replica(s), replicas in sync after $((wait * 100)) ms: asking the sentinels to fail over"
 named="$(hand_over "$self" "#,
-    "40",
+    "35",
     r#")"
 if [ -n "$named" ]; then
   echo "the sentinels name $named"
@@ -498,13 +511,18 @@ mod tests {
             .and_then(|rest| rest.split(')').next())
             .and_then(|n| n.parse().ok())
             .unwrap();
-        assert_eq!(wait, 40);
-        // Each round of questions may take 3 s per sentinel past the deadline, then the
-        // node flushes and exits.
-        assert!(wait + 15 <= DATA_NODE_GRACE_SECONDS);
+        assert_eq!(wait, 35);
+        // Up to 10 s for the replicas to catch up, then the hand-over; each round of
+        // questions may take 3 s per sentinel past the deadline, then the node flushes and
+        // exits.
+        assert!(10 + wait + 15 <= DATA_NODE_GRACE_SECONDS);
+        let sync = REDIS_PRESTOP.find("state=online,offset=").unwrap();
         let pause = REDIS_PRESTOP.find("client pause").unwrap();
         let ask = REDIS_PRESTOP.find("named=\"$(hand_over").unwrap();
-        assert!(pause < ask, "writes stop before the failover");
+        assert!(
+            pause < sync && sync < ask,
+            "writes stop, replicas catch up, then the failover"
+        );
     }
 
     #[test]

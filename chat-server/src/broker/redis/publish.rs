@@ -42,6 +42,9 @@ pub(super) struct PublishState {
     /// Counts reconnects of the command client: a WAIT speaks only for writes on its own
     /// connection, so writes made before a reconnect cannot be acknowledged after it.
     connection_gen: AtomicU64,
+    /// Wakes the WAITs in flight when the connection is given up (`+switch-master`): their
+    /// answer, if one ever comes, cannot speak for the new master.
+    moved: tokio::sync::Notify,
     /// Replicas connected to the master, as last seen (refreshed every heartbeat).
     replicas: AtomicI64,
     /// The batcher's queue, with `min_replicas > 0` only.
@@ -54,6 +57,7 @@ impl PublishState {
             min_replicas,
             wait,
             connection_gen: AtomicU64::new(0),
+            moved: tokio::sync::Notify::new(),
             replicas: AtomicI64::new(i64::from(min_replicas)),
             replicated: (min_replicas > 0).then_some(tx),
         }
@@ -206,6 +210,14 @@ impl RedisBackend {
         stopped.map_or(Ok(()), Err)
     }
 
+    /// The command connection is moving to a new master: what was written on the old one
+    /// waits for no acknowledgement from it (a partitioned master never answers; fred may
+    /// even replay the WAIT on the new connection, where it cannot succeed).
+    pub(super) fn connection_moving(&self) {
+        self.publish.connection_gen.fetch_add(1, Ordering::AcqRel);
+        self.publish.moved.notify_waiters();
+    }
+
     /// Counts the command client's reconnects (see `PublishState::connection_gen`).
     pub(super) async fn count_connections(self: Arc<Self>) {
         let mut rx = self.client.reconnect_rx();
@@ -295,6 +307,10 @@ impl RedisBackend {
         let want = i64::from(self.publish.min_replicas);
         let deadline = Instant::now() + self.publish.wait;
         loop {
+            let moved = self.publish.moved.notified();
+            tokio::pin!(moved);
+            // Registered before the check, so a move right after it still wakes us.
+            moved.as_mut().enable();
             if self.publish.connection_gen.load(Ordering::Acquire) != generation {
                 return false;
             }
@@ -306,11 +322,16 @@ impl RedisBackend {
                     if Instant::now() >= deadline {
                         return false;
                     }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                        () = &mut moved => return false,
+                    }
                 }
             }
-            let acked: Result<i64, _> = self.client.wait(want, 500).await;
+            let acked: Result<i64, _> = tokio::select! {
+                acked = self.client.wait(want, 500) => acked,
+                () = &mut moved => return false,
+            };
             if matches!(acked, Ok(n) if n >= want) {
                 return true;
             }

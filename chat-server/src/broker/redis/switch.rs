@@ -151,6 +151,7 @@ impl RedisBackend {
         let (d, s) = tokio::join!(
             async {
                 if data {
+                    self.connection_moving();
                     self.client.force_reconnection().await
                 } else {
                     Ok(())

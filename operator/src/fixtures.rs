@@ -326,8 +326,6 @@ pub(crate) fn serve(mut fake: FakeApi) -> (Client, tokio::task::JoinHandle<Vec<C
 pub(crate) struct FakeSentinels {
     /// Answer per sentinel address; addresses not listed are unreachable.
     pub(crate) answers: BTreeMap<String, Option<String>>,
-    /// Addresses of the sentinels asked to fail over, in order (a reachable one accepts).
-    pub(crate) failovers: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl FakeSentinels {
@@ -346,7 +344,6 @@ impl FakeSentinels {
                 .into_iter()
                 .map(|a| (a, Some(host.to_owned())))
                 .collect(),
-            failovers: Arc::default(),
         }
     }
 }
@@ -359,21 +356,6 @@ impl SentinelProbe for FakeSentinels {
                 addr: query.addr.to_owned(),
                 reason: "unreachable".to_owned(),
             }),
-        };
-        Box::pin(std::future::ready(answer))
-    }
-
-    fn failover<'a>(&'a self, query: MasterQuery<'a>) -> BoxFuture<'a, crate::Result<()>> {
-        let answer = if self.answers.contains_key(query.addr) {
-            if let Ok(mut asked) = self.failovers.lock() {
-                asked.push(query.addr.to_owned());
-            }
-            Ok(())
-        } else {
-            Err(Error::Sentinel {
-                addr: query.addr.to_owned(),
-                reason: "unreachable".to_owned(),
-            })
         };
         Box::pin(std::future::ready(answer))
     }

@@ -124,16 +124,7 @@ async fn converge(cc: &ChatCluster, ctx: &Context, ns: &str) -> Result<Action> {
         let check = check_roles(named, &roles);
         // The roll moves only when the sentinels agree and no node's own role contradicts them.
         let agreed_master = named.filter(|_| check == RoleCheck::Consistent);
-        roll_data_nodes(
-            ctx,
-            cc,
-            ns,
-            &applied,
-            agreed_master,
-            &roles,
-            password.as_deref(),
-        )
-        .await?;
+        roll_data_nodes(ctx, cc, ns, &applied, agreed_master, &roles).await?;
         match &view {
             MasterView::Agreed(host) if may_label_master(&check, pod_of(host)) => {
                 label_master(ctx, cc, ns, host).await?;
@@ -549,7 +540,8 @@ async fn ask_roles(
 }
 
 /// One step of the data nodes' roll (their StatefulSet is `OnDelete`; see [`crate::rollout`]):
-/// delete one outdated replica, or ask a sentinel to fail an outdated master over, or wait.
+/// delete one outdated replica, or the outdated master (its preStop hook hands the role over),
+/// or wait.
 async fn roll_data_nodes(
     ctx: &Context,
     cc: &ChatCluster,
@@ -557,7 +549,6 @@ async fn roll_data_nodes(
     applied: &Applied,
     master: Option<&str>,
     roles: &[(String, Option<NodeRole>)],
-    password: Option<&str>,
 ) -> Result<()> {
     let set = Names::of(cc).redis();
     let Some(sts) = applied
@@ -600,37 +591,23 @@ async fn roll_data_nodes(
             )
             .await;
         }
-        RollStep::FailOver(pod) => fail_over_for_roll(ctx, cc, &pod, password).await,
-    }
-    Ok(())
-}
-
-/// Ask the sentinels, one after the other until one accepts, to fail the master `pod` over
-/// before it is rolled. A refusal is logged; the next reconcile asks again.
-async fn fail_over_for_roll(ctx: &Context, cc: &ChatCluster, pod: &str, password: Option<&str>) {
-    for addr in sentinel_addresses(cc) {
-        let query = MasterQuery {
-            addr: &addr,
-            password,
-            master_name: SENTINEL_MASTER_NAME,
-        };
-        match ctx.sentinel.failover(query).await {
-            Ok(()) => {
-                info!(%pod, sentinel = %addr, "asked for a failover before rolling the master");
-                publish(
-                    ctx,
-                    cc,
-                    EventType::Normal,
-                    "MasterFailingOver",
-                    format!("asked the sentinels to fail {pod} over before rolling it"),
-                )
-                .await;
-                return;
-            }
-            Err(e) => debug!(sentinel = %addr, error = %e, "sentinel refused the failover"),
+        RollStep::HandOver(pod) => {
+            info!(%pod, %revision, "rolling the master: its preStop hook hands the role over");
+            api.delete(&pod, &DeleteParams::default()).await?;
+            publish(
+                ctx,
+                cc,
+                EventType::Normal,
+                "MasterHandOver",
+                format!(
+                    "deleted the master {pod} to restart it at revision {revision}: its preStop \
+                     hook pauses writes and hands the master role over to a replica"
+                ),
+            )
+            .await;
         }
     }
-    warn!(%pod, "no sentinel accepted a failover; the master waits to be rolled");
+    Ok(())
 }
 
 /// Label changes that make `master` the only pod with the master label: `(pod, add?)`,
@@ -869,14 +846,23 @@ mod scenarios {
         calls
     }
 
+    /// A data pod that holds a roll back.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Holding {
+        /// Pod `N` is not Ready.
+        NotReady(usize),
+        /// Replica `N` reports its replication link down.
+        Unlinked(usize),
+    }
+
     /// One reconcile of a Sentinel cluster at revision `rev-2` whose data pod `i` is at
-    /// `revisions[i]` (Ready unless it is `not_ready`), pod `master` the master the sentinels
-    /// name and the others its linked replicas: the pods deleted and the sentinels asked to
-    /// fail over.
+    /// `revisions[i]`, pod `master` the master the sentinels name and the others its replicas,
+    /// all Ready and linked unless `holding` says otherwise: the pods deleted and the reasons
+    /// of the Events published about the roll.
     async fn roll_step(
         revisions: [&str; 3],
         master: usize,
-        not_ready: Option<usize>,
+        holding: Option<Holding>,
     ) -> (Vec<String>, Vec<String>) {
         let cc = sentinel();
         let host = |i: usize| format!("chat-redis-{i}.chat-redis-headless.prod.svc");
@@ -885,29 +871,32 @@ mod scenarios {
             .at_revision("rev-2");
         let mut roles = FakeRoles::default();
         for (i, revision) in revisions.iter().enumerate() {
-            fake = fake.with_data_pod(&format!("chat-redis-{i}"), revision, not_ready != Some(i));
+            let ready = holding != Some(Holding::NotReady(i));
+            fake = fake.with_data_pod(&format!("chat-redis-{i}"), revision, ready);
             let role = if i == master {
                 NodeRole::Master { replicas: 2 }
             } else {
                 NodeRole::Replica {
                     master: format!("{}:6379", host(master)),
-                    linked: true,
+                    linked: holding != Some(Holding::Unlinked(i)),
                 }
             };
             roles = roles.with(&cc, i32::try_from(i).unwrap(), role);
         }
         let sentinels = FakeSentinels::all_naming(&cc, &host(master));
-        let asked = sentinels.failovers.clone();
         let (ctx, task) = crate::fixtures::context_with_roles(fake, sentinels, roles);
         reconcile(Arc::new(cc.clone()), ctx.clone()).await.unwrap();
-        let deleted = finish(ctx, task)
-            .await
+        let calls = finish(ctx, task).await;
+        let deleted = calls
             .iter()
             .filter(|c| c.method == "DELETE" && c.target().0 == "pods")
             .filter_map(|c| c.target().1)
             .collect();
-        let failovers = asked.lock().unwrap().clone();
-        (deleted, failovers)
+        let rolled = event_reasons(&calls)
+            .into_iter()
+            .filter(|r| r == "DataNodeRolled" || r == "MasterHandOver")
+            .collect();
+        (deleted, rolled)
     }
 
     fn applied_kinds(calls: &[Call]) -> Vec<String> {
@@ -1223,34 +1212,38 @@ mod scenarios {
     }
 
     #[tokio::test]
-    async fn data_nodes_roll_one_at_a_time_replicas_first_and_the_master_after_its_failover() {
+    async fn data_nodes_roll_one_at_a_time_replicas_first_then_the_master_whose_hook_hands_over() {
         const OLD: &str = "rev-1";
         const NEW: &str = "rev-2";
         let nothing = (Vec::<String>::new(), Vec::<String>::new());
+        let rolled = |pod: &str, reason: &str| (vec![pod.to_owned()], vec![reason.to_owned()]);
         // All outdated, pod 1 master: the highest replica goes first, alone.
         assert_eq!(
             roll_step([OLD, OLD, OLD], 1, None).await,
-            (vec!["chat-redis-2".to_owned()], Vec::new())
+            rolled("chat-redis-2", "DataNodeRolled")
         );
-        // Pod 2 restarted but not Ready yet: nothing moves.
-        assert_eq!(roll_step([OLD, OLD, NEW], 1, Some(2)).await, nothing);
-        // Ready (and linked): the other replica.
+        // Pod 2 restarted but not Ready yet, or Ready but not linked yet: nothing moves.
+        let not_ready = Some(Holding::NotReady(2));
+        assert_eq!(roll_step([OLD, OLD, NEW], 1, not_ready).await, nothing);
+        let unlinked = Some(Holding::Unlinked(2));
+        assert_eq!(roll_step([OLD, OLD, NEW], 1, unlinked).await, nothing);
+        // Ready and linked: the other replica.
         assert_eq!(
             roll_step([OLD, OLD, NEW], 1, None).await,
-            (vec!["chat-redis-0".to_owned()], Vec::new())
+            rolled("chat-redis-0", "DataNodeRolled")
         );
-        // Only the master is left: one sentinel is asked to fail it over, nothing deleted.
-        let (deleted, asked) = roll_step([NEW, OLD, NEW], 1, None).await;
-        assert!(deleted.is_empty(), "{deleted:?}");
+        // Pod 0 restarted but not Ready, or not linked, yet: the master is not touched.
+        let not_ready = Some(Holding::NotReady(0));
+        assert_eq!(roll_step([NEW, OLD, NEW], 1, not_ready).await, nothing);
+        let unlinked = Some(Holding::Unlinked(0));
+        assert_eq!(roll_step([NEW, OLD, NEW], 1, unlinked).await, nothing);
+        // Only the master is left, its replicas Ready and linked: it is deleted (once, the
+        // only DELETE), its preStop hook handing the role over.
         assert_eq!(
-            asked,
-            ["chat-sentinel-0.chat-sentinel-headless.prod.svc:26379"]
+            roll_step([NEW, OLD, NEW], 1, None).await,
+            rolled("chat-redis-1", "MasterHandOver")
         );
-        // The sentinels name pod 2 now: the old master, a replica since, goes last.
-        assert_eq!(
-            roll_step([NEW, OLD, NEW], 2, None).await,
-            (vec!["chat-redis-1".to_owned()], Vec::new())
-        );
+        // Pod 1 back at the new revision, a replica of pod 2: nothing left to do.
         assert_eq!(roll_step([NEW, NEW, NEW], 2, None).await, nothing);
     }
 

@@ -2,8 +2,13 @@
 //!
 //! What it keeps true: at most one data node is restarted at a time, and only while every
 //! data node is Ready and every replica's replication link is up; replicas go first (highest
-//! ordinal first, as a StatefulSet would); the master goes last and is failed over first (by
-//! asking a sentinel), so it is deleted only once it is a replica. Nothing moves while the
+//! ordinal first, as a StatefulSet would); the master goes last, and its pod is simply deleted:
+//! its preStop hook pauses writes (`CLIENT PAUSE WRITE`) and only then asks the sentinels to
+//! fail over, so no replica acknowledges a write the new master lacks, and the restarted pod
+//! comes back as a replica (its start script never takes the master role back from a replica
+//! holding data). The operator never asks a sentinel for a failover itself: one asked while
+//! the master still takes writes lets a replica not yet reconfigured acknowledge (`WAIT`)
+//! writes that its resync from the new master then discards. Nothing moves while the
 //! sentinels do not agree on a master or the nodes' own roles contradict them. Each reconcile
 //! takes at most one step; the next reconcile sees its effect.
 
@@ -59,8 +64,9 @@ pub(crate) enum RollStep {
     Wait(String),
     /// Delete this (outdated replica, or a master with no replica) pod.
     Delete(String),
-    /// Ask the sentinels to fail this outdated master over.
-    FailOver(String),
+    /// Delete this outdated master, every replica ready and linked: its preStop hook pauses
+    /// writes and hands the master role over to a replica before it stops.
+    HandOver(String),
 }
 
 /// The next step of the roll towards `update_revision`, given the data pods, how many there
@@ -106,9 +112,9 @@ pub(crate) fn next_step(
         return RollStep::Delete(replica.name.clone());
     }
     match pods.iter().find(|p| p.name == master) {
-        // Only the master is left to roll: with a replica to take over, hand the role over
-        // first; once it is a replica, the rule above deletes it.
-        Some(_) if pods.len() > 1 => RollStep::FailOver(master.to_owned()),
+        // Only the master is left to roll: with replicas (all ready and linked, checked above)
+        // to take over, its deletion runs the preStop hook that hands the role over.
+        Some(_) if pods.len() > 1 => RollStep::HandOver(master.to_owned()),
         Some(_) => RollStep::Delete(master.to_owned()),
         None => RollStep::Wait(format!("the master {master} is not among the data pods")),
     }
@@ -154,21 +160,43 @@ mod tests {
     }
 
     #[test]
-    fn replicas_roll_first_highest_ordinal_first_and_the_master_is_failed_over_last() {
+    fn replicas_roll_first_highest_ordinal_first_and_the_master_is_handed_over_last() {
         let m = "chat-redis-1";
         let mut pods = vec![pod(0, "rev-1"), pod(1, "rev-1"), pod(2, "rev-1")];
         assert_eq!(step(&pods, m), RollStep::Delete("chat-redis-2".into()));
         pods[2] = pod(2, NEW);
         assert_eq!(step(&pods, m), RollStep::Delete("chat-redis-0".into()));
         pods[0] = pod(0, NEW);
-        assert_eq!(step(&pods, m), RollStep::FailOver("chat-redis-1".into()));
-        // After the failover the old master is an outdated replica like any other.
-        assert_eq!(
+        assert_eq!(step(&pods, m), RollStep::HandOver("chat-redis-1".into()));
+        // While the old master stops (its hook hands over), nothing else moves.
+        pods[1].deleting = true;
+        assert!(matches!(step(&pods, m), RollStep::Wait(w) if w.contains("chat-redis-1")));
+        assert!(matches!(
             step(&pods, "chat-redis-2"),
-            RollStep::Delete("chat-redis-1".into())
-        );
+            RollStep::Wait(w) if w.contains("chat-redis-1")
+        ));
+        // Back at the new revision as pod 2's replica: done.
         pods[1] = pod(1, NEW);
         assert_eq!(step(&pods, "chat-redis-2"), RollStep::UpToDate);
+    }
+
+    #[test]
+    fn an_outdated_master_is_not_handed_over_while_a_replica_is_unlinked_or_not_ready() {
+        let m = "chat-redis-1";
+        let mut pods = vec![pod(0, NEW), pod(1, "rev-1"), pod(2, NEW)];
+        let mut unlinked = roles(&pods, m);
+        unlinked[2].1 = Some(NodeRole::Replica {
+            master: format!("{m}.h:6379"),
+            linked: false,
+        });
+        assert!(matches!(
+            next_step(&pods, NEW, 3, Some(m), &unlinked),
+            RollStep::Wait(w) if w.contains("chat-redis-2")
+        ));
+        pods[0].ready = false;
+        assert!(matches!(step(&pods, m), RollStep::Wait(w) if w.contains("chat-redis-0")));
+        pods[0].ready = true;
+        assert_eq!(step(&pods, m), RollStep::HandOver(m.into()));
     }
 
     #[test]
@@ -205,7 +233,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lone_master_is_deleted_without_a_failover() {
+    fn a_lone_master_is_deleted_without_a_hand_over() {
         let pods = vec![pod(0, "rev-1")];
         assert_eq!(
             next_step(

@@ -1,9 +1,9 @@
 //! Asking Redis sentinels who the master is, through fred (the Redis client chat-server uses).
 //!
-//! The operator mostly reads: it sends `SENTINEL GET-MASTER-ADDR-BY-NAME` (after `AUTH` when
+//! The operator only reads: it sends `SENTINEL GET-MASTER-ADDR-BY-NAME` (after `AUTH` when
 //! the sentinels have a password) and never reconfigures replication itself; the sentinels own
-//! failover. The one request is `SENTINEL FAILOVER`, when a roll of the data nodes reaches the
-//! master (see `crate::rollout`).
+//! failover. Not even a roll asks for one: it deletes the master, whose preStop hook pauses
+//! writes before it asks (see `crate::rollout`).
 //! Each question is one fresh connection that is closed after the answer. Connecting, the
 //! command and closing are bounded by one timeout and nothing is retried or reconnected, so an
 //! unreachable sentinel costs at most that timeout and the reconcile decides with the others.
@@ -40,13 +40,10 @@ pub struct MasterAddr {
 /// A sentinel's answer: the master's address (`None`: it knows no master of that name).
 pub type Answer<'a> = BoxFuture<'a, Result<Option<MasterAddr>>>;
 
-/// Something that can ask one sentinel where the master is, or to fail it over.
+/// Something that can ask one sentinel where the master is.
 pub trait SentinelProbe: Send + Sync {
     /// Ask the sentinel at `query.addr`.
     fn master_addr<'a>(&'a self, query: MasterQuery<'a>) -> Answer<'a>;
-    /// Ask the sentinel at `query.addr` to fail `query.master_name` over (`SENTINEL
-    /// FAILOVER`); a failover already in progress (`-INPROG`) counts as accepted.
-    fn failover<'a>(&'a self, query: MasterQuery<'a>) -> BoxFuture<'a, Result<()>>;
 }
 
 fn failure(addr: &str, reason: impl Display) -> Error {
@@ -172,22 +169,6 @@ impl SentinelProbe for FredSentinelProbe {
         // `one_command` bounds the whole exchange by the timeout.
         Box::pin(self.ask(query))
     }
-
-    fn failover<'a>(&'a self, query: MasterQuery<'a>) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let args = vec!["FAILOVER", query.master_name];
-            match one_command(query.addr, query.password, self.timeout, "SENTINEL", args).await {
-                Ok(_) => Ok(()),
-                Err(reason) if failover_in_progress(&reason) => Ok(()),
-                Err(reason) => Err(failure(query.addr, reason)),
-            }
-        })
-    }
-}
-
-/// Whether a refused `SENTINEL FAILOVER` says a failover is already under way.
-fn failover_in_progress(reason: &str) -> bool {
-    reason.contains("INPROG")
 }
 
 #[cfg(test)]
@@ -220,14 +201,6 @@ mod tests {
         assert_eq!(split_addr("[::1]:26379").unwrap(), ("::1", 26379));
         assert!(split_addr("no-port").is_err());
         assert!(split_addr("host:port").is_err());
-    }
-
-    #[test]
-    fn a_failover_already_in_progress_counts_as_accepted() {
-        assert!(failover_in_progress("INPROG Failover already in progress"));
-        assert!(!failover_in_progress(
-            "NOGOODSLAVE No suitable replica to promote"
-        ));
     }
 
     #[tokio::test]

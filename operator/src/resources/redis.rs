@@ -361,8 +361,8 @@ pub(crate) fn redis_statefulset(cc: &ChatCluster) -> StatefulSet {
     if let Some(spec) = sts.spec.as_mut() {
         spec.volume_claim_templates = persistence.then(|| vec![data_claim(cc)]);
         if sentinel_mode {
-            // The operator rolls the data nodes itself: replicas first, the master last and
-            // failed over first (see `crate::rollout`).
+            // The operator rolls the data nodes itself: replicas first, the master last (its
+            // preStop hook hands the role over; see `crate::rollout`).
             spec.update_strategy = Some(StatefulSetUpdateStrategy {
                 type_: Some("OnDelete".to_owned()),
                 ..StatefulSetUpdateStrategy::default()

@@ -259,7 +259,10 @@ impl RedisBackend {
         let mut builder = Builder::from_config(fred_config(config)?);
         builder
             .with_connection_config(|c| {
-                c.connection_timeout = Duration::from_secs(2);
+                // A connect within a cluster takes milliseconds; one that hangs is to a master
+                // cut off (partitioned), and every moment spent on it delays the move to the
+                // new master after `+switch-master` (the topology chaos test's partition).
+                c.connection_timeout = Duration::from_millis(500);
                 c.internal_command_timeout = Duration::from_secs(2);
                 c.max_command_attempts = 20;
                 c.unresponsive.max_timeout = Some(Duration::from_secs(3));

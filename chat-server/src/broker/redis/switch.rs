@@ -138,6 +138,17 @@ impl RedisBackend {
             return;
         }
         let (host, port) = (switch.new_host, switch.new_port);
+        let on_new_master = self.client.is_connected()
+            && self
+                .client
+                .active_connections()
+                .iter()
+                .any(|s| &*s.host == host && s.port == port);
+        if !on_new_master {
+            // Whatever the command connection is doing (up on the old master, or fred
+            // reconnecting to it), no WAIT in flight can speak for the new master.
+            self.connection_moving();
+        }
         let data = connected_elsewhere(&self.client, host, port);
         let sub = connected_elsewhere(&self.pubsub.sub, host, port);
         if !data && !sub {
@@ -151,7 +162,6 @@ impl RedisBackend {
         let (d, s) = tokio::join!(
             async {
                 if data {
-                    self.connection_moving();
                     self.client.force_reconnection().await
                 } else {
                     Ok(())

@@ -261,8 +261,9 @@ impl RedisBackend {
             .with_connection_config(|c| {
                 // A connect within a cluster takes milliseconds; one that hangs is to a master
                 // cut off (partitioned), and every moment spent on it delays the move to the
-                // new master after `+switch-master` (the topology chaos test's partition).
-                c.connection_timeout = Duration::from_millis(500);
+                // new master after `+switch-master` (the topology chaos test's partition: with
+                // 2 s, receipts resumed 0.7-1.2 s after the switch).
+                c.connection_timeout = Duration::from_millis(250);
                 c.internal_command_timeout = Duration::from_secs(2);
                 c.max_command_attempts = 20;
                 c.unresponsive.max_timeout = Some(Duration::from_secs(3));
@@ -272,10 +273,12 @@ impl RedisBackend {
                 p.default_command_timeout = wait;
                 p.broadcast_channel_capacity = 16_384;
             })
-            // At most 250 ms between attempts: after a master dies, fred retries through the
-            // sentinels until they elect a new one, and a longer backoff is time lost after
-            // the election (a failed attempt is one sentinel question and a refused connect).
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 250, 2));
+            // At most 100 ms between attempts: after a master dies or is cut off, fred retries
+            // through the sentinels until they elect a new one, and a longer backoff (or a
+            // longer connect timeout, above) is time lost after the election; a `+switch-master`
+            // cannot interrupt an attempt under way (a failed attempt is one sentinel question
+            // and a refused or timed-out connect).
+            .set_policy(ReconnectPolicy::new_exponential(0, 25, 100, 2));
         let client = builder.build().map_err(|e| unavailable(&e))?;
         let sub = builder
             .build_subscriber_client()

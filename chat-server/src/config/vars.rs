@@ -172,7 +172,7 @@ pub const VARS: &[Var] = &[
     var(
         "CHAT_ARCHIVE_BATCH",
         "records an instance archives in one INSERT (at most 10000)",
-        Some("500"),
+        Some("2000"),
     ),
     var(
         "CHAT_ARCHIVE_CLAIM_IDLE_MS",

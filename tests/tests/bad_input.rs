@@ -139,7 +139,7 @@ battery! {
     a_room_id_too_long: Act::AfterConnect(frame("SUBSCRIBE", &[("id", "0"), ("destination", &format!("/topic/room/{}", "r".repeat(129)))], b"")) => "bad destination";
     json_nested_too_deep: Act::AfterConnect(send(format!("{{\"content\":{}1{}}}", "[".repeat(200), "]".repeat(200)).as_bytes())) => "bad message";
     a_brace_that_is_not_json: Act::AfterConnect(send(b"{not json at all")) => "bad message";
-    json_claiming_a_server_event_type: Act::AfterConnect(send(br#"{"content":"x","type":"LEAVE"}"#)) => "bad message";
+    json_claiming_a_server_event_type: Act::AfterConnect(send(br#"{"content":"x","type":"SYSTEM"}"#)) => "bad message";
     json_content_that_is_not_a_string: Act::AfterConnect(send(br#"{"content":{"a":1}}"#)) => "bad message";
     an_empty_message: Act::AfterConnect(send(b"")) => "bad message";
     a_binary_message_that_is_not_utf8: Act::Ws(Message::binary(send(&[0xc3, 0x28, 0xff]))) => "bad message";

@@ -9,7 +9,7 @@
 //! clock; the script refuses it past that unless it is in already (see `lua/common.lua`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -45,8 +45,6 @@ pub(super) struct PublishState {
     /// Wakes the WAITs in flight when the connection is given up (`+switch-master`): their
     /// answer, if one ever comes, cannot speak for the new master.
     moved: tokio::sync::Notify,
-    /// Replicas connected to the master, as last seen (refreshed every heartbeat).
-    replicas: AtomicI64,
     /// The batcher's queue, with `min_replicas > 0` only.
     replicated: Option<mpsc::Sender<Pending>>,
 }
@@ -58,7 +56,6 @@ impl PublishState {
             wait,
             connection_gen: AtomicU64::new(0),
             moved: tokio::sync::Notify::new(),
-            replicas: AtomicI64::new(i64::from(min_replicas)),
             replicated: (min_replicas > 0).then_some(tx),
         }
     }
@@ -227,12 +224,6 @@ impl RedisBackend {
                 r = rx.recv() => match r {
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         self.publish.connection_gen.fetch_add(1, Ordering::AcqRel);
-                        // A new connection may be to a new master with fewer replicas (none
-                        // right after a failover): a WAIT for the old count would only time out.
-                        if self.waits_for_replicas() {
-                            let me = self.clone();
-                            tokio::spawn(async move { me.refresh_replicas().await });
-                        }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
@@ -299,8 +290,9 @@ impl RedisBackend {
     /// sentinels make it a replica again), so a RECEIPT from it would be a promise broken
     /// (seen in the topology chaos test: a partitioned master back for a second before the
     /// sentinels demoted it). Right after a failover the new master has its replicas within
-    /// about a second; a topology left with fewer replicas than `min_replicas` refuses
-    /// messages (ERROR, the client may resend) until one is back.
+    /// about a second, and a WAIT returns as soon as they acknowledge, so no replica count is
+    /// kept; a topology left with fewer replicas than `min_replicas` refuses messages (ERROR,
+    /// the client may resend) until one is back.
     /// False at once when the command connection changed since `generation`: a WAIT then
     /// cannot speak for the writes made before.
     async fn await_replicas(&self, generation: u64) -> bool {
@@ -314,56 +306,20 @@ impl RedisBackend {
             if self.publish.connection_gen.load(Ordering::Acquire) != generation {
                 return false;
             }
-            if self.publish.replicas.load(Ordering::Acquire) < want {
-                // Not there yet: look again (a new master gains its replicas within a second)
-                // rather than send a WAIT that cannot be met.
-                self.refresh_replicas().await;
-                if self.publish.replicas.load(Ordering::Acquire) < want {
-                    if Instant::now() >= deadline {
-                        return false;
-                    }
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_millis(50)) => continue,
-                        () = &mut moved => return false,
-                    }
-                }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
             }
+            // Bounded per round, so a connection change is seen between rounds too.
+            let timeout = left.min(Duration::from_millis(500));
             let acked: Result<i64, _> = tokio::select! {
-                acked = self.client.wait(want, 500) => acked,
+                acked = self.client.wait(want, timeout.as_millis().max(1) as i64) => acked,
                 () = &mut moved => return false,
             };
             if matches!(acked, Ok(n) if n >= want) {
                 return true;
             }
-            // Short: perhaps the master changed or lost replicas. Look again, then retry.
-            self.refresh_replicas().await;
-            if Instant::now() >= deadline {
-                return false;
-            }
         }
-    }
-
-    /// Looks up how many replicas the master has now (kept as it was when Redis does not say).
-    pub(super) async fn refresh_replicas(&self) {
-        if let Some(c) = self.connected_replicas().await {
-            self.publish.replicas.store(c, Ordering::Release);
-        }
-    }
-
-    /// Whether publishes wait for replicas (and the replica count is worth refreshing).
-    pub(super) fn waits_for_replicas(&self) -> bool {
-        self.publish.min_replicas > 0
-    }
-
-    async fn connected_replicas(&self) -> Option<i64> {
-        let info: String = self
-            .client
-            .info(Some(fred::types::InfoKind::Replication))
-            .await
-            .ok()?;
-        info.lines()
-            .find_map(|l| l.strip_prefix("connected_slaves:"))
-            .and_then(|n| n.trim().parse().ok())
     }
 }
 

@@ -90,9 +90,6 @@ impl RedisBackend {
             }
             self.send_probe().await;
             self.check_probe().await;
-            if self.waits_for_replicas() {
-                self.refresh_replicas().await;
-            }
         }
     }
 

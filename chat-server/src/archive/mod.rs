@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 
 pub use self::batch::{Batch, Entry, Row, build};
 pub use self::reads::{ArchiveReads, ArchiveSource, Events, MAX_ARCHIVE_READ, READ_TIMEOUT, Read};
-pub use self::store::{Store, check_url};
+pub use self::store::{SslMode, Store, check_root_cert, check_url};
 use crate::metrics::Metrics;
 
 /// The PostgreSQL message archive (`CHAT_ARCHIVE_*`).
@@ -37,6 +37,11 @@ pub struct ArchiveConfig {
     pub url: String,
     /// From `CHAT_ARCHIVE_PASSWORD_FILE`; replaces any password in the URL.
     pub password: Option<String>,
+    /// `CHAT_ARCHIVE_SSL_MODE`; replaces the URL's `sslmode`.
+    pub ssl_mode: Option<SslMode>,
+    /// `CHAT_ARCHIVE_SSL_ROOT_CERT_FILE` (checked to hold PEM certificates); replaces the URL's
+    /// `sslrootcert`.
+    pub ssl_root_cert: Option<std::path::PathBuf>,
     pub backlog: u64,
     pub batch: usize,
     pub claim_idle: Duration,
@@ -46,6 +51,8 @@ impl std::fmt::Debug for ArchiveConfig {
     // The URL may carry a password: never print it.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ArchiveConfig")
+            .field("ssl_mode", &self.ssl_mode)
+            .field("ssl_root_cert", &self.ssl_root_cert)
             .field("backlog", &self.backlog)
             .field("batch", &self.batch)
             .field("claim_idle", &self.claim_idle)

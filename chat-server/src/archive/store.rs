@@ -90,13 +90,61 @@ pub(super) fn connect_options(
     config: &ArchiveConfig,
     application: &str,
 ) -> Result<PgConnectOptions, ArchiveError> {
-    let options = PgConnectOptions::from_str(&config.url)
+    let mut options = PgConnectOptions::from_str(&config.url)
         .map_err(|e| ArchiveError::Config(e.to_string()))?
         .application_name(application);
-    Ok(match &config.password {
-        Some(pw) => options.password(pw),
-        None => options,
-    })
+    if let Some(pw) = &config.password {
+        options = options.password(pw);
+    }
+    if let Some(mode) = config.ssl_mode {
+        options = options.ssl_mode(mode.into());
+    }
+    if let Some(ca) = &config.ssl_root_cert {
+        options = options.ssl_root_cert(ca);
+    }
+    Ok(options)
+}
+
+/// `CHAT_ARCHIVE_SSL_MODE`, as libpq names the modes. TLS is rustls; `prefer` and `require`
+/// encrypt without checking the server's certificate, `verify-ca` checks it against the CA
+/// certificates (`CHAT_ARCHIVE_SSL_ROOT_CERT_FILE`, else the URL's `sslrootcert`, else the
+/// system's), `verify-full` also checks that it names the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Allow,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The mode a libpq `sslmode` value names.
+    pub fn parse(s: &str) -> Option<SslMode> {
+        Some(match s {
+            "disable" => SslMode::Disable,
+            "allow" => SslMode::Allow,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => return None,
+        })
+    }
+}
+
+impl From<SslMode> for PgSslMode {
+    fn from(m: SslMode) -> PgSslMode {
+        match m {
+            SslMode::Disable => PgSslMode::Disable,
+            SslMode::Allow => PgSslMode::Allow,
+            SslMode::Prefer => PgSslMode::Prefer,
+            SslMode::Require => PgSslMode::Require,
+            SslMode::VerifyCa => PgSslMode::VerifyCa,
+            SslMode::VerifyFull => PgSslMode::VerifyFull,
+        }
+    }
 }
 
 /// `Ok` if `url` is a PostgreSQL URL this server can use; the reason otherwise.
@@ -104,15 +152,27 @@ pub fn check_url(url: &str) -> Result<(), String> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err("must start with postgres:// or postgresql://".into());
     }
-    let options =
-        PgConnectOptions::from_str(url).map_err(|e| format!("not a PostgreSQL URL ({e})"))?;
-    // This build has no TLS client (compile time); refuse up front what could never connect.
-    match options.get_ssl_mode() {
-        PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull => Err(
-            "sslmode requires TLS, which this build does not speak to PostgreSQL yet \
-             (use sslmode=prefer or disable on a private network)"
-                .into(),
-        ),
-        PgSslMode::Disable | PgSslMode::Allow | PgSslMode::Prefer => Ok(()),
+    PgConnectOptions::from_str(url).map_err(|e| format!("not a PostgreSQL URL ({e})"))?;
+    Ok(())
+}
+
+/// `Ok` if `file` is a readable PEM file with at least one certificate and nothing unreadable;
+/// checked at start-up, so a wrong path or a key given for a certificate stops the server
+/// instead of failing every connection later.
+pub fn check_root_cert(file: &str) -> Result<(), String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let certs =
+        CertificateDer::pem_file_iter(file).map_err(|e| format!("cannot read {file}: {e}"))?;
+    let mut n = 0usize;
+    for cert in certs {
+        cert.map_err(|e| format!("{file} is not a PEM certificate file: {e}"))?;
+        n += 1;
     }
+    if n == 0 {
+        return Err(format!(
+            "{file} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+        ));
+    }
+    Ok(())
 }

@@ -317,11 +317,14 @@ fn archive(
     backend: &Backend,
 ) -> Result<Option<ArchiveConfig>, ConfigError> {
     let Some(url) = get("CHAT_ARCHIVE_URL") else {
-        if get("CHAT_ARCHIVE_PASSWORD_FILE").is_some() {
-            return Err(bad(
-                "CHAT_ARCHIVE_PASSWORD_FILE",
-                "set without CHAT_ARCHIVE_URL",
-            ));
+        for name in [
+            "CHAT_ARCHIVE_PASSWORD_FILE",
+            "CHAT_ARCHIVE_SSL_MODE",
+            "CHAT_ARCHIVE_SSL_ROOT_CERT_FILE",
+        ] {
+            if get(name).is_some() {
+                return Err(bad(name, "set without CHAT_ARCHIVE_URL"));
+            }
         }
         return Ok(None);
     };
@@ -344,6 +347,18 @@ fn archive(
                 })
         })
         .transpose()?;
+    let ssl_mode = parse_with(get, "CHAT_ARCHIVE_SSL_MODE", |v| {
+        crate::archive::SslMode::parse(v).ok_or_else(|| {
+            "must be disable, allow, prefer, require, verify-ca or verify-full".to_owned()
+        })
+    })?;
+    let ssl_root_cert = get("CHAT_ARCHIVE_SSL_ROOT_CERT_FILE")
+        .map(|file| {
+            crate::archive::check_root_cert(&file)
+                .map(|()| std::path::PathBuf::from(&file))
+                .map_err(|m| bad("CHAT_ARCHIVE_SSL_ROOT_CERT_FILE", m))
+        })
+        .transpose()?;
     let backlog = number::<u64>(get, "CHAT_ARCHIVE_BACKLOG")?;
     if backlog < 1000 {
         return Err(bad("CHAT_ARCHIVE_BACKLOG", "must be at least 1000"));
@@ -358,6 +373,8 @@ fn archive(
     Ok(Some(ArchiveConfig {
         url,
         password,
+        ssl_mode,
+        ssl_root_cert,
         backlog,
         batch,
         claim_idle: millis(get, "CHAT_ARCHIVE_CLAIM_IDLE_MS", 100)?,
@@ -570,10 +587,76 @@ mod tests {
                 &[redis, url, ("CHAT_ARCHIVE_CLAIM_IDLE_MS", "soon")],
                 "CHAT_ARCHIVE_CLAIM_IDLE_MS",
             ),
+            (
+                &[redis, ("CHAT_ARCHIVE_SSL_MODE", "require")],
+                "CHAT_ARCHIVE_SSL_MODE",
+            ),
+            (
+                &[redis, url, ("CHAT_ARCHIVE_SSL_MODE", "verify")],
+                "CHAT_ARCHIVE_SSL_MODE",
+            ),
+            (
+                &[redis, ("CHAT_ARCHIVE_SSL_ROOT_CERT_FILE", "/etc/hostname")],
+                "CHAT_ARCHIVE_SSL_ROOT_CERT_FILE",
+            ),
+            (
+                &[
+                    redis,
+                    url,
+                    ("CHAT_ARCHIVE_SSL_ROOT_CERT_FILE", "/nonexistent/ca.crt"),
+                ],
+                "CHAT_ARCHIVE_SSL_ROOT_CERT_FILE",
+            ),
+            // A file without a certificate (the wrong key of a Secret, say).
+            (
+                &[
+                    redis,
+                    url,
+                    ("CHAT_ARCHIVE_SSL_ROOT_CERT_FILE", "/etc/hostname"),
+                ],
+                "CHAT_ARCHIVE_SSL_ROOT_CERT_FILE",
+            ),
         ];
         for (pairs, var) in cases {
             assert_eq!(parse(pairs).unwrap_err().var, *var, "{pairs:?}");
         }
+    }
+
+    #[test]
+    fn the_archive_tls_settings_are_taken_and_a_pem_private_key_is_no_ca_file() {
+        let dir = std::env::temp_dir();
+        let ca = dir.join(format!("chat-archive-ca-{}.crt", std::process::id()));
+        let key = dir.join(format!("chat-archive-key-{}.pem", std::process::id()));
+        // Base64 of some bytes: the start-up check reads PEM; rustls parses the DER on connect.
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nMIIBAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &key,
+            "-----BEGIN PRIVATE KEY-----\nMIIBAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let base = [
+            ("CHAT_REDIS_URL", "redis://127.0.0.1:6379"),
+            ("CHAT_ARCHIVE_URL", "postgres://chat@db:5432/chat"),
+            ("CHAT_ARCHIVE_SSL_MODE", "verify-full"),
+        ];
+        let mut pairs = base.to_vec();
+        pairs.push(("CHAT_ARCHIVE_SSL_ROOT_CERT_FILE", ca.to_str().unwrap()));
+        let a = parse(&pairs).unwrap().archive.unwrap();
+        assert_eq!(a.ssl_mode, Some(crate::archive::SslMode::VerifyFull));
+        assert_eq!(a.ssl_root_cert.as_deref(), Some(ca.as_path()));
+        let mut pairs = base.to_vec();
+        pairs.push(("CHAT_ARCHIVE_SSL_ROOT_CERT_FILE", key.to_str().unwrap()));
+        let e = parse(&pairs).unwrap_err();
+        assert_eq!(e.var, "CHAT_ARCHIVE_SSL_ROOT_CERT_FILE");
+        assert!(e.to_string().contains("no PEM certificate"), "{e}");
+        let a = parse(&base[..2]).unwrap().archive.unwrap();
+        assert_eq!((a.ssl_mode, a.ssl_root_cert), (None, None));
+        let _ = std::fs::remove_file(ca);
+        let _ = std::fs::remove_file(key);
     }
 
     #[test]

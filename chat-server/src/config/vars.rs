@@ -165,6 +165,16 @@ pub const VARS: &[Var] = &[
         None,
     ),
     var(
+        "CHAT_ARCHIVE_SSL_MODE",
+        "TLS to the archive: disable, allow, prefer, require, verify-ca or verify-full; unset: the URL's sslmode (prefer)",
+        None,
+    ),
+    var(
+        "CHAT_ARCHIVE_SSL_ROOT_CERT_FILE",
+        "PEM file of the CA certificates the archive's server certificate is checked against; unset: the URL's sslrootcert, else the system's",
+        None,
+    ),
+    var(
         "CHAT_ARCHIVE_BACKLOG",
         "records waiting for the archive (all instances) before the oldest is dropped and counted",
         Some("1000000"),

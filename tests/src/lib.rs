@@ -4,6 +4,7 @@
 //! Every wait here is bounded, so a broken server fails a test instead of hanging it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
+pub mod certs;
 pub mod http;
 pub mod postgres;
 pub mod process;

@@ -59,12 +59,55 @@ pub struct Postgres {
     bin: PathBuf,
     pub port: u16,
     child: Option<Child>,
+    tls: bool,
 }
 
 impl Postgres {
     /// Creates a cluster (user `postgres`, trust authentication on loopback) and starts it;
     /// returns once it answers a query.
     pub async fn start() -> Postgres {
+        let mut pg = Postgres::init();
+        pg.launch().await;
+        pg
+    }
+
+    /// As [`Postgres::start`], but serving TLS with `cert` and accepting TCP connections only
+    /// over TLS (`hostssl`; a plain one is rejected by `pg_hba.conf`).
+    pub async fn start_tls(cert: &crate::certs::ServerCert) -> Postgres {
+        let mut pg = Postgres::init();
+        let data = pg.dir.path().join("data");
+        std::fs::write(data.join("server.crt"), &cert.cert_pem).expect("write server.crt");
+        std::fs::write(data.join("server.key"), &cert.key_pem).expect("write server.key");
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\n\
+             hostssl all all 127.0.0.1/32 trust\n\
+             hostnossl all all 127.0.0.1/32 reject\n",
+        )
+        .expect("write pg_hba.conf");
+        // PostgreSQL refuses a key file others can read; it must be its user's.
+        let ok = Command::new("chmod")
+            .arg("600")
+            .arg(data.join("server.key"))
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "chmod of server.key failed");
+        if running_as_root() {
+            let ok = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(data.join("server.crt"))
+                .arg(data.join("server.key"))
+                .arg(data.join("pg_hba.conf"))
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "chown of the TLS files failed");
+        }
+        pg.tls = true;
+        pg.launch().await;
+        pg
+    }
+
+    fn init() -> Postgres {
         let dir = tempfile::Builder::new()
             .prefix("chat-pg-")
             .tempdir()
@@ -99,14 +142,13 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let mut pg = Postgres {
+        Postgres {
             dir,
             bin,
             port: crate::free_port(),
             child: None,
-        };
-        pg.launch().await;
-        pg
+            tls: false,
+        }
     }
 
     /// `postgres://postgres@127.0.0.1:<port>/postgres`.
@@ -131,6 +173,11 @@ impl Postgres {
                 "unix_socket_directories={}",
                 self.dir.path().display()
             ))
+            .args(if self.tls {
+                &["-c", "ssl=on"][..]
+            } else {
+                &[][..]
+            })
             .args([
                 "-c",
                 "fsync=off",

@@ -518,3 +518,139 @@ async fn redis_down_for_seconds_under_load_has_every_receipted_message_archived_
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// `env` for an archive at `url` (the PostgreSQL of `pg`, by another URL), plus `extra`.
+fn tls_env(
+    redis: &RedisServer,
+    pg: &Postgres,
+    url: String,
+    extra: &[(&'static str, String)],
+) -> Vec<(&'static str, String)> {
+    let mut e: Vec<_> = env(redis, pg, 30_000)
+        .into_iter()
+        .filter(|(k, _)| *k != "CHAT_ARCHIVE_URL")
+        .collect();
+    e.push(("CHAT_ARCHIVE_URL", url));
+    e.extend(extra.iter().cloned());
+    e
+}
+
+/// Whether every connection named `chat-server` in PostgreSQL is over TLS, and how many there are.
+async fn chat_server_connections_over_tls(pg: &Postgres) -> (bool, i64) {
+    let mut c = pg.connect().await;
+    let row = sqlx::query(
+        "SELECT coalesce(bool_and(s.ssl), false) AS all_tls, count(*) AS n
+         FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+         WHERE a.application_name = 'chat-server'",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    (row.get("all_tls"), row.get("n"))
+}
+
+#[tokio::test]
+async fn the_archive_over_tls_checks_the_servers_certificate_and_stores_every_message() {
+    let ca = chat_tests::certs::TestCa::new("archive CA");
+    let pg = Postgres::start_tls(&ca.server_cert(&["127.0.0.1", "localhost"])).await;
+    let redis = RedisServer::start(RedisOpts::default());
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.crt");
+    std::fs::write(&ca_file, &ca.cert_pem).unwrap();
+    // The URL names the address the certificate names: verify-full checks both.
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port);
+    let e = tls_env(
+        &redis,
+        &pg,
+        url,
+        &[
+            ("CHAT_ARCHIVE_SSL_MODE", "verify-full".into()),
+            (
+                "CHAT_ARCHIVE_SSL_ROOT_CERT_FILE",
+                ca_file.display().to_string(),
+            ),
+        ],
+    );
+    let a = instance("a", &e).await;
+    let mut c = Client::login(&a.ws_url(), "ann").await;
+    for n in 0..20 {
+        c.send("/app/room/tls", &format!(r#"{{"content":"m{n}","n":{n}}}"#))
+            .await;
+    }
+    let rows = wait_archived(&pg, 20, Duration::from_secs(20)).await;
+    let ns: BTreeSet<u64> = rows.values().map(|r| r["n"].as_u64().unwrap()).collect();
+    assert_eq!(ns, (0..20).collect());
+    // pg_hba.conf rejects plain TCP, and the server's own connections say TLS.
+    let (all_tls, n) = chat_server_connections_over_tls(&pg).await;
+    assert!(
+        n >= 1 && all_tls,
+        "{n} chat-server connections, all TLS: {all_tls}"
+    );
+    assert_eq!(
+        metric(&a, r#"chat_archive_errors_total{reason="postgres"}"#).await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_certificate_that_does_not_verify_stops_archiving_not_chat_and_loses_nothing() {
+    let ca = chat_tests::certs::TestCa::new("archive CA");
+    let other = chat_tests::certs::TestCa::new("some other CA");
+    let pg = Postgres::start_tls(&ca.server_cert(&["127.0.0.1"])).await;
+    let redis = RedisServer::start(RedisOpts::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (right, wrong) = (dir.path().join("ca.crt"), dir.path().join("other.crt"));
+    std::fs::write(&right, &ca.cert_pem).unwrap();
+    std::fs::write(&wrong, &other.cert_pem).unwrap();
+    let base = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port);
+    let e = tls_env(
+        &redis,
+        &pg,
+        base.clone(),
+        &[
+            ("CHAT_ARCHIVE_SSL_MODE", "verify-ca".into()),
+            (
+                "CHAT_ARCHIVE_SSL_ROOT_CERT_FILE",
+                wrong.display().to_string(),
+            ),
+        ],
+    );
+    let mut a = instance("a", &e).await;
+    let mut c = Client::login(&a.ws_url(), "ann").await;
+    for n in 0..10 {
+        c.send(
+            "/app/room/badca",
+            &format!(r#"{{"content":"m{n}","n":{n}}}"#),
+        )
+        .await;
+    }
+    // Every attempt fails the handshake: counted, retried, chat and readiness unaffected.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while metric(&a, r#"chat_archive_errors_total{reason="postgres"}"#).await < 2.0 {
+        assert!(Instant::now() < deadline, "no archive error counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.wait_ready(Duration::from_secs(1)).await;
+    c.send("/app/room/badca", r#"{"content":"still chatting","n":10}"#)
+        .await;
+    assert!(
+        archived_table_missing(&pg).await,
+        "nothing may have reached PostgreSQL"
+    );
+    assert_eq!(
+        xlen(&redis, "chat:archive"),
+        11,
+        "the Stream keeps them all"
+    );
+    drop(c);
+    a.signal("TERM");
+    a.wait_exit(Duration::from_secs(10)).await;
+    // The right CA, given in the URL as libpq takes it: all of them are stored.
+    let url = format!("{base}?sslmode=verify-full&sslrootcert={}", right.display());
+    let b = instance("b", &tls_env(&redis, &pg, url, &[])).await;
+    let rows = wait_archived(&pg, 11, Duration::from_secs(45)).await;
+    let ns: BTreeSet<u64> = rows.values().map(|r| r["n"].as_u64().unwrap()).collect();
+    assert_eq!(ns, (0..11).collect());
+    assert!(chat_server_connections_over_tls(&pg).await.0);
+    drop(b);
+}

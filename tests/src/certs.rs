@@ -1,0 +1,52 @@
+//! Certificates for TLS tests, made fresh per test with rcgen: a CA of its own and server
+//! certificates it signs. Nothing is read from or written to the machine's trust store.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
+
+/// A certificate authority for one test.
+pub struct TestCa {
+    /// The CA certificate, PEM: what a client is told to trust.
+    pub cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// A server certificate and its private key, PEM.
+pub struct ServerCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl TestCa {
+    /// A new self-signed CA named `name`.
+    pub fn new(name: &str) -> TestCa {
+        let key = KeyPair::generate().expect("generate the CA key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.self_signed(&key).expect("self-sign the CA");
+        TestCa {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A server certificate for `names` (host names, or IP addresses as text), signed by this CA.
+    pub fn server_cert(&self, names: &[&str]) -> ServerCert {
+        let key = KeyPair::generate().expect("generate the server key");
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = CertificateParams::new(names).expect("server certificate parameters");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "chatcluster test server");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("sign the server certificate");
+        ServerCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}

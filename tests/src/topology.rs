@@ -560,9 +560,60 @@ pub struct Cluster {
     pub servers: Vec<ServerProcess>,
     hosts: PathBuf,
     next_host: u8,
-    // Dropped last: the pods (in the fields above) must be gone before their bridge.
+    // Dropped last: the pods (in the fields above) must be gone before their bridge and
+    // before the mount points they bound volumes over.
     net: Net,
     dir: TempDir,
+    _mount_points: MountPointLease,
+}
+
+/// The empty mount points (`/config`, `/data`, `/run/redis`, ...) this process created in the
+/// machine's root file system for the pods' volumes, and how many clusters use them: the last
+/// cluster to go removes them again, so a run leaves the machine's root as it found it.
+/// (A pod's bind mounts live in its own mount namespace, but their targets must exist.)
+struct MountPoints {
+    users: usize,
+    created: Vec<PathBuf>,
+}
+
+static MOUNT_POINTS: Mutex<MountPoints> = Mutex::new(MountPoints {
+    users: 0,
+    created: Vec::new(),
+});
+
+/// One cluster's use of [`MOUNT_POINTS`].
+struct MountPointLease;
+
+impl MountPointLease {
+    fn take() -> MountPointLease {
+        MOUNT_POINTS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .users += 1;
+        MountPointLease
+    }
+
+    /// Creates `path` (and missing parents) unless it exists, remembering what it created.
+    fn ensure(&self, path: &Path) {
+        let mut m = MOUNT_POINTS.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut missing: Vec<&Path> = path.ancestors().take_while(|p| !p.exists()).collect();
+        fs::create_dir_all(path).expect("a mount point");
+        // Parents after children in `created`: removal runs in that order.
+        m.created.extend(missing.drain(..).map(Path::to_path_buf));
+    }
+}
+
+impl Drop for MountPointLease {
+    fn drop(&mut self) {
+        let mut m = MOUNT_POINTS.lock().unwrap_or_else(PoisonError::into_inner);
+        m.users = m.users.saturating_sub(1);
+        if m.users == 0 {
+            // Only empty directories go (remove_dir refuses others).
+            for p in m.created.drain(..) {
+                let _ = fs::remove_dir(&p);
+            }
+        }
+    }
 }
 
 impl Cluster {
@@ -584,6 +635,7 @@ impl Cluster {
             net,
             dir,
             rendered,
+            _mount_points: MountPointLease::take(),
         };
         for (kind, t) in [
             (Kind::Data, cluster.rendered.data.clone()),
@@ -662,9 +714,7 @@ impl Cluster {
             }
             // The mount point has to exist (empty) in the root file system; the pod's own
             // mount namespace puts the volume over it.
-            if !Path::new(path).exists() {
-                fs::create_dir_all(path).expect("a mount point");
-            }
+            self._mount_points.ensure(Path::new(path));
         }
     }
 

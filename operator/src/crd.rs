@@ -448,6 +448,15 @@ pub enum AntiAffinity {
     Required,
 }
 
+/// The CEL transition rule keeping `redis.persistence` as it was created (see `RedisSpec`).
+const PERSISTENCE_IMMUTABLE: &str = "has(self.external) || has(oldSelf.external) || \
+(has(self.persistence) && has(self.persistence.enabled) ? self.persistence.enabled : true) == \
+(has(oldSelf.persistence) && has(oldSelf.persistence.enabled) ? oldSelf.persistence.enabled : true) && \
+(has(self.persistence) && has(self.persistence.size) ? string(self.persistence.size) : '1Gi') == \
+(has(oldSelf.persistence) && has(oldSelf.persistence.size) ? string(oldSelf.persistence.size) : '1Gi') && \
+(has(self.persistence) && has(self.persistence.storageClassName) ? self.persistence.storageClassName : '') == \
+(has(oldSelf.persistence) && has(oldSelf.persistence.storageClassName) ? oldSelf.persistence.storageClassName : '')";
+
 /// Redis settings. With `external`, nothing is deployed and the servers use that Redis.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[x_kube(
@@ -458,6 +467,11 @@ pub enum AntiAffinity {
     validation = Rule::new("self.mode == 'Sentinel' || !has(self.minReplicasToAck)").message("minReplicasToAck only applies in Sentinel mode"),
     validation = Rule::new("!has(self.external) || (self.mode == 'Standalone' ? has(self.external.url) : has(self.external.sentinels))").message("external Redis needs external.url in Standalone mode and external.sentinels in Sentinel mode"),
     validation = Rule::new("!has(self.external) || !has(self.persistence.enabled) || !self.persistence.enabled").message("persistence does not apply to an external Redis"),
+    // Immutable as the data StatefulSet's volumeClaimTemplates are, by meaning rather than by
+    // spelling: an unset `enabled` is on (for the Redis the operator deploys; with `external`
+    // nothing is deployed and nothing needs to stay), so setting `enabled: true` where it was
+    // unset changes nothing and passes.
+    validation = Rule::new(PERSISTENCE_IMMUTABLE).message("redis.persistence is immutable (the data StatefulSet's volumeClaimTemplates cannot change): migrate to a new ChatCluster instead"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RedisSpec {
@@ -484,9 +498,6 @@ pub struct RedisSpec {
     /// Persistent volumes for Redis data; cannot change after creation (they are the data
     /// StatefulSet's volumeClaimTemplates, which Kubernetes does not let change).
     #[serde(default)]
-    #[x_kube(
-        validation = Rule::new("self == oldSelf").message("redis.persistence is immutable (the data StatefulSet's volumeClaimTemplates cannot change): migrate to a new ChatCluster instead")
-    )]
     pub persistence: PersistenceSpec,
     /// Sentinel mode: `Required` puts every sentinel on its own node (needs at least as many
     /// schedulable nodes as sentinels), `Preferred` only prefers it. Unset: `Preferred`.
@@ -747,6 +758,46 @@ mod tests {
         let mut spec = ChatClusterSpec::default();
         spec.redis.image = "redis:7.2.7".to_owned();
         cluster(spec).validate_cel_update(&old).unwrap();
+    }
+
+    #[test]
+    fn spelling_out_what_persistence_already_meant_is_no_change() {
+        // Created with `enabled` unset (on): saying `true` is the same, `false` is not.
+        let old = cluster(ChatClusterSpec::default());
+        let mut spec = ChatClusterSpec::default();
+        spec.redis.persistence.enabled = Some(true);
+        let explicit = cluster(spec);
+        explicit.validate_cel_update(&old).unwrap();
+        old.validate_cel_update(&explicit).unwrap();
+        let mut spec = ChatClusterSpec::default();
+        spec.redis.persistence.enabled = Some(false);
+        let off = cluster(spec);
+        rejected_update(&off, &old);
+        rejected_update(&old, &off);
+        // With an external Redis nothing is deployed: unset and `false` both mean no volumes.
+        let external = |enabled| {
+            let mut spec = ChatClusterSpec::default();
+            spec.redis.external = Some(ExternalRedis {
+                url: Some("redis://redis.example:6379".to_owned()),
+                sentinels: None,
+                master_name: None,
+            });
+            spec.redis.persistence.enabled = enabled;
+            cluster(spec)
+        };
+        external(Some(false))
+            .validate_cel_update(&external(None))
+            .unwrap();
+    }
+
+    fn rejected_update(new: &ChatCluster, old: &ChatCluster) {
+        let err = new
+            .validate_cel_update(old)
+            .expect_err("a persistence change must be refused");
+        assert!(
+            format!("{err:?}").contains("redis.persistence is immutable"),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -112,6 +112,76 @@ pub struct ArchiveSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub batch: Option<i64>,
+    /// TLS to PostgreSQL. Unset: the URL's `sslmode` and `sslrootcert` apply (a URL without
+    /// them: `prefer`, checked against nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ArchiveTlsSpec>,
+}
+
+/// TLS to the archive (`CHAT_ARCHIVE_SSL_*`, docs/CONFIGURATION.md). For a CloudNativePG
+/// cluster `NAME`: mode `verify-full` with `caSecretRef` Secret `NAME-ca`, key `ca.crt` (its
+/// server certificate names `NAME-rw`, the host of the `NAME-app` Secret's `uri`).
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveTlsSpec {
+    /// The TLS mode (`CHAT_ARCHIVE_SSL_MODE`). Unset: the URL's `sslmode`. The CRD shows the
+    /// description of [`ArchiveSslMode`] for this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<ArchiveSslMode>,
+    /// Secret key holding the PEM CA certificates the server's certificate is checked against,
+    /// mounted read-only as a file (`CHAT_ARCHIVE_SSL_ROOT_CERT_FILE`). Unset: the URL's
+    /// `sslrootcert`, else the system's CA certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+}
+
+// The schema of an optional enum field carries the enum's description, not the field's: this
+// doc comment is what `kubectl explain` shows for `archive.tls.mode`.
+/// How the servers use TLS to PostgreSQL (`CHAT_ARCHIVE_SSL_MODE`; it replaces the URL's
+/// `sslmode`), as libpq names the modes: `disable`, `allow`, `prefer` (TLS when the server
+/// offers it), `require` (TLS, certificate not checked), `verify-ca` (certificate checked
+/// against the CA certificates), `verify-full` (and it must name the URL's host). Unset: the
+/// URL's `sslmode`.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ArchiveSslMode {
+    /// No TLS.
+    Disable,
+    /// Plain text, TLS only when the server insists.
+    Allow,
+    /// TLS when the server offers it, certificate not checked.
+    Prefer,
+    /// TLS, certificate not checked.
+    Require,
+    /// TLS, certificate checked against the CA certificates.
+    VerifyCa,
+    /// TLS, certificate checked and naming the host.
+    VerifyFull,
+}
+
+impl ArchiveSslMode {
+    /// Every mode, in libpq's order.
+    #[cfg(test)]
+    pub(crate) const ALL: [Self; 6] = [
+        Self::Disable,
+        Self::Allow,
+        Self::Prefer,
+        Self::Require,
+        Self::VerifyCa,
+        Self::VerifyFull,
+    ];
+
+    /// The libpq spelling, as `CHAT_ARCHIVE_SSL_MODE` takes it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Allow => "allow",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
 }
 
 /// chat-server settings.
@@ -841,6 +911,48 @@ mod tests {
             spec_props["redis"]["default"],
             serde_json::to_value(RedisSpec::default()).unwrap()
         );
+    }
+
+    #[test]
+    fn an_archive_tls_mode_other_than_libpq_s_six_is_refused_by_the_schema_and_by_serde() {
+        // The API server refuses a value outside the schema's enum; serde refuses the same
+        // values wherever the operator reads a manifest itself (`chat-operator render`).
+        let crd = serde_json::to_value(ChatCluster::crd()).unwrap();
+        let tls = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["archive"]["properties"]["tls"]["properties"];
+        let libpq = [
+            "disable",
+            "allow",
+            "prefer",
+            "require",
+            "verify-ca",
+            "verify-full",
+        ];
+        assert_eq!(tls["mode"]["enum"], serde_json::json!(libpq));
+        assert_eq!(
+            tls["caSecretRef"]["required"],
+            serde_json::json!(["key", "name"])
+        );
+        for (mode, spelling) in ArchiveSslMode::ALL.into_iter().zip(libpq) {
+            assert_eq!(mode.as_str(), spelling);
+            assert_eq!(serde_json::to_value(mode).unwrap(), spelling);
+        }
+
+        let spec = |mode: &str| {
+            serde_json::from_str::<ChatClusterSpec>(&format!(
+                r#"{{"archive": {{"urlSecretRef": {{"name": "pg-app", "key": "uri"}},
+                    "tls": {{"mode": "{mode}"}}}}}}"#
+            ))
+        };
+        let archive = spec("verify-full").unwrap().archive.unwrap();
+        assert_eq!(
+            archive.tls.and_then(|t| t.mode),
+            Some(ArchiveSslMode::VerifyFull)
+        );
+        for bad in ["verify_full", "VERIFY-FULL", "VerifyFull", "ssl", ""] {
+            let err = spec(bad).expect_err("a mode libpq does not name must be refused");
+            assert!(err.to_string().contains("unknown variant"), "{bad}: {err}");
+        }
     }
 
     #[test]

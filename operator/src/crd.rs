@@ -124,9 +124,13 @@ pub struct ArchiveSpec {
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ArchiveTlsSpec {
-    /// The TLS mode (`CHAT_ARCHIVE_SSL_MODE`). Unset: the URL's `sslmode`. The CRD shows the
-    /// description of [`ArchiveSslMode`] for this field.
+    /// How the servers use TLS to PostgreSQL (`CHAT_ARCHIVE_SSL_MODE`; it replaces the URL's
+    /// `sslmode`), as libpq names the modes: `disable`, `allow`, `prefer` (TLS when the server
+    /// offers it), `require` (TLS, certificate not checked), `verify-ca` (certificate checked
+    /// against the CA certificates), `verify-full` (and it must name the URL's host). Unset:
+    /// the URL's `sslmode`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "archive_ssl_mode_schema")]
     pub mode: Option<ArchiveSslMode>,
     /// Secret key holding the PEM CA certificates the server's certificate is checked against,
     /// mounted read-only as a file (`CHAT_ARCHIVE_SSL_ROOT_CERT_FILE`). Unset: the URL's
@@ -135,53 +139,52 @@ pub struct ArchiveTlsSpec {
     pub ca_secret_ref: Option<SecretKeyRef>,
 }
 
-// The schema of an optional enum field carries the enum's description, not the field's: this
-// doc comment is what `kubectl explain` shows for `archive.tls.mode`.
-/// How the servers use TLS to PostgreSQL (`CHAT_ARCHIVE_SSL_MODE`; it replaces the URL's
-/// `sslmode`), as libpq names the modes: `disable`, `allow`, `prefer` (TLS when the server
-/// offers it), `require` (TLS, certificate not checked), `verify-ca` (certificate checked
-/// against the CA certificates), `verify-full` (and it must name the URL's host). Unset: the
-/// URL's `sslmode`.
-#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum ArchiveSslMode {
-    /// No TLS.
-    Disable,
-    /// Plain text, TLS only when the server insists.
-    Allow,
-    /// TLS when the server offers it, certificate not checked.
-    Prefer,
-    /// TLS, certificate not checked.
-    Require,
-    /// TLS, certificate checked against the CA certificates.
-    VerifyCa,
-    /// TLS, certificate checked and naming the host.
-    VerifyFull,
-}
+/// The archive's TLS modes as libpq's `sslmode` spells them, the spelling
+/// `CHAT_ARCHIVE_SSL_MODE` takes (chat-server's `SslMode::parse` is the authority: a test
+/// checks that it accepts each of these).
+pub const ARCHIVE_SSL_MODES: [&str; 6] = [
+    "disable",
+    "allow",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
+
+/// One of [`ARCHIVE_SSL_MODES`]: a string in the CRD (its schema an `enum` of the six, so the
+/// API server refuses any other) and in the environment. Kept as the spelling rather than as a
+/// Rust enum, whose variants would restate chat-server's `SslMode`: the operator only passes
+/// the mode on.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArchiveSslMode(&'static str);
 
 impl ArchiveSslMode {
-    /// Every mode, in libpq's order.
-    #[cfg(test)]
-    pub(crate) const ALL: [Self; 6] = [
-        Self::Disable,
-        Self::Allow,
-        Self::Prefer,
-        Self::Require,
-        Self::VerifyCa,
-        Self::VerifyFull,
-    ];
+    /// The mode libpq spells `s`, if it is one.
+    pub fn parse(s: &str) -> Option<Self> {
+        ARCHIVE_SSL_MODES.into_iter().find(|m| *m == s).map(Self)
+    }
 
     /// The libpq spelling, as `CHAT_ARCHIVE_SSL_MODE` takes it.
     pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Self::Disable => "disable",
-            Self::Allow => "allow",
-            Self::Prefer => "prefer",
-            Self::Require => "require",
-            Self::VerifyCa => "verify-ca",
-            Self::VerifyFull => "verify-full",
-        }
+        self.0
     }
+}
+
+impl<'de> Deserialize<'de> for ArchiveSslMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).ok_or_else(|| serde::de::Error::unknown_variant(&s, &ARCHIVE_SSL_MODES))
+    }
+}
+
+/// The schema of `tls.mode`, written whole for the field: schemars would put `null` among the
+/// `enum` values of an optional string it inlines, which Kubernetes has no use for.
+fn archive_ssl_mode_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "enum": ARCHIVE_SSL_MODES,
+        "nullable": true,
+    })
 }
 
 /// chat-server settings.
@@ -920,20 +923,13 @@ mod tests {
         let crd = serde_json::to_value(ChatCluster::crd()).unwrap();
         let tls = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
             ["archive"]["properties"]["tls"]["properties"];
-        let libpq = [
-            "disable",
-            "allow",
-            "prefer",
-            "require",
-            "verify-ca",
-            "verify-full",
-        ];
-        assert_eq!(tls["mode"]["enum"], serde_json::json!(libpq));
+        assert_eq!(tls["mode"]["enum"], serde_json::json!(ARCHIVE_SSL_MODES));
         assert_eq!(
             tls["caSecretRef"]["required"],
             serde_json::json!(["key", "name"])
         );
-        for (mode, spelling) in ArchiveSslMode::ALL.into_iter().zip(libpq) {
+        for spelling in ARCHIVE_SSL_MODES {
+            let mode = ArchiveSslMode::parse(spelling).unwrap();
             assert_eq!(mode.as_str(), spelling);
             assert_eq!(serde_json::to_value(mode).unwrap(), spelling);
         }
@@ -947,7 +943,7 @@ mod tests {
         let archive = spec("verify-full").unwrap().archive.unwrap();
         assert_eq!(
             archive.tls.and_then(|t| t.mode),
-            Some(ArchiveSslMode::VerifyFull)
+            ArchiveSslMode::parse("verify-full")
         );
         for bad in ["verify_full", "VERIFY-FULL", "VerifyFull", "ssl", ""] {
             let err = spec(bad).expect_err("a mode libpq does not name must be refused");

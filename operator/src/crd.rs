@@ -91,7 +91,7 @@ pub struct ChatClusterSpec {
 
 /// The PostgreSQL message archive (`CHAT_ARCHIVE_*`, docs/CONFIGURATION.md). The database is
 /// one that already exists (for example a CloudNativePG cluster); the operator deploys none and
-/// reads neither Secret: the kubelet hands both to the servers.
+/// reads none of its Secrets: the kubelet hands them to the servers.
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ArchiveSpec {

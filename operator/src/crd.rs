@@ -91,7 +91,7 @@ pub struct ChatClusterSpec {
 
 /// The PostgreSQL message archive (`CHAT_ARCHIVE_*`, docs/CONFIGURATION.md). The database is
 /// one that already exists (for example a CloudNativePG cluster); the operator deploys none and
-/// reads neither Secret: the kubelet hands both to the servers.
+/// reads none of its Secrets: the kubelet hands them to the servers.
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ArchiveSpec {
@@ -112,6 +112,79 @@ pub struct ArchiveSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub batch: Option<i64>,
+    /// TLS to PostgreSQL. Unset: the URL's `sslmode` and `sslrootcert` apply (a URL without
+    /// them: `prefer`, checked against nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ArchiveTlsSpec>,
+}
+
+/// TLS to the archive (`CHAT_ARCHIVE_SSL_*`, docs/CONFIGURATION.md). For a CloudNativePG
+/// cluster `NAME`: mode `verify-full` with `caSecretRef` Secret `NAME-ca`, key `ca.crt` (its
+/// server certificate names `NAME-rw`, the host of the `NAME-app` Secret's `uri`).
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveTlsSpec {
+    /// How the servers use TLS to PostgreSQL (`CHAT_ARCHIVE_SSL_MODE`; it replaces the URL's
+    /// `sslmode`), as libpq names the modes: `disable`, `allow`, `prefer` (TLS when the server
+    /// offers it), `require` (TLS, certificate not checked), `verify-ca` (certificate checked
+    /// against the CA certificates), `verify-full` (and it must name the URL's host). Unset:
+    /// the URL's `sslmode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "archive_ssl_mode_schema")]
+    pub mode: Option<ArchiveSslMode>,
+    /// Secret key holding the PEM CA certificates the server's certificate is checked against,
+    /// mounted read-only as a file (`CHAT_ARCHIVE_SSL_ROOT_CERT_FILE`). Unset: the URL's
+    /// `sslrootcert`, else the system's CA certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+}
+
+/// The archive's TLS modes as libpq's `sslmode` spells them, the spelling
+/// `CHAT_ARCHIVE_SSL_MODE` takes (chat-server's `SslMode::parse` is the authority: a test
+/// checks that it accepts each of these).
+pub const ARCHIVE_SSL_MODES: [&str; 6] = [
+    "disable",
+    "allow",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
+
+/// One of [`ARCHIVE_SSL_MODES`]: a string in the CRD (its schema an `enum` of the six, so the
+/// API server refuses any other) and in the environment. Kept as the spelling rather than as a
+/// Rust enum, whose variants would restate chat-server's `SslMode`: the operator only passes
+/// the mode on.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArchiveSslMode(&'static str);
+
+impl ArchiveSslMode {
+    /// The mode libpq spells `s`, if it is one.
+    pub fn parse(s: &str) -> Option<Self> {
+        ARCHIVE_SSL_MODES.into_iter().find(|m| *m == s).map(Self)
+    }
+
+    /// The libpq spelling, as `CHAT_ARCHIVE_SSL_MODE` takes it.
+    pub(crate) fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for ArchiveSslMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).ok_or_else(|| serde::de::Error::unknown_variant(&s, &ARCHIVE_SSL_MODES))
+    }
+}
+
+/// The schema of `tls.mode`, written whole for the field: schemars would put `null` among the
+/// `enum` values of an optional string it inlines, which Kubernetes has no use for.
+fn archive_ssl_mode_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "enum": ARCHIVE_SSL_MODES,
+        "nullable": true,
+    })
 }
 
 /// chat-server settings.
@@ -892,6 +965,41 @@ mod tests {
             spec_props["redis"]["default"],
             serde_json::to_value(RedisSpec::default()).unwrap()
         );
+    }
+
+    #[test]
+    fn an_archive_tls_mode_other_than_libpq_s_six_is_refused_by_the_schema_and_by_serde() {
+        // The API server refuses a value outside the schema's enum; serde refuses the same
+        // values wherever the operator reads a manifest itself (`chat-operator render`).
+        let crd = serde_json::to_value(ChatCluster::crd()).unwrap();
+        let tls = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["archive"]["properties"]["tls"]["properties"];
+        assert_eq!(tls["mode"]["enum"], serde_json::json!(ARCHIVE_SSL_MODES));
+        assert_eq!(
+            tls["caSecretRef"]["required"],
+            serde_json::json!(["key", "name"])
+        );
+        for spelling in ARCHIVE_SSL_MODES {
+            let mode = ArchiveSslMode::parse(spelling).unwrap();
+            assert_eq!(mode.as_str(), spelling);
+            assert_eq!(serde_json::to_value(mode).unwrap(), spelling);
+        }
+
+        let spec = |mode: &str| {
+            serde_json::from_str::<ChatClusterSpec>(&format!(
+                r#"{{"archive": {{"urlSecretRef": {{"name": "pg-app", "key": "uri"}},
+                    "tls": {{"mode": "{mode}"}}}}}}"#
+            ))
+        };
+        let archive = spec("verify-full").unwrap().archive.unwrap();
+        assert_eq!(
+            archive.tls.and_then(|t| t.mode),
+            ArchiveSslMode::parse("verify-full")
+        );
+        for bad in ["verify_full", "VERIFY-FULL", "VerifyFull", "ssl", ""] {
+            let err = spec(bad).expect_err("a mode libpq does not name must be refused");
+            assert!(err.to_string().contains("unknown variant"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -174,7 +174,7 @@ mod examples {
     }
 
     #[test]
-    fn the_archive_example_reads_the_url_from_the_cloudnativepg_app_secret() {
+    fn the_archive_example_reads_the_url_and_the_ca_from_the_cloudnativepg_secrets() {
         let objects = render_cluster(&parse_clusters(EXAMPLES[5].1).unwrap()[0], "ops").unwrap();
         let deployment = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
         let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
@@ -187,6 +187,19 @@ mod examples {
         assert_eq!(url["valueFrom"]["secretKeyRef"]["name"], "chat-pg-app");
         assert_eq!(url["valueFrom"]["secretKeyRef"]["key"], "uri");
         assert!(env.iter().any(|e| e["name"] == "CHAT_ARCHIVE_BACKLOG"));
+        let mode = env
+            .iter()
+            .find(|e| e["name"] == "CHAT_ARCHIVE_SSL_MODE")
+            .unwrap();
+        assert_eq!(mode["value"], "verify-full");
+        let ca = deployment["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "archive-ca")
+            .unwrap();
+        assert_eq!(ca["secret"]["secretName"], "chat-pg-ca");
+        assert_eq!(ca["secret"]["items"][0]["key"], "ca.crt");
     }
 
     #[test]

@@ -30,7 +30,7 @@ use super::{
     pod_security_context, redis_password_ref, selector_labels, sentinel_addresses,
     spread_constraints,
 };
-use crate::crd::{ChatCluster, RedisMode, SENTINEL_MASTER_NAME};
+use crate::crd::{ChatCluster, RedisMode, SENTINEL_MASTER_NAME, SecretKeyRef};
 
 /// The uid of the `nonroot` user of the chat-server image.
 pub(crate) const SERVER_UID: i64 = 65532;
@@ -44,6 +44,18 @@ pub(crate) const ARCHIVE_PASSWORD_DIR: &str = "/var/run/secrets/chat-archive";
 pub(crate) const ARCHIVE_PASSWORD_FILE: &str = "/var/run/secrets/chat-archive/password";
 /// The pod volume holding the archive password.
 const ARCHIVE_PASSWORD_VOLUME: &str = "archive-password";
+/// Where the archive's CA certificates Secret is mounted (read-only, one file).
+pub(crate) const ARCHIVE_CA_DIR: &str = "/var/run/secrets/chat-archive-ca";
+/// The CA certificates file inside [`ARCHIVE_CA_DIR`] (`CHAT_ARCHIVE_SSL_ROOT_CERT_FILE`).
+pub(crate) const ARCHIVE_CA_FILE: &str = "/var/run/secrets/chat-archive-ca/ca.crt";
+/// The pod volume holding the archive's CA certificates.
+const ARCHIVE_CA_VOLUME: &str = "archive-ca";
+/// The variables naming files that exist only inside the pod (mounted Secrets): the server's
+/// parser reads them at start-up, so the operator's check of the environment leaves them out.
+const POD_FILE_VARS: [&str; 2] = [
+    "CHAT_ARCHIVE_PASSWORD_FILE",
+    "CHAT_ARCHIVE_SSL_ROOT_CERT_FILE",
+];
 /// What stands in for a Secret's content when the operator checks the environment with the
 /// server's parser: the operator never reads the Secrets the servers get.
 const SAMPLE_SECRET: &str = "a-sample-secret-of-enough-length";
@@ -163,17 +175,29 @@ pub(crate) fn server_env(cc: &ChatCluster) -> Vec<EnvVar> {
                 env.push(env_value(name, value.to_string()));
             }
         }
+        // Unset TLS fields leave the URL's sslmode and sslrootcert in charge.
+        if let Some(tls) = &archive.tls {
+            if let Some(mode) = tls.mode {
+                env.push(env_value("CHAT_ARCHIVE_SSL_MODE", mode.as_str()));
+            }
+            if tls.ca_secret_ref.is_some() {
+                env.push(env_value(
+                    "CHAT_ARCHIVE_SSL_ROOT_CERT_FILE",
+                    ARCHIVE_CA_FILE,
+                ));
+            }
+        }
     }
     env
 }
 
 /// The environment of [`server_env`] as the kubelet would resolve it, with a sample in place
-/// of every Secret (the archive URL gets a sample URL) and of the pod name. The password file
-/// is left out: it exists only inside the pod.
+/// of every Secret (the archive URL gets a sample URL) and of the pod name. The password and
+/// CA certificates files are left out: they exist only inside the pod.
 pub(crate) fn sample_resolved_env(cc: &ChatCluster) -> BTreeMap<String, String> {
     server_env(cc)
         .into_iter()
-        .filter(|e| e.name != "CHAT_ARCHIVE_PASSWORD_FILE")
+        .filter(|e| !POD_FILE_VARS.contains(&e.name.as_str()))
         .map(|e| {
             let from = e.value_from.as_ref();
             let value = match (e.value, from.and_then(|f| f.field_ref.as_ref())) {
@@ -198,16 +222,41 @@ pub(crate) fn check_with_servers_parser(cc: &ChatCluster) -> Result<(), String> 
         .map_err(|e| format!("the servers would refuse to start: {e}"))
 }
 
-/// The archive password Secret as a volume and its mount, when `spec.archive` names one.
-fn archive_password_volume(cc: &ChatCluster) -> Option<(Volume, VolumeMount)> {
-    let secret = cc.spec.archive.as_ref()?.password_secret_ref.as_ref()?;
+/// The archive's Secret files (the password, the CA certificates) as volumes and their
+/// mounts, for those `spec.archive` names.
+fn archive_secret_volumes(cc: &ChatCluster) -> Vec<(Volume, VolumeMount)> {
+    let Some(archive) = cc.spec.archive.as_ref() else {
+        return Vec::new();
+    };
+    let ca = archive.tls.as_ref().and_then(|t| t.ca_secret_ref.as_ref());
+    [
+        archive
+            .password_secret_ref
+            .as_ref()
+            .map(|s| (ARCHIVE_PASSWORD_VOLUME, ARCHIVE_PASSWORD_DIR, "password", s)),
+        ca.map(|s| (ARCHIVE_CA_VOLUME, ARCHIVE_CA_DIR, "ca.crt", s)),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|(name, dir, file, secret)| secret_file_volume(name, dir, file, secret))
+    .collect()
+}
+
+/// One key of a Secret as the file `dir/file`, in a volume of its own mounted read-only at
+/// `dir` (a directory mount, not a subPath: the kubelet updates the file when the Secret changes).
+fn secret_file_volume(
+    name: &str,
+    dir: &str,
+    file: &str,
+    secret: &SecretKeyRef,
+) -> (Volume, VolumeMount) {
     let volume = Volume {
-        name: ARCHIVE_PASSWORD_VOLUME.to_owned(),
+        name: name.to_owned(),
         secret: Some(SecretVolumeSource {
             secret_name: Some(secret.name.clone()),
             items: Some(vec![KeyToPath {
                 key: secret.key.clone(),
-                path: "password".to_owned(),
+                path: file.to_owned(),
                 mode: None,
             }]),
             // Owner and group (the pod's fsGroup) may read it, nobody else.
@@ -217,12 +266,12 @@ fn archive_password_volume(cc: &ChatCluster) -> Option<(Volume, VolumeMount)> {
         ..Volume::default()
     };
     let mount = VolumeMount {
-        name: ARCHIVE_PASSWORD_VOLUME.to_owned(),
-        mount_path: ARCHIVE_PASSWORD_DIR.to_owned(),
+        name: name.to_owned(),
+        mount_path: dir.to_owned(),
         read_only: Some(true),
         ..VolumeMount::default()
     };
-    Some((volume, mount))
+    (volume, mount)
 }
 
 /// The pod's termination grace period: preStop, then the server's drain, then a margin.
@@ -274,7 +323,7 @@ pub(crate) fn deployment(cc: &ChatCluster) -> Deployment {
         mount_path: "/tmp".to_owned(),
         ..VolumeMount::default()
     }];
-    if let Some((volume, mount)) = archive_password_volume(cc) {
+    for (volume, mount) in archive_secret_volumes(cc) {
         volumes.push(volume);
         volume_mounts.push(mount);
     }
@@ -443,7 +492,7 @@ fn websocket_scale_down() -> HPAScalingRules {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::crd::{ExternalRedis, SecretKeyRef};
+    use crate::crd::{ArchiveSslMode, ExternalRedis};
     use crate::resources::testing::{sentinel, standalone};
 
     /// The rendered environment as `name -> value`, with secret and field references spelled
@@ -505,29 +554,63 @@ pub(crate) mod tests {
         assert!(!env.contains_key("CHAT_REDIS_URL"));
     }
 
-    #[test]
-    fn the_archive_url_comes_from_its_secret_and_the_password_from_a_mounted_file() {
-        let mut cc = standalone();
-        cc.spec.archive = Some(crate::crd::ArchiveSpec {
+    /// `spec.archive` reading the URL from `pg-app`/`uri`, every other field unset.
+    fn archive_from_pg_app() -> crate::crd::ArchiveSpec {
+        crate::crd::ArchiveSpec {
             url_secret_ref: SecretKeyRef {
                 name: "pg-app".into(),
                 key: "uri".into(),
             },
             password_secret_ref: None,
             backlog: None,
+            batch: None,
+            tls: None,
+        }
+    }
+
+    /// The Secret behind the server pod's volume `name`, and that volume's mount.
+    fn mounted_secret(cc: &ChatCluster, name: &str) -> (SecretVolumeSource, VolumeMount) {
+        let pod = pod(&deployment(cc));
+        let secret = pod
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .find(|v| v.name == name)
+            .and_then(|v| v.secret)
+            .unwrap_or_else(|| panic!("no Secret volume {name}"));
+        let mount = pod.containers[0]
+            .volume_mounts
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no mount of {name}"));
+        (secret, mount)
+    }
+
+    /// The names of the server pod's volumes, in order.
+    fn volume_names(cc: &ChatCluster) -> Vec<String> {
+        pod(&deployment(cc))
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.name)
+            .collect()
+    }
+
+    #[test]
+    fn the_archive_url_comes_from_its_secret_and_the_password_from_a_mounted_file() {
+        let mut cc = standalone();
+        cc.spec.archive = Some(crate::crd::ArchiveSpec {
             batch: Some(250),
+            ..archive_from_pg_app()
         });
         let env = env_map(&server_env(&cc));
         assert_eq!(env["CHAT_ARCHIVE_URL"], "secret:pg-app/uri");
         assert_eq!(env["CHAT_ARCHIVE_BATCH"], "250");
         assert!(!env.contains_key("CHAT_ARCHIVE_BACKLOG"), "server default");
         assert!(!env.contains_key("CHAT_ARCHIVE_PASSWORD_FILE"));
-        let pod = deployment(&cc).spec.unwrap().template.spec.unwrap();
-        assert_eq!(
-            pod.volumes.unwrap().len(),
-            1,
-            "only /tmp without a password"
-        );
+        assert_eq!(volume_names(&cc), ["tmp"], "only /tmp without a password");
 
         if let Some(a) = cc.spec.archive.as_mut() {
             a.password_secret_ref = Some(SecretKeyRef {
@@ -537,14 +620,7 @@ pub(crate) mod tests {
         }
         let env = env_map(&server_env(&cc));
         assert_eq!(env["CHAT_ARCHIVE_PASSWORD_FILE"], ARCHIVE_PASSWORD_FILE);
-        let pod = deployment(&cc).spec.unwrap().template.spec.unwrap();
-        let volume = pod
-            .volumes
-            .unwrap()
-            .into_iter()
-            .find(|v| v.name == "archive-password")
-            .unwrap();
-        let secret = volume.secret.unwrap();
+        let (secret, mount) = mounted_secret(&cc, "archive-password");
         assert_eq!(secret.secret_name.as_deref(), Some("pg-archiver"));
         let items = secret.items.unwrap();
         assert_eq!(
@@ -552,18 +628,68 @@ pub(crate) mod tests {
             ("pw", "password")
         );
         assert_eq!(secret.default_mode, Some(0o440));
-        let mount = pod.containers[0]
-            .volume_mounts
-            .clone()
-            .unwrap()
-            .into_iter()
-            .find(|m| m.name == "archive-password")
-            .unwrap();
         assert_eq!(mount.read_only, Some(true));
         assert_eq!(
             format!("{}/password", mount.mount_path),
             ARCHIVE_PASSWORD_FILE
         );
+    }
+
+    #[test]
+    fn the_archive_tls_mode_reaches_the_env_and_the_ca_certificates_a_mounted_file_of_their_own() {
+        let mut cc = standalone();
+        cc.spec.archive = Some(crate::crd::ArchiveSpec {
+            password_secret_ref: Some(SecretKeyRef {
+                name: "pg-archiver".into(),
+                key: "pw".into(),
+            }),
+            tls: Some(crate::crd::ArchiveTlsSpec {
+                mode: None,
+                ca_secret_ref: None,
+            }),
+            ..archive_from_pg_app()
+        });
+        // An empty tls block leaves the URL's sslmode and sslrootcert in charge.
+        let env = env_map(&server_env(&cc));
+        assert!(!env.contains_key("CHAT_ARCHIVE_SSL_MODE"));
+        assert!(!env.contains_key("CHAT_ARCHIVE_SSL_ROOT_CERT_FILE"));
+        assert_eq!(volume_names(&cc), ["tmp", "archive-password"]);
+
+        if let Some(tls) = cc.spec.archive.as_mut().and_then(|a| a.tls.as_mut()) {
+            tls.mode = ArchiveSslMode::parse("verify-full");
+            tls.ca_secret_ref = Some(SecretKeyRef {
+                name: "pg-ca".into(),
+                key: "ca.crt".into(),
+            });
+        }
+        let env = env_map(&server_env(&cc));
+        assert_eq!(env["CHAT_ARCHIVE_SSL_MODE"], "verify-full");
+        assert_eq!(env["CHAT_ARCHIVE_SSL_ROOT_CERT_FILE"], ARCHIVE_CA_FILE);
+        assert_eq!(env["CHAT_ARCHIVE_PASSWORD_FILE"], ARCHIVE_PASSWORD_FILE);
+        assert_eq!(volume_names(&cc), ["tmp", "archive-password", "archive-ca"]);
+        let (secret, mount) = mounted_secret(&cc, "archive-ca");
+        assert_eq!(secret.secret_name.as_deref(), Some("pg-ca"));
+        let items = secret.items.unwrap();
+        assert_eq!(items.len(), 1, "only the named key is mounted");
+        assert_eq!(
+            (items[0].key.as_str(), items[0].path.as_str()),
+            ("ca.crt", "ca.crt")
+        );
+        assert_eq!(secret.default_mode, Some(0o440));
+        assert_eq!(secret.optional, Some(false));
+        assert_eq!(mount.read_only, Some(true));
+        assert_eq!(format!("{}/ca.crt", mount.mount_path), ARCHIVE_CA_FILE);
+        assert!(mount.sub_path.is_none(), "a subPath mount never updates");
+        let (_, password) = mounted_secret(&cc, "archive-password");
+        assert_ne!(password.mount_path, mount.mount_path);
+
+        // The CA certificates without a mode: the URL's sslmode checks against them.
+        if let Some(tls) = cc.spec.archive.as_mut().and_then(|a| a.tls.as_mut()) {
+            tls.mode = None;
+        }
+        let env = env_map(&server_env(&cc));
+        assert!(!env.contains_key("CHAT_ARCHIVE_SSL_MODE"));
+        assert_eq!(env["CHAT_ARCHIVE_SSL_ROOT_CERT_FILE"], ARCHIVE_CA_FILE);
     }
 
     #[test]
@@ -774,7 +900,6 @@ pub(crate) mod tests {
 mod chat_server_contract {
     use super::tests::env_map;
     use super::*;
-    use crate::crd::SecretKeyRef;
     use crate::resources::testing::{sentinel, standalone};
 
     /// Whether chat-server reads `name`: one of its own variables (`chat_server::config::VARS`,
@@ -801,7 +926,7 @@ mod chat_server_contract {
     }
 
     /// A cluster archiving to a CloudNativePG cluster `pg` (its `pg-app` Secret), with a
-    /// password of its own and both tuning knobs set.
+    /// password of its own, both tuning knobs set, and TLS checked against `pg-ca`.
     pub(super) fn with_archive() -> crate::crd::ChatCluster {
         let mut cc = sentinel();
         cc.spec.archive = Some(crate::crd::ArchiveSpec {
@@ -815,6 +940,13 @@ mod chat_server_contract {
             }),
             backlog: Some(200_000),
             batch: Some(1000),
+            tls: Some(crate::crd::ArchiveTlsSpec {
+                mode: crate::crd::ArchiveSslMode::parse("verify-full"),
+                ca_secret_ref: Some(SecretKeyRef {
+                    name: "pg-ca".into(),
+                    key: "ca.crt".into(),
+                }),
+            }),
         });
         cc
     }
@@ -833,6 +965,36 @@ mod chat_server_contract {
         let config = Config::from_lookup(|name| env.get(name).cloned()).unwrap();
         assert_eq!(config.archive, None);
         assert!(check_with_servers_parser(&with_archive()).is_ok());
+    }
+
+    #[test]
+    fn every_archive_tls_mode_passes_the_spec_check_as_a_mode_of_its_own_the_server_parses() {
+        use chat_server::archive::SslMode;
+        use chat_server::config::Config;
+        let mut seen: Vec<SslMode> = Vec::new();
+        for spelling in crate::crd::ARCHIVE_SSL_MODES {
+            let mode = crate::crd::ArchiveSslMode::parse(spelling);
+            let mut cc = with_archive();
+            if let Some(tls) = cc.spec.archive.as_mut().and_then(|a| a.tls.as_mut()) {
+                tls.mode = mode;
+            }
+            assert_eq!(check_with_servers_parser(&cc), Ok(()), "{mode:?}");
+            let env = resolved(&cc);
+            // The CA file exists only in the pod, like the password file: left out of the check.
+            assert!(!env.contains_key("CHAT_ARCHIVE_SSL_ROOT_CERT_FILE"));
+            assert!(!env.contains_key("CHAT_ARCHIVE_PASSWORD_FILE"));
+            let archive = Config::from_lookup(|name| env.get(name).cloned())
+                .unwrap()
+                .archive
+                .unwrap();
+            assert_eq!(archive.ssl_mode, SslMode::parse(spelling), "{mode:?}");
+            let parsed = archive
+                .ssl_mode
+                .unwrap_or_else(|| panic!("the server must know {spelling}"));
+            assert!(!seen.contains(&parsed), "{spelling} repeats a mode");
+            seen.push(parsed);
+            assert_eq!(archive.ssl_root_cert, None);
+        }
     }
 
     #[test]
@@ -1016,7 +1178,8 @@ mod archive_reconcile {
     }
 
     #[tokio::test]
-    async fn an_archived_cluster_applies_servers_reading_the_url_secret_and_the_password_file() {
+    async fn an_archived_cluster_applies_servers_reading_the_url_secret_the_password_and_ca_files()
+    {
         let cc = with_archive();
         let (_, calls) = run(&cc).await;
         let deployment = applied_deployment(&calls).expect("the Deployment is applied");
@@ -1034,14 +1197,22 @@ mod archive_reconcile {
             .find(|v| v["name"] == "archive-password")
             .unwrap();
         assert_eq!(password["secret"]["secretName"], "pg-archiver");
-        // The operator reads neither archive Secret: the kubelet hands them to the pods.
-        assert!(
-            !calls
-                .iter()
-                .any(|c| c.path.ends_with("/secrets/pg-app")
-                    || c.path.ends_with("/secrets/pg-archiver")),
-            "an archive Secret was requested"
-        );
+        let ca = volumes.iter().find(|v| v["name"] == "archive-ca").unwrap();
+        assert_eq!(ca["secret"]["secretName"], "pg-ca");
+        let mode = env
+            .iter()
+            .find(|e| e["name"] == "CHAT_ARCHIVE_SSL_MODE")
+            .unwrap();
+        assert_eq!(mode["value"], "verify-full");
+        // The operator reads no archive Secret: the kubelet hands them to the pods.
+        for name in ["pg-app", "pg-archiver", "pg-ca"] {
+            assert!(
+                !calls
+                    .iter()
+                    .any(|c| c.path.ends_with(&format!("/secrets/{name}"))),
+                "the archive Secret {name} was requested"
+            );
+        }
     }
 
     #[tokio::test]

@@ -90,8 +90,9 @@ pub struct ChatClusterSpec {
 }
 
 /// The PostgreSQL message archive (`CHAT_ARCHIVE_*`, docs/CONFIGURATION.md). The database is
-/// one that already exists (for example a CloudNativePG cluster); the operator deploys none and
-/// reads none of its Secrets: the kubelet hands them to the servers.
+/// one that already exists (for example a CloudNativePG cluster); the operator deploys none. It
+/// reads its Secrets to check them before applying anything and to roll the servers when one
+/// changes; the kubelet hands them to the servers.
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ArchiveSpec {

@@ -17,6 +17,15 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A Secret the spec names holds something the servers would refuse (a URL that is not
+    /// PostgreSQL's, a CA file without a certificate). Never quotes the value.
+    #[error("secret {name}: {reason}")]
+    InvalidSecret {
+        /// The Secret's name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The generated password Secret is gone while Redis data (its StatefulSet or volume
     /// claims) still exists: a new password would lock the servers out of that data.
     #[error(
@@ -77,6 +86,7 @@ impl Error {
             Self::Kube(_) => "kube",
             Self::InvalidSpec(_) => "invalid_spec",
             Self::MissingSecret { .. } => "missing_secret",
+            Self::InvalidSecret { .. } => "invalid_secret",
             Self::PasswordSecretLost { .. } => "password_secret_lost",
             Self::MissingObjectKey(_) => "missing_object_key",
             Self::Serialization(_) => "serialization",

@@ -176,9 +176,18 @@ impl FakeApi {
         self.secrets.insert(
             name.to_owned(),
             json!({"apiVersion": "v1", "kind": "Secret",
-                   "metadata": {"name": name, "namespace": "prod"},
+                   "metadata": {"name": name, "namespace": "prod", "uid": format!("uid-{name}"),
+                                "resourceVersion": "1"},
                    "data": {key: encoded}}),
         );
+        self
+    }
+
+    /// Gives the Secret `name` (added before) another resourceVersion, as an edit would.
+    pub(crate) fn with_secret_version(mut self, name: &str, version: &str) -> Self {
+        if let Some(s) = self.secrets.get_mut(name) {
+            s["metadata"]["resourceVersion"] = json!(version);
+        }
         self
     }
 

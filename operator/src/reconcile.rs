@@ -90,6 +90,7 @@ async fn reconcile_inner(cc: &ChatCluster, ctx: &Context) -> Result<Action> {
             // Best effort: say so in the status too; the error policy retries either way.
             let reason = match e {
                 Error::PasswordSecretLost { .. } => status::PASSWORD_SECRET_LOST,
+                Error::InvalidSecret { .. } => status::INVALID_SECRET,
                 _ => status::RECONCILE_FAILED,
             };
             if let Err(status_error) = write_failure(ctx, cc, &ns, reason, &e).await {
@@ -102,9 +103,13 @@ async fn reconcile_inner(cc: &ChatCluster, ctx: &Context) -> Result<Action> {
 
 async fn converge(cc: &ChatCluster, ctx: &Context, ns: &str) -> Result<Action> {
     let password = ensure_password(ctx, cc, ns).await?;
+    let archive_secrets = check_archive_secrets(ctx, cc, ns).await?;
     let mut children = resources::children(cc, &ctx.operator_namespace);
     if let (Some(password), Some((_, key))) = (&password, redis_password_ref(cc)) {
         children.stamp_secret_checksum(&secret::password_checksum(&key, password));
+    }
+    if let Some(checksum) = &archive_secrets {
+        children.stamp_archive_secrets(checksum);
     }
     if cc.spec.server.autoscaling.enabled {
         hand_replicas_to_the_hpa(ctx, cc, ns, &mut children.deployment).await?;
@@ -207,6 +212,91 @@ async fn ensure_password(ctx: &Context, cc: &ChatCluster, ns: &str) -> Result<Op
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// What a Secret of the archive must hold for the servers to start.
+#[derive(Clone, Copy)]
+enum ArchiveSecret {
+    /// `CHAT_ARCHIVE_URL`: a URL chat-server's parser accepts.
+    Url,
+    /// `CHAT_ARCHIVE_PASSWORD_FILE`: any value.
+    Password,
+    /// `CHAT_ARCHIVE_SSL_ROOT_CERT_FILE`: at least one PEM certificate.
+    Ca,
+}
+
+impl ArchiveSecret {
+    /// Why the servers would refuse `value`; never quotes it (it may hold a password).
+    fn refuse(self, value: &str) -> Option<String> {
+        match self {
+            ArchiveSecret::Url => chat_server::archive::check_url(value).err().map(|m| {
+                if m.contains(value) {
+                    "not a PostgreSQL URL".to_owned()
+                } else {
+                    m
+                }
+            }),
+            ArchiveSecret::Password => None,
+            ArchiveSecret::Ca => chat_server::archive::check_root_cert_pem(value.as_bytes()).err(),
+        }
+    }
+}
+
+/// The archive's Secrets (URL, password, CA certificates), read and checked as the servers will
+/// read them, so a missing key or a URL they would refuse degrades the cluster before any server
+/// is rolled onto it (the servers would crash-loop). Returns what goes on the servers' pod
+/// template so an edited Secret rolls them: a checksum of the Secrets' uid and
+/// resourceVersion, never of their values.
+async fn check_archive_secrets(
+    ctx: &Context,
+    cc: &ChatCluster,
+    ns: &str,
+) -> Result<Option<String>> {
+    let Some(archive) = &cc.spec.archive else {
+        return Ok(None);
+    };
+    let wanted = [
+        (Some(&archive.url_secret_ref), ArchiveSecret::Url),
+        (
+            archive.password_secret_ref.as_ref(),
+            ArchiveSecret::Password,
+        ),
+        (
+            archive.tls.as_ref().and_then(|t| t.ca_secret_ref.as_ref()),
+            ArchiveSecret::Ca,
+        ),
+    ];
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let mut versions = Vec::new();
+    for (reference, kind) in wanted {
+        let Some(r) = reference else { continue };
+        let found = api
+            .get_opt(&r.name)
+            .await?
+            .ok_or_else(|| Error::MissingSecret {
+                name: r.name.clone(),
+                reason: "not found (named by spec.archive)".to_owned(),
+            })?;
+        let value = read_key(&found, &r.name, &r.key)?;
+        if let Some(reason) = kind.refuse(&value) {
+            return Err(Error::InvalidSecret {
+                name: r.name.clone(),
+                reason: format!("key {:?}: {reason}", r.key),
+            });
+        }
+        let meta = &found.metadata;
+        versions.push((
+            r.name.clone(),
+            format!(
+                "{}/{}",
+                meta.uid.as_deref().unwrap_or_default(),
+                meta.resource_version.as_deref().unwrap_or_default()
+            ),
+        ));
+    }
+    Ok(Some(resources::config_map::fnv_hex(
+        versions.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+    )))
 }
 
 /// What still holds Redis data of `cc`, if anything: its data StatefulSet (whose pods were

@@ -341,6 +341,8 @@ pub(crate) const NEEDS_MIGRATION: &str = "NeedsMigration";
 pub(crate) const INVALID_SPEC: &str = "InvalidSpec";
 /// Reason of `Degraded` when a reconcile failed.
 pub(crate) const RECONCILE_FAILED: &str = "ReconcileFailed";
+/// Reason of `Degraded` when a Secret the spec names holds what the servers would refuse.
+pub(crate) const INVALID_SECRET: &str = "InvalidSecret";
 /// Reason of `Degraded` when the generated password Secret is gone while Redis data exists.
 pub(crate) const PASSWORD_SECRET_LOST: &str = "PasswordSecretLost";
 

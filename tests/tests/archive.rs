@@ -91,6 +91,14 @@ async fn metric(p: &ServerProcess, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Sends messages `n` in `range` to `dest` (`{"content":"m<n>","n":<n>}`), each receipted.
+async fn send_numbered(c: &mut Client, dest: &str, range: std::ops::Range<u64>) {
+    for n in range {
+        c.send(dest, &format!(r#"{{"content":"m{n}","n":{n}}}"#))
+            .await;
+    }
+}
+
 fn xlen(redis: &RedisServer, key: &str) -> i64 {
     redis.command(&["XLEN", key]).as_int().unwrap()
 }
@@ -199,13 +207,7 @@ async fn an_instance_killed_with_unarchived_entries_has_them_archived_by_another
     // PostgreSQL away: a reads a batch and holds it, unable to store it.
     pg.stop();
     let mut c = Client::login(&a.ws_url(), "ann").await;
-    for n in 0..100 {
-        c.send(
-            "/app/room/kill",
-            &format!(r#"{{"content":"m{n}","n":{n}}}"#),
-        )
-        .await;
-    }
+    send_numbered(&mut c, "/app/room/kill", 0..100).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while pending_of(&redis, "a") == 0 {
         assert!(Instant::now() < deadline, "a never read the archive Stream");
@@ -573,10 +575,7 @@ async fn the_archive_over_tls_checks_the_servers_certificate_and_stores_every_me
     );
     let a = instance("a", &e).await;
     let mut c = Client::login(&a.ws_url(), "ann").await;
-    for n in 0..20 {
-        c.send("/app/room/tls", &format!(r#"{{"content":"m{n}","n":{n}}}"#))
-            .await;
-    }
+    send_numbered(&mut c, "/app/room/tls", 0..20).await;
     let rows = wait_archived(&pg, 20, Duration::from_secs(20)).await;
     let ns: BTreeSet<u64> = rows.values().map(|r| r["n"].as_u64().unwrap()).collect();
     assert_eq!(ns, (0..20).collect());
@@ -617,13 +616,7 @@ async fn a_certificate_that_does_not_verify_stops_archiving_not_chat_and_loses_n
     );
     let mut a = instance("a", &e).await;
     let mut c = Client::login(&a.ws_url(), "ann").await;
-    for n in 0..10 {
-        c.send(
-            "/app/room/badca",
-            &format!(r#"{{"content":"m{n}","n":{n}}}"#),
-        )
-        .await;
-    }
+    send_numbered(&mut c, "/app/room/badca", 0..10).await;
     // Every attempt fails the handshake: counted, retried, chat and readiness unaffected.
     let deadline = Instant::now() + Duration::from_secs(15);
     while metric(&a, r#"chat_archive_errors_total{reason="postgres"}"#).await < 2.0 {

@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 
 pub use self::batch::{Batch, Entry, Row, build};
 pub use self::reads::{ArchiveReads, ArchiveSource, Events, MAX_ARCHIVE_READ, READ_TIMEOUT, Read};
-pub use self::store::{SslMode, Store, check_root_cert, check_url};
+pub use self::store::{SslMode, Store, check_root_cert, check_root_cert_pem, check_url};
 use crate::metrics::Metrics;
 
 /// The PostgreSQL message archive (`CHAT_ARCHIVE_*`).

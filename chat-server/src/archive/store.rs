@@ -160,19 +160,23 @@ pub fn check_url(url: &str) -> Result<(), String> {
 /// checked at start-up, so a wrong path or a key given for a certificate stops the server
 /// instead of failing every connection later.
 pub fn check_root_cert(file: &str) -> Result<(), String> {
+    let pem = std::fs::read(file).map_err(|e| format!("cannot read {file}: {e}"))?;
+    check_root_cert_pem(&pem).map_err(|m| format!("{file} {m}"))
+}
+
+/// `Ok` if `pem` holds at least one PEM certificate and nothing unreadable; else what is wrong
+/// ("holds no PEM certificate ..."), to follow the name of where it came from. The operator
+/// checks a CA Secret's value with this too.
+pub fn check_root_cert_pem(pem: &[u8]) -> Result<(), String> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
-    let certs =
-        CertificateDer::pem_file_iter(file).map_err(|e| format!("cannot read {file}: {e}"))?;
     let mut n = 0usize;
-    for cert in certs {
-        cert.map_err(|e| format!("{file} is not a PEM certificate file: {e}"))?;
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        cert.map_err(|e| format!("is not a PEM certificate file: {e}"))?;
         n += 1;
     }
     if n == 0 {
-        return Err(format!(
-            "{file} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
-        ));
+        return Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into());
     }
     Ok(())
 }

@@ -499,6 +499,21 @@ impl Children {
         }
     }
 
+    /// Put `checksum` (of the archive Secrets' versions) on the servers' pod template.
+    pub(crate) fn stamp_archive_secrets(&mut self, checksum: &str) {
+        if let Some(spec) = self.deployment.spec.as_mut() {
+            spec.template
+                .metadata
+                .get_or_insert_with(ObjectMeta::default)
+                .annotations
+                .get_or_insert_with(BTreeMap::new)
+                .insert(
+                    secret::ARCHIVE_SECRETS_ANNOTATION.to_owned(),
+                    checksum.to_owned(),
+                );
+        }
+    }
+
     /// Every child as JSON, in apply order.
     pub(crate) fn to_values(&self) -> Result<Vec<serde_json::Value>, serde_json::Error> {
         let mut out = Vec::new();

@@ -14,6 +14,11 @@ use crate::crd::ChatCluster;
 /// changes the template and so rolls the data nodes, sentinels and servers onto it.
 pub(crate) const SECRET_CHECKSUM_ANNOTATION: &str = "chat.dev/secret-checksum";
 
+/// Server pod-template annotation with a checksum of the archive Secrets' identities (uid and
+/// resourceVersion, never their values): an edited URL, password or CA Secret rolls the
+/// servers, which read them only at start-up.
+pub(crate) const ARCHIVE_SECRETS_ANNOTATION: &str = "chat.dev/archive-secrets";
+
 /// Length of generated passwords (alphanumeric, about 190 bits).
 pub(crate) const PASSWORD_LEN: usize = 32;
 

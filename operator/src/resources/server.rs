@@ -1164,10 +1164,48 @@ mod archive_reconcile {
     use crate::fixtures::{Call, FakeApi, FakeSentinels, context, finish};
     use crate::reconcile::reconcile;
 
-    async fn run(cc: &crate::crd::ChatCluster) -> (bool, Vec<Call>) {
-        let (ctx, task) = context(FakeApi::new(cc), FakeSentinels::default());
+    /// A CA certificate as far as the PEM check goes (rustls parses the DER when connecting).
+    const CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBAAAA\n-----END CERTIFICATE-----\n";
+    const URL: &str = "postgresql://app:s3cret@pg-rw.prod:5432/app";
+
+    /// The API server holding the three Secrets `with_archive` names, as given.
+    fn api_with(cc: &crate::crd::ChatCluster, url: &str, ca: &str) -> FakeApi {
+        FakeApi::new(cc)
+            .with_secret("pg-app", "uri", url)
+            .with_secret("pg-archiver", "password", "hunter2")
+            .with_secret("pg-ca", "ca.crt", ca)
+    }
+
+    async fn run_with(cc: &crate::crd::ChatCluster, api: FakeApi) -> (bool, Vec<Call>) {
+        let (ctx, task) = context(api, FakeSentinels::default());
         let ok = reconcile(Arc::new(cc.clone()), ctx.clone()).await.is_ok();
         (ok, finish(ctx, task).await)
+    }
+
+    async fn run(cc: &crate::crd::ChatCluster) -> (bool, Vec<Call>) {
+        run_with(cc, api_with(cc, URL, CA_PEM)).await
+    }
+
+    /// The `Degraded` condition of the last status written.
+    fn degraded(calls: &[Call]) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        let status_call = calls
+            .iter()
+            .rfind(|c| c.target().2.as_deref() == Some("status"))
+            .expect("a status patch");
+        let status: ChatClusterStatus =
+            serde_json::from_value(status_call.body["status"].clone()).unwrap();
+        status
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Degraded")
+            .unwrap()
+    }
+
+    fn archive_stamp(calls: &[Call]) -> Option<String> {
+        applied_deployment(calls)?["spec"]["template"]["metadata"]["annotations"]
+            ["chat.dev/archive-secrets"]
+            .as_str()
+            .map(str::to_owned)
     }
 
     fn applied_deployment(calls: &[Call]) -> Option<&Value> {
@@ -1204,14 +1242,94 @@ mod archive_reconcile {
             .find(|e| e["name"] == "CHAT_ARCHIVE_SSL_MODE")
             .unwrap();
         assert_eq!(mode["value"], "verify-full");
-        // The operator reads no archive Secret: the kubelet hands them to the pods.
+        // The operator reads each archive Secret to check it (the kubelet hands them to the
+        // pods), and the servers' template carries their versions.
         for name in ["pg-app", "pg-archiver", "pg-ca"] {
             assert!(
-                !calls
+                calls
                     .iter()
-                    .any(|c| c.path.ends_with(&format!("/secrets/{name}"))),
-                "the archive Secret {name} was requested"
+                    .any(|c| c.method == "GET" && c.path.ends_with(&format!("/secrets/{name}"))),
+                "the archive Secret {name} was not read"
             );
+        }
+        let stamp = archive_stamp(&calls).expect("the archive Secrets' checksum");
+        assert!(!stamp.contains("s3cret") && !stamp.contains("hunter2"));
+    }
+
+    #[tokio::test]
+    async fn an_edited_archive_secret_rolls_the_servers_and_an_unchanged_one_does_not() {
+        let cc = with_archive();
+        let (_, first) = run(&cc).await;
+        let (_, again) = run(&cc).await;
+        assert_eq!(archive_stamp(&first), archive_stamp(&again));
+        for edited in ["pg-app", "pg-archiver", "pg-ca"] {
+            let api = api_with(&cc, URL, CA_PEM).with_secret_version(edited, "2");
+            let (ok, calls) = run_with(&cc, api).await;
+            assert!(ok);
+            assert_ne!(
+                archive_stamp(&calls),
+                archive_stamp(&first),
+                "editing {edited} must change the servers' template"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_archive_secret_degrades_the_cluster_and_applies_nothing() {
+        let cc = with_archive();
+        let api = FakeApi::new(&cc)
+            .with_secret("pg-app", "uri", URL)
+            .with_secret("pg-ca", "ca.crt", CA_PEM);
+        let (ok, calls) = run_with(&cc, api).await;
+        assert!(!ok, "the reconcile must fail");
+        assert!(calls.iter().all(|c| !c.is_apply_of("deployments")));
+        assert!(calls.iter().all(|c| !c.is_apply_of("statefulsets")));
+        let d = degraded(&calls);
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "ReconcileFailed")
+        );
+        assert!(
+            d.message.contains("pg-archiver") && d.message.contains("not found"),
+            "{}",
+            d.message
+        );
+    }
+
+    #[tokio::test]
+    async fn an_archive_secret_the_servers_would_refuse_is_named_without_its_value() {
+        let cc = with_archive();
+        let cases = [
+            (
+                api_with(&cc, "mysql://app:s3cret@db/app", CA_PEM),
+                "pg-app",
+                "postgres://",
+            ),
+            (
+                api_with(
+                    &cc,
+                    URL,
+                    "-----BEGIN PRIVATE KEY-----\nMIIBAAAA\n-----END PRIVATE KEY-----\n",
+                ),
+                "pg-ca",
+                "no PEM certificate",
+            ),
+        ];
+        for (api, secret, why) in cases {
+            let (ok, calls) = run_with(&cc, api).await;
+            assert!(!ok, "{secret}: the reconcile must fail");
+            assert!(applied_deployment(&calls).is_none());
+            let d = degraded(&calls);
+            assert_eq!(
+                (d.status.as_str(), d.reason.as_str()),
+                ("True", "InvalidSecret")
+            );
+            assert!(
+                d.message.contains(secret) && d.message.contains(why),
+                "{}",
+                d.message
+            );
+            assert!(!d.message.contains("s3cret"), "{}", d.message);
         }
     }
 
@@ -1225,17 +1343,7 @@ mod archive_reconcile {
         let (ok, calls) = run(&cc).await;
         assert!(!ok, "the reconcile must fail");
         assert!(applied_deployment(&calls).is_none());
-        let status_call = calls
-            .iter()
-            .rfind(|c| c.target().2.as_deref() == Some("status"))
-            .expect("a status patch");
-        let status: ChatClusterStatus =
-            serde_json::from_value(status_call.body["status"].clone()).unwrap();
-        let degraded = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Degraded")
-            .unwrap();
+        let degraded = degraded(&calls);
         assert_eq!(
             (degraded.status.as_str(), degraded.reason.as_str()),
             ("True", "InvalidSpec")

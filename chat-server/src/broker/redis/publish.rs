@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand};
 use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
 
 use super::{RedisBackend, protocol, unavailable};
 use crate::broker::{BackendError, Broker};
@@ -359,11 +360,19 @@ impl Broker for RedisBackend {
 
     async fn publish_direct(&self, record: DirectRecord) -> Result<(), BackendError> {
         let payload = serde_json::to_string(&record).map_err(|e| protocol(&e))?;
-        let _: i64 = self
+        let instances: i64 = self
             .client
             .publish(self.keys.user_channel(&record.to), payload)
             .await
             .map_err(|e| unavailable(&e))?;
+        // No instance listening: the user has no /user/queue subscription anywhere, and a
+        // direct message is not kept (docs/PROTOCOL.md); said here for whoever looks for it.
+        debug!(
+            to = record.to,
+            id = record.id,
+            instances,
+            "direct message published"
+        );
         Ok(())
     }
 

@@ -72,13 +72,16 @@ impl RedisBackend {
             .iter()
             .any(|c| **c == *channel)
         {
+            debug!(channel, "already subscribed");
             return Ok(());
         }
         self.pubsub
             .sub
-            .subscribe(channel)
+            .subscribe(channel.clone())
             .await
-            .map_err(|e| unavailable(&e))
+            .map_err(|e| unavailable(&e))?;
+        debug!(channel, "subscribed");
+        Ok(())
     }
 
     /// How long the probe may stay away before the link counts as broken (ms).
@@ -184,10 +187,11 @@ impl RedisBackend {
                     Topic::User(u) => gone.push(self.keys.user_channel(u)),
                 }
             }
-            if !gone.is_empty()
-                && let Err(e) = self.pubsub.sub.unsubscribe(gone).await
-            {
-                debug!(error = %e, "unsubscribe failed; the channels stay until the next change");
+            if !gone.is_empty() {
+                debug!(channels = ?gone, "unsubscribing channels no local session listens to");
+                if let Err(e) = self.pubsub.sub.unsubscribe(gone).await {
+                    debug!(error = %e, "unsubscribe failed; the channels stay until the next change");
+                }
             }
         }
     }

@@ -12,7 +12,7 @@ pub struct TestCa {
     issuer: Issuer<'static, KeyPair>,
 }
 
-/// A server certificate and its private key, PEM.
+/// A certificate and its private key, PEM.
 pub struct ServerCert {
     pub cert_pem: String,
     pub key_pem: String,
@@ -29,6 +29,22 @@ impl TestCa {
         TestCa {
             cert_pem: cert.pem(),
             issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A client certificate for the database user `user` (its common name), signed by this CA.
+    pub fn client_cert(&self, user: &str) -> ServerCert {
+        let key = KeyPair::generate().expect("generate the client key");
+        let mut params =
+            CertificateParams::new(Vec::<String>::new()).expect("client certificate parameters");
+        params.distinguished_name.push(DnType::CommonName, user);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("sign the client certificate");
+        ServerCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
         }
     }
 

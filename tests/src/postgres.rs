@@ -60,6 +60,8 @@ pub struct Postgres {
     pub port: u16,
     child: Option<Child>,
     tls: bool,
+    /// Whether `root.crt` holds a CA for client certificates (`ssl_ca_file`).
+    client_ca: bool,
 }
 
 impl Postgres {
@@ -74,17 +76,37 @@ impl Postgres {
     /// As [`Postgres::start`], but serving TLS with `cert` and accepting TCP connections only
     /// over TLS (`hostssl`; a plain one is rejected by `pg_hba.conf`).
     pub async fn start_tls(cert: &crate::certs::ServerCert) -> Postgres {
+        Postgres::start_tls_with(cert, None).await
+    }
+
+    /// As [`Postgres::start_tls`]; with `client_ca` (PEM), the user `chat` (a superuser) must
+    /// also log in with a client certificate that CA signed, naming `chat`
+    /// (`hostssl ... cert`); `postgres` still logs in without one.
+    pub async fn start_tls_with(
+        cert: &crate::certs::ServerCert,
+        client_ca: Option<&str>,
+    ) -> Postgres {
         let mut pg = Postgres::init();
         let data = pg.dir.path().join("data");
         std::fs::write(data.join("server.crt"), &cert.cert_pem).expect("write server.crt");
         std::fs::write(data.join("server.key"), &cert.key_pem).expect("write server.key");
+        std::fs::write(data.join("root.crt"), client_ca.unwrap_or("")).expect("write root.crt");
+        let cert_rule = if client_ca.is_some() {
+            "hostssl all chat 127.0.0.1/32 cert\n"
+        } else {
+            ""
+        };
         std::fs::write(
             data.join("pg_hba.conf"),
-            "local all all trust\n\
-             hostssl all all 127.0.0.1/32 trust\n\
-             hostnossl all all 127.0.0.1/32 reject\n",
+            format!(
+                "local all all trust\n\
+                 {cert_rule}\
+                 hostssl all all 127.0.0.1/32 trust\n\
+                 hostnossl all all 127.0.0.1/32 reject\n"
+            ),
         )
         .expect("write pg_hba.conf");
+        pg.client_ca = client_ca.is_some();
         // PostgreSQL refuses a key file others can read; it must be its user's.
         let ok = Command::new("chmod")
             .arg("600")
@@ -97,6 +119,7 @@ impl Postgres {
                 .arg("postgres:postgres")
                 .arg(data.join("server.crt"))
                 .arg(data.join("server.key"))
+                .arg(data.join("root.crt"))
                 .arg(data.join("pg_hba.conf"))
                 .status()
                 .is_ok_and(|s| s.success());
@@ -104,6 +127,13 @@ impl Postgres {
         }
         pg.tls = true;
         pg.launch().await;
+        if pg.client_ca {
+            let mut c = pg.connect().await;
+            sqlx::query("CREATE ROLE chat LOGIN SUPERUSER")
+                .execute(&mut c)
+                .await
+                .expect("create the role chat");
+        }
         pg
     }
 
@@ -148,6 +178,7 @@ impl Postgres {
             port: crate::free_port(),
             child: None,
             tls: false,
+            client_ca: false,
         }
     }
 
@@ -173,10 +204,10 @@ impl Postgres {
                 "unix_socket_directories={}",
                 self.dir.path().display()
             ))
-            .args(if self.tls {
-                &["-c", "ssl=on"][..]
-            } else {
-                &[][..]
+            .args(match (self.tls, self.client_ca) {
+                (true, true) => &["-c", "ssl=on", "-c", "ssl_ca_file=root.crt"][..],
+                (true, false) => &["-c", "ssl=on"][..],
+                (false, _) => &[][..],
             })
             .args([
                 "-c",

@@ -647,3 +647,54 @@ async fn a_certificate_that_does_not_verify_stops_archiving_not_chat_and_loses_n
     assert!(chat_server_connections_over_tls(&pg).await.0);
     drop(b);
 }
+
+#[tokio::test]
+async fn a_client_certificate_logs_the_archive_in_where_postgresql_demands_one() {
+    let ca = chat_tests::certs::TestCa::new("archive CA");
+    let pg = Postgres::start_tls_with(&ca.server_cert(&["127.0.0.1"]), Some(&ca.cert_pem)).await;
+    let redis = RedisServer::start(RedisOpts::default());
+    let dir = tempfile::tempdir().unwrap();
+    let client = ca.client_cert("chat");
+    let file = |name: &str, content: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path.display().to_string()
+    };
+    let (ca_file, cert_file, key_file) = (
+        file("ca.crt", &ca.cert_pem),
+        file("tls.crt", &client.cert_pem),
+        file("tls.key", &client.key_pem),
+    );
+    // User chat, no password: pg_hba.conf lets it in by certificate only.
+    let url = format!("postgres://chat@127.0.0.1:{}/postgres", pg.port);
+    let verify = [
+        ("CHAT_ARCHIVE_SSL_MODE", "verify-full".to_owned()),
+        ("CHAT_ARCHIVE_SSL_ROOT_CERT_FILE", ca_file),
+    ];
+    // Without the certificate PostgreSQL refuses the login: nothing is archived.
+    let mut a = instance("a", &tls_env(&redis, &pg, url.clone(), &verify)).await;
+    let mut c = Client::login(&a.ws_url(), "ann").await;
+    send_numbered(&mut c, "/app/room/cert", 0..5).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while metric(&a, r#"chat_archive_errors_total{reason="postgres"}"#).await < 1.0 {
+        assert!(Instant::now() < deadline, "no archive error counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(archived_table_missing(&pg).await);
+    drop(c);
+    a.signal("TERM");
+    a.wait_exit(Duration::from_secs(10)).await;
+    // With it, every message is stored, those that waited included.
+    let mut with_cert = verify.to_vec();
+    with_cert.extend([
+        ("CHAT_ARCHIVE_SSL_CERT_FILE", cert_file),
+        ("CHAT_ARCHIVE_SSL_KEY_FILE", key_file),
+    ]);
+    let b = instance("b", &tls_env(&redis, &pg, url, &with_cert)).await;
+    let mut c = Client::login(&b.ws_url(), "ann").await;
+    send_numbered(&mut c, "/app/room/cert", 5..10).await;
+    let rows = wait_archived(&pg, 10, Duration::from_secs(30)).await;
+    let ns: BTreeSet<u64> = rows.values().map(|r| r["n"].as_u64().unwrap()).collect();
+    assert_eq!(ns, (0..10).collect());
+    assert!(chat_server_connections_over_tls(&pg).await.0);
+}

@@ -27,7 +27,9 @@ use tracing::{debug, info, warn};
 
 pub use self::batch::{Batch, Entry, Row, build};
 pub use self::reads::{ArchiveReads, ArchiveSource, Events, MAX_ARCHIVE_READ, READ_TIMEOUT, Read};
-pub use self::store::{SslMode, Store, check_root_cert, check_root_cert_pem, check_url};
+pub use self::store::{
+    SslMode, Store, check_private_key, check_root_cert, check_root_cert_pem, check_url,
+};
 use crate::metrics::Metrics;
 
 /// The PostgreSQL message archive (`CHAT_ARCHIVE_*`).
@@ -42,6 +44,9 @@ pub struct ArchiveConfig {
     /// `CHAT_ARCHIVE_SSL_ROOT_CERT_FILE` (checked to hold PEM certificates); replaces the URL's
     /// `sslrootcert`.
     pub ssl_root_cert: Option<std::path::PathBuf>,
+    /// `CHAT_ARCHIVE_SSL_CERT_FILE` and `CHAT_ARCHIVE_SSL_KEY_FILE` (both checked to hold
+    /// PEM): the client certificate and its key; replace the URL's `sslcert`/`sslkey`.
+    pub ssl_client: Option<(std::path::PathBuf, std::path::PathBuf)>,
     pub backlog: u64,
     pub batch: usize,
     pub claim_idle: Duration,
@@ -53,6 +58,7 @@ impl std::fmt::Debug for ArchiveConfig {
         f.debug_struct("ArchiveConfig")
             .field("ssl_mode", &self.ssl_mode)
             .field("ssl_root_cert", &self.ssl_root_cert)
+            .field("ssl_client", &self.ssl_client)
             .field("backlog", &self.backlog)
             .field("batch", &self.batch)
             .field("claim_idle", &self.claim_idle)

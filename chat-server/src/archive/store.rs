@@ -102,6 +102,9 @@ pub(super) fn connect_options(
     if let Some(ca) = &config.ssl_root_cert {
         options = options.ssl_root_cert(ca);
     }
+    if let Some((cert, key)) = &config.ssl_client {
+        options = options.ssl_client_cert(cert).ssl_client_key(key);
+    }
     Ok(options)
 }
 
@@ -156,12 +159,23 @@ pub fn check_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `Ok` if `file` is a readable PEM file with at least one certificate and nothing unreadable;
-/// checked at start-up, so a wrong path or a key given for a certificate stops the server
-/// instead of failing every connection later.
+/// `Ok` if `file` is a readable PEM file with at least one certificate and nothing unreadable
+/// (a CA bundle, or a client certificate); checked at start-up, so a wrong path or a key given
+/// for a certificate stops the server instead of failing every connection later.
 pub fn check_root_cert(file: &str) -> Result<(), String> {
     let pem = std::fs::read(file).map_err(|e| format!("cannot read {file}: {e}"))?;
     check_root_cert_pem(&pem).map_err(|m| format!("{file} {m}"))
+}
+
+/// `Ok` if `file` is a readable PEM file holding a private key (PKCS#8, PKCS#1 or SEC1); the
+/// reason otherwise, without the key.
+pub fn check_private_key(file: &str) -> Result<(), String> {
+    use rustls_pki_types::PrivateKeyDer;
+    use rustls_pki_types::pem::PemObject;
+    let pem = std::fs::read(file).map_err(|e| format!("cannot read {file}: {e}"))?;
+    PrivateKeyDer::from_pem_slice(&pem)
+        .map(|_| ())
+        .map_err(|_| format!("{file} holds no PEM private key (-----BEGIN PRIVATE KEY-----)"))
 }
 
 /// `Ok` if `pem` holds at least one PEM certificate and nothing unreadable; else what is wrong

@@ -321,6 +321,8 @@ fn archive(
             "CHAT_ARCHIVE_PASSWORD_FILE",
             "CHAT_ARCHIVE_SSL_MODE",
             "CHAT_ARCHIVE_SSL_ROOT_CERT_FILE",
+            "CHAT_ARCHIVE_SSL_CERT_FILE",
+            "CHAT_ARCHIVE_SSL_KEY_FILE",
         ] {
             if get(name).is_some() {
                 return Err(bad(name, "set without CHAT_ARCHIVE_URL"));
@@ -359,6 +361,34 @@ fn archive(
                 .map_err(|m| bad("CHAT_ARCHIVE_SSL_ROOT_CERT_FILE", m))
         })
         .transpose()?;
+    let ssl_client = match (
+        get("CHAT_ARCHIVE_SSL_CERT_FILE"),
+        get("CHAT_ARCHIVE_SSL_KEY_FILE"),
+    ) {
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(bad(
+                "CHAT_ARCHIVE_SSL_KEY_FILE",
+                "missing: CHAT_ARCHIVE_SSL_CERT_FILE needs its private key",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(bad(
+                "CHAT_ARCHIVE_SSL_CERT_FILE",
+                "missing: CHAT_ARCHIVE_SSL_KEY_FILE is the key of a certificate",
+            ));
+        }
+        (Some(cert), Some(key)) => {
+            crate::archive::check_root_cert(&cert)
+                .map_err(|m| bad("CHAT_ARCHIVE_SSL_CERT_FILE", m))?;
+            crate::archive::check_private_key(&key)
+                .map_err(|m| bad("CHAT_ARCHIVE_SSL_KEY_FILE", m))?;
+            Some((
+                std::path::PathBuf::from(cert),
+                std::path::PathBuf::from(key),
+            ))
+        }
+    };
     let backlog = number::<u64>(get, "CHAT_ARCHIVE_BACKLOG")?;
     if backlog < 1000 {
         return Err(bad("CHAT_ARCHIVE_BACKLOG", "must be at least 1000"));
@@ -375,6 +405,7 @@ fn archive(
         password,
         ssl_mode,
         ssl_root_cert,
+        ssl_client,
         backlog,
         batch,
         claim_idle: millis(get, "CHAT_ARCHIVE_CLAIM_IDLE_MS", 100)?,
@@ -607,6 +638,14 @@ mod tests {
                 ],
                 "CHAT_ARCHIVE_SSL_ROOT_CERT_FILE",
             ),
+            (
+                &[redis, url, ("CHAT_ARCHIVE_SSL_CERT_FILE", "/etc/hostname")],
+                "CHAT_ARCHIVE_SSL_KEY_FILE",
+            ),
+            (
+                &[redis, url, ("CHAT_ARCHIVE_SSL_KEY_FILE", "/etc/hostname")],
+                "CHAT_ARCHIVE_SSL_CERT_FILE",
+            ),
             // A file without a certificate (the wrong key of a Secret, say).
             (
                 &[
@@ -654,7 +693,30 @@ mod tests {
         assert_eq!(e.var, "CHAT_ARCHIVE_SSL_ROOT_CERT_FILE");
         assert!(e.to_string().contains("no PEM certificate"), "{e}");
         let a = parse(&base[..2]).unwrap().archive.unwrap();
-        assert_eq!((a.ssl_mode, a.ssl_root_cert), (None, None));
+        assert_eq!(
+            (a.ssl_mode, a.ssl_root_cert, a.ssl_client),
+            (None, None, None)
+        );
+        // A client certificate and its key, each checked for what it must hold.
+        let (ca_s, key_s) = (ca.to_str().unwrap(), key.to_str().unwrap());
+        let mut pairs = base.to_vec();
+        pairs.extend([
+            ("CHAT_ARCHIVE_SSL_CERT_FILE", ca_s),
+            ("CHAT_ARCHIVE_SSL_KEY_FILE", key_s),
+        ]);
+        let a = parse(&pairs).unwrap().archive.unwrap();
+        assert_eq!(a.ssl_client, Some((ca.clone(), key.clone())));
+        for (cert, key_file, var) in [
+            (key_s, key_s, "CHAT_ARCHIVE_SSL_CERT_FILE"),
+            (ca_s, ca_s, "CHAT_ARCHIVE_SSL_KEY_FILE"),
+        ] {
+            let mut pairs = base.to_vec();
+            pairs.extend([
+                ("CHAT_ARCHIVE_SSL_CERT_FILE", cert),
+                ("CHAT_ARCHIVE_SSL_KEY_FILE", key_file),
+            ]);
+            assert_eq!(parse(&pairs).unwrap_err().var, var);
+        }
         let _ = std::fs::remove_file(ca);
         let _ = std::fs::remove_file(key);
     }

@@ -175,6 +175,16 @@ pub const VARS: &[Var] = &[
         None,
     ),
     var(
+        "CHAT_ARCHIVE_SSL_CERT_FILE",
+        "PEM client certificate the servers present to the archive (certificate authentication); needs CHAT_ARCHIVE_SSL_KEY_FILE",
+        None,
+    ),
+    var(
+        "CHAT_ARCHIVE_SSL_KEY_FILE",
+        "PEM private key of CHAT_ARCHIVE_SSL_CERT_FILE",
+        None,
+    ),
+    var(
         "CHAT_ARCHIVE_BACKLOG",
         "records waiting for the archive (all instances) before the oldest is dropped and counted",
         Some("1000000"),

@@ -138,6 +138,14 @@ pub struct ArchiveTlsSpec {
     /// `sslrootcert`, else the system's CA certificates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_ref: Option<SecretKeyRef>,
+    /// Name of a `kubernetes.io/tls` Secret (keys `tls.crt` and `tls.key`) holding the client
+    /// certificate the servers present, for `cert` authentication in PostgreSQL's
+    /// `pg_hba.conf` (its common name is the database user), e.g. issued by cert-manager or
+    /// `kubectl cnpg certificate`. Mounted read-only (`CHAT_ARCHIVE_SSL_CERT_FILE`,
+    /// `CHAT_ARCHIVE_SSL_KEY_FILE`). Unset: no client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub client_cert_secret_name: Option<String>,
 }
 
 /// The archive's TLS modes as libpq's `sslmode` spells them, the spelling

@@ -173,6 +173,11 @@ impl FakeApi {
             }
         }
         let encoded = String::from_utf8(encoded).unwrap_or_default();
+        // A second key of a Secret added before joins the first.
+        if let Some(existing) = self.secrets.get_mut(name) {
+            existing["data"][key] = json!(encoded);
+            return self;
+        }
         self.secrets.insert(
             name.to_owned(),
             json!({"apiVersion": "v1", "kind": "Secret",

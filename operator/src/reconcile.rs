@@ -221,8 +221,11 @@ enum ArchiveSecret {
     Url,
     /// `CHAT_ARCHIVE_PASSWORD_FILE`: any value.
     Password,
-    /// `CHAT_ARCHIVE_SSL_ROOT_CERT_FILE`: at least one PEM certificate.
+    /// `CHAT_ARCHIVE_SSL_ROOT_CERT_FILE` or `CHAT_ARCHIVE_SSL_CERT_FILE`: at least one PEM
+    /// certificate.
     Ca,
+    /// `CHAT_ARCHIVE_SSL_KEY_FILE`: a PEM private key.
+    Key,
 }
 
 impl ArchiveSecret {
@@ -238,11 +241,14 @@ impl ArchiveSecret {
             }),
             ArchiveSecret::Password => None,
             ArchiveSecret::Ca => chat_server::archive::check_root_cert_pem(value.as_bytes()).err(),
+            ArchiveSecret::Key => {
+                chat_server::archive::check_private_key_pem(value.as_bytes()).err()
+            }
         }
     }
 }
 
-/// The archive's Secrets (URL, password, CA certificates), read and checked as the servers will
+/// The archive's Secrets (URL, password, CA and client certificates), read and checked as the servers will
 /// read them, so a missing key or a URL they would refuse degrades the cluster before any server
 /// is rolled onto it (the servers would crash-loop). Returns what goes on the servers' pod
 /// template so an edited Secret rolls them: a checksum of the Secrets' uid and
@@ -255,21 +261,35 @@ async fn check_archive_secrets(
     let Some(archive) = &cc.spec.archive else {
         return Ok(None);
     };
-    let wanted = [
-        (Some(&archive.url_secret_ref), ArchiveSecret::Url),
-        (
-            archive.password_secret_ref.as_ref(),
-            ArchiveSecret::Password,
-        ),
-        (
-            archive.tls.as_ref().and_then(|t| t.ca_secret_ref.as_ref()),
-            ArchiveSecret::Ca,
-        ),
-    ];
+    let tls = archive.tls.as_ref();
+    let mut wanted: Vec<(crate::crd::SecretKeyRef, ArchiveSecret)> =
+        vec![(archive.url_secret_ref.clone(), ArchiveSecret::Url)];
+    wanted.extend(
+        archive
+            .password_secret_ref
+            .clone()
+            .map(|r| (r, ArchiveSecret::Password)),
+    );
+    wanted.extend(
+        tls.and_then(|t| t.ca_secret_ref.clone())
+            .map(|r| (r, ArchiveSecret::Ca)),
+    );
+    // The client certificate Secret is a kubernetes.io/tls one: two keys of fixed names.
+    if let Some(name) = tls.and_then(|t| t.client_cert_secret_name.as_ref()) {
+        for (key, kind) in [
+            ("tls.crt", ArchiveSecret::Ca),
+            ("tls.key", ArchiveSecret::Key),
+        ] {
+            let r = crate::crd::SecretKeyRef {
+                name: name.clone(),
+                key: key.to_owned(),
+            };
+            wanted.push((r, kind));
+        }
+    }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let mut versions = Vec::new();
-    for (reference, kind) in wanted {
-        let Some(r) = reference else { continue };
+    for (r, kind) in wanted {
         let found = api
             .get_opt(&r.name)
             .await?

@@ -28,7 +28,8 @@ use tracing::{debug, info, warn};
 pub use self::batch::{Batch, Entry, Row, build};
 pub use self::reads::{ArchiveReads, ArchiveSource, Events, MAX_ARCHIVE_READ, READ_TIMEOUT, Read};
 pub use self::store::{
-    SslMode, Store, check_private_key, check_root_cert, check_root_cert_pem, check_url,
+    SslMode, Store, check_private_key, check_private_key_pem, check_root_cert, check_root_cert_pem,
+    check_url,
 };
 use crate::metrics::Metrics;
 

@@ -170,12 +170,18 @@ pub fn check_root_cert(file: &str) -> Result<(), String> {
 /// `Ok` if `file` is a readable PEM file holding a private key (PKCS#8, PKCS#1 or SEC1); the
 /// reason otherwise, without the key.
 pub fn check_private_key(file: &str) -> Result<(), String> {
+    let pem = std::fs::read(file).map_err(|e| format!("cannot read {file}: {e}"))?;
+    check_private_key_pem(&pem).map_err(|m| format!("{file} {m}"))
+}
+
+/// `Ok` if `pem` holds a PEM private key; what is wrong otherwise, to follow the name of where
+/// it came from (the operator checks a client certificate Secret's `tls.key` with this).
+pub fn check_private_key_pem(pem: &[u8]) -> Result<(), String> {
     use rustls_pki_types::PrivateKeyDer;
     use rustls_pki_types::pem::PemObject;
-    let pem = std::fs::read(file).map_err(|e| format!("cannot read {file}: {e}"))?;
-    PrivateKeyDer::from_pem_slice(&pem)
+    PrivateKeyDer::from_pem_slice(pem)
         .map(|_| ())
-        .map_err(|_| format!("{file} holds no PEM private key (-----BEGIN PRIVATE KEY-----)"))
+        .map_err(|_| "holds no PEM private key (-----BEGIN PRIVATE KEY-----)".to_owned())
 }
 
 /// `Ok` if `pem` holds at least one PEM certificate and nothing unreadable; else what is wrong

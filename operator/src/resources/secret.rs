@@ -15,7 +15,7 @@ use crate::crd::ChatCluster;
 pub(crate) const SECRET_CHECKSUM_ANNOTATION: &str = "chat.dev/secret-checksum";
 
 /// Server pod-template annotation with a checksum of the archive Secrets' identities (uid and
-/// resourceVersion, never their values): an edited URL, password or CA Secret rolls the
+/// resourceVersion, never their values): an edited URL, password, CA or client Secret rolls the
 /// servers, which read them only at start-up.
 pub(crate) const ARCHIVE_SECRETS_ANNOTATION: &str = "chat.dev/archive-secrets";
 

@@ -50,11 +50,21 @@ pub(crate) const ARCHIVE_CA_DIR: &str = "/var/run/secrets/chat-archive-ca";
 pub(crate) const ARCHIVE_CA_FILE: &str = "/var/run/secrets/chat-archive-ca/ca.crt";
 /// The pod volume holding the archive's CA certificates.
 const ARCHIVE_CA_VOLUME: &str = "archive-ca";
+/// Where the archive's client certificate Secret is mounted (read-only, two files).
+pub(crate) const ARCHIVE_CLIENT_DIR: &str = "/var/run/secrets/chat-archive-client";
+/// The client certificate inside [`ARCHIVE_CLIENT_DIR`] (`CHAT_ARCHIVE_SSL_CERT_FILE`).
+pub(crate) const ARCHIVE_CLIENT_CERT_FILE: &str = "/var/run/secrets/chat-archive-client/tls.crt";
+/// Its private key (`CHAT_ARCHIVE_SSL_KEY_FILE`).
+pub(crate) const ARCHIVE_CLIENT_KEY_FILE: &str = "/var/run/secrets/chat-archive-client/tls.key";
+/// The pod volume holding the archive's client certificate.
+const ARCHIVE_CLIENT_VOLUME: &str = "archive-client-cert";
 /// The variables naming files that exist only inside the pod (mounted Secrets): the server's
 /// parser reads them at start-up, so the operator's check of the environment leaves them out.
-const POD_FILE_VARS: [&str; 2] = [
+const POD_FILE_VARS: [&str; 4] = [
     "CHAT_ARCHIVE_PASSWORD_FILE",
     "CHAT_ARCHIVE_SSL_ROOT_CERT_FILE",
+    "CHAT_ARCHIVE_SSL_CERT_FILE",
+    "CHAT_ARCHIVE_SSL_KEY_FILE",
 ];
 /// What stands in for a Secret's content when the operator checks the environment with the
 /// server's parser: the operator never reads the Secrets the servers get.
@@ -186,6 +196,16 @@ pub(crate) fn server_env(cc: &ChatCluster) -> Vec<EnvVar> {
                     ARCHIVE_CA_FILE,
                 ));
             }
+            if tls.client_cert_secret_name.is_some() {
+                env.push(env_value(
+                    "CHAT_ARCHIVE_SSL_CERT_FILE",
+                    ARCHIVE_CLIENT_CERT_FILE,
+                ));
+                env.push(env_value(
+                    "CHAT_ARCHIVE_SSL_KEY_FILE",
+                    ARCHIVE_CLIENT_KEY_FILE,
+                ));
+            }
         }
     }
     env
@@ -228,37 +248,60 @@ fn archive_secret_volumes(cc: &ChatCluster) -> Vec<(Volume, VolumeMount)> {
     let Some(archive) = cc.spec.archive.as_ref() else {
         return Vec::new();
     };
-    let ca = archive.tls.as_ref().and_then(|t| t.ca_secret_ref.as_ref());
+    let tls = archive.tls.as_ref();
+    let ca = tls.and_then(|t| t.ca_secret_ref.as_ref());
+    let client = tls.and_then(|t| t.client_cert_secret_name.as_ref());
+    let one = |s: &SecretKeyRef, file: &'static str| (s.name.clone(), vec![(s.key.clone(), file)]);
     [
-        archive
-            .password_secret_ref
-            .as_ref()
-            .map(|s| (ARCHIVE_PASSWORD_VOLUME, ARCHIVE_PASSWORD_DIR, "password", s)),
-        ca.map(|s| (ARCHIVE_CA_VOLUME, ARCHIVE_CA_DIR, "ca.crt", s)),
+        archive.password_secret_ref.as_ref().map(|s| {
+            (
+                ARCHIVE_PASSWORD_VOLUME,
+                ARCHIVE_PASSWORD_DIR,
+                one(s, "password"),
+            )
+        }),
+        ca.map(|s| (ARCHIVE_CA_VOLUME, ARCHIVE_CA_DIR, one(s, "ca.crt"))),
+        client.map(|name| {
+            let keys = vec![
+                ("tls.crt".to_owned(), "tls.crt"),
+                ("tls.key".to_owned(), "tls.key"),
+            ];
+            (
+                ARCHIVE_CLIENT_VOLUME,
+                ARCHIVE_CLIENT_DIR,
+                (name.clone(), keys),
+            )
+        }),
     ]
     .into_iter()
     .flatten()
-    .map(|(name, dir, file, secret)| secret_file_volume(name, dir, file, secret))
+    .map(|(name, dir, (secret, files))| secret_file_volume(name, dir, &secret, &files))
     .collect()
 }
 
-/// One key of a Secret as the file `dir/file`, in a volume of its own mounted read-only at
-/// `dir` (a directory mount, not a subPath: the kubelet updates the file when the Secret changes).
+/// Keys of the Secret `secret` as the files `dir/<file>` (key -> file), in a volume of its own
+/// mounted read-only at `dir` (a directory mount, not a subPath: the kubelet updates the files
+/// when the Secret changes).
 fn secret_file_volume(
     name: &str,
     dir: &str,
-    file: &str,
-    secret: &SecretKeyRef,
+    secret: &str,
+    files: &[(String, &str)],
 ) -> (Volume, VolumeMount) {
     let volume = Volume {
         name: name.to_owned(),
         secret: Some(SecretVolumeSource {
-            secret_name: Some(secret.name.clone()),
-            items: Some(vec![KeyToPath {
-                key: secret.key.clone(),
-                path: file.to_owned(),
-                mode: None,
-            }]),
+            secret_name: Some(secret.to_owned()),
+            items: Some(
+                files
+                    .iter()
+                    .map(|(key, file)| KeyToPath {
+                        key: key.clone(),
+                        path: (*file).to_owned(),
+                        mode: None,
+                    })
+                    .collect(),
+            ),
             // Owner and group (the pod's fsGroup) may read it, nobody else.
             default_mode: Some(0o440),
             optional: Some(false),
@@ -646,6 +689,7 @@ pub(crate) mod tests {
             tls: Some(crate::crd::ArchiveTlsSpec {
                 mode: None,
                 ca_secret_ref: None,
+                client_cert_secret_name: None,
             }),
             ..archive_from_pg_app()
         });
@@ -946,6 +990,7 @@ mod chat_server_contract {
                     name: "pg-ca".into(),
                     key: "ca.crt".into(),
                 }),
+                client_cert_secret_name: Some("pg-client".into()),
             }),
         });
         cc
@@ -1168,12 +1213,25 @@ mod archive_reconcile {
     const CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBAAAA\n-----END CERTIFICATE-----\n";
     const URL: &str = "postgresql://app:s3cret@pg-rw.prod:5432/app";
 
-    /// The API server holding the three Secrets `with_archive` names, as given.
+    /// The API server holding the Secrets `with_archive` names, as given.
+    const KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMIIBAAAA\n-----END PRIVATE KEY-----\n";
+
     fn api_with(cc: &crate::crd::ChatCluster, url: &str, ca: &str) -> FakeApi {
+        api_with_client_key(cc, url, ca, KEY_PEM)
+    }
+
+    fn api_with_client_key(
+        cc: &crate::crd::ChatCluster,
+        url: &str,
+        ca: &str,
+        key: &str,
+    ) -> FakeApi {
         FakeApi::new(cc)
             .with_secret("pg-app", "uri", url)
             .with_secret("pg-archiver", "password", "hunter2")
             .with_secret("pg-ca", "ca.crt", ca)
+            .with_secret("pg-client", "tls.crt", CA_PEM)
+            .with_secret("pg-client", "tls.key", key)
     }
 
     async fn run_with(cc: &crate::crd::ChatCluster, api: FakeApi) -> (bool, Vec<Call>) {
@@ -1235,6 +1293,37 @@ mod archive_reconcile {
             .find(|v| v["name"] == "archive-password")
             .unwrap();
         assert_eq!(password["secret"]["secretName"], "pg-archiver");
+        // The client certificate: both keys of its kubernetes.io/tls Secret, and the variables
+        // naming them.
+        let client = volumes
+            .iter()
+            .find(|v| v["name"] == "archive-client-cert")
+            .unwrap();
+        assert_eq!(client["secret"]["secretName"], "pg-client");
+        let items: Vec<_> = client["secret"]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| (i["key"].as_str().unwrap(), i["path"].as_str().unwrap()))
+            .collect();
+        assert_eq!(items, [("tls.crt", "tls.crt"), ("tls.key", "tls.key")]);
+        for (var, file) in [
+            (
+                "CHAT_ARCHIVE_SSL_CERT_FILE",
+                super::ARCHIVE_CLIENT_CERT_FILE,
+            ),
+            ("CHAT_ARCHIVE_SSL_KEY_FILE", super::ARCHIVE_CLIENT_KEY_FILE),
+        ] {
+            let e = env.iter().find(|e| e["name"] == var).unwrap();
+            assert_eq!(e["value"], file);
+        }
+        let mounts = pod["containers"][0]["volumeMounts"].as_array().unwrap();
+        let mount = mounts
+            .iter()
+            .find(|m| m["name"] == "archive-client-cert")
+            .unwrap();
+        assert_eq!(mount["mountPath"], super::ARCHIVE_CLIENT_DIR);
+        assert_eq!(mount["readOnly"], true);
         let ca = volumes.iter().find(|v| v["name"] == "archive-ca").unwrap();
         assert_eq!(ca["secret"]["secretName"], "pg-ca");
         let mode = env
@@ -1244,7 +1333,7 @@ mod archive_reconcile {
         assert_eq!(mode["value"], "verify-full");
         // The operator reads each archive Secret to check it (the kubelet hands them to the
         // pods), and the servers' template carries their versions.
-        for name in ["pg-app", "pg-archiver", "pg-ca"] {
+        for name in ["pg-app", "pg-archiver", "pg-ca", "pg-client"] {
             assert!(
                 calls
                     .iter()
@@ -1262,7 +1351,7 @@ mod archive_reconcile {
         let (_, first) = run(&cc).await;
         let (_, again) = run(&cc).await;
         assert_eq!(archive_stamp(&first), archive_stamp(&again));
-        for edited in ["pg-app", "pg-archiver", "pg-ca"] {
+        for edited in ["pg-app", "pg-archiver", "pg-ca", "pg-client"] {
             let api = api_with(&cc, URL, CA_PEM).with_secret_version(edited, "2");
             let (ok, calls) = run_with(&cc, api).await;
             assert!(ok);
@@ -1313,6 +1402,12 @@ mod archive_reconcile {
                 ),
                 "pg-ca",
                 "no PEM certificate",
+            ),
+            // The client certificate's key swapped for a certificate.
+            (
+                api_with_client_key(&cc, URL, CA_PEM, CA_PEM),
+                "pg-client",
+                "no PEM private key",
             ),
         ];
         for (api, secret, why) in cases {

@@ -5,6 +5,7 @@
 //! Deletion needs no finalizer: every child has a controller owner reference, so the garbage
 //! collector removes them with the ChatCluster. A cluster being deleted is left alone.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -288,34 +289,39 @@ async fn check_archive_secrets(
         }
     }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let mut versions = Vec::new();
+    // Each Secret read once (the client certificate's gives two keys; one Secret may serve
+    // several references), with its version for the checksum.
+    let mut read: BTreeMap<String, (Secret, String)> = BTreeMap::new();
     for (r, kind) in wanted {
-        let found = api
-            .get_opt(&r.name)
-            .await?
-            .ok_or_else(|| Error::MissingSecret {
-                name: r.name.clone(),
-                reason: "not found (named by spec.archive)".to_owned(),
-            })?;
-        let value = read_key(&found, &r.name, &r.key)?;
+        if !read.contains_key(&r.name) {
+            let found = api
+                .get_opt(&r.name)
+                .await?
+                .ok_or_else(|| Error::MissingSecret {
+                    name: r.name.clone(),
+                    reason: "not found (named by spec.archive)".to_owned(),
+                })?;
+            let meta = &found.metadata;
+            let version = format!(
+                "{}/{}",
+                meta.uid.as_deref().unwrap_or_default(),
+                meta.resource_version.as_deref().unwrap_or_default()
+            );
+            read.insert(r.name.clone(), (found, version));
+        }
+        let Some((found, _)) = read.get(&r.name) else {
+            continue;
+        };
+        let value = read_key(found, &r.name, &r.key)?;
         if let Some(reason) = kind.refuse(&value) {
             return Err(Error::InvalidSecret {
                 name: r.name.clone(),
                 reason: format!("key {:?}: {reason}", r.key),
             });
         }
-        let meta = &found.metadata;
-        versions.push((
-            r.name.clone(),
-            format!(
-                "{}/{}",
-                meta.uid.as_deref().unwrap_or_default(),
-                meta.resource_version.as_deref().unwrap_or_default()
-            ),
-        ));
     }
     Ok(Some(resources::config_map::fnv_hex(
-        versions.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+        read.iter().map(|(n, (_, v))| (n.as_bytes(), v.as_bytes())),
     )))
 }
 

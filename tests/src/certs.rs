@@ -13,7 +13,7 @@ pub struct TestCa {
 }
 
 /// A certificate and its private key, PEM.
-pub struct ServerCert {
+pub struct IssuedCert {
     pub cert_pem: String,
     pub key_pem: String,
 }
@@ -33,34 +33,30 @@ impl TestCa {
     }
 
     /// A client certificate for the database user `user` (its common name), signed by this CA.
-    pub fn client_cert(&self, user: &str) -> ServerCert {
-        let key = KeyPair::generate().expect("generate the client key");
-        let mut params =
-            CertificateParams::new(Vec::<String>::new()).expect("client certificate parameters");
-        params.distinguished_name.push(DnType::CommonName, user);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .expect("sign the client certificate");
-        ServerCert {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
+    pub fn client_cert(&self, user: &str) -> IssuedCert {
+        self.issue(Vec::new(), user, ExtendedKeyUsagePurpose::ClientAuth)
     }
 
     /// A server certificate for `names` (host names, or IP addresses as text), signed by this CA.
-    pub fn server_cert(&self, names: &[&str]) -> ServerCert {
-        let key = KeyPair::generate().expect("generate the server key");
-        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let mut params = CertificateParams::new(names).expect("server certificate parameters");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "chatcluster test server");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    pub fn server_cert(&self, names: &[&str]) -> IssuedCert {
+        let names = names.iter().map(|n| (*n).to_owned()).collect();
+        self.issue(
+            names,
+            "chatcluster test server",
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
+    /// A certificate for `names` with common name `cn`, for `usage`, and a new key.
+    fn issue(&self, names: Vec<String>, cn: &str, usage: ExtendedKeyUsagePurpose) -> IssuedCert {
+        let key = KeyPair::generate().expect("generate a key");
+        let mut params = CertificateParams::new(names).expect("certificate parameters");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![usage];
         let cert = params
             .signed_by(&key, &self.issuer)
-            .expect("sign the server certificate");
-        ServerCert {
+            .expect("sign the certificate");
+        IssuedCert {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         }

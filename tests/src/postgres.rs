@@ -75,7 +75,7 @@ impl Postgres {
 
     /// As [`Postgres::start`], but serving TLS with `cert` and accepting TCP connections only
     /// over TLS (`hostssl`; a plain one is rejected by `pg_hba.conf`).
-    pub async fn start_tls(cert: &crate::certs::ServerCert) -> Postgres {
+    pub async fn start_tls(cert: &crate::certs::IssuedCert) -> Postgres {
         Postgres::start_tls_with(cert, None).await
     }
 
@@ -83,7 +83,7 @@ impl Postgres {
     /// also log in with a client certificate that CA signed, naming `chat`
     /// (`hostssl ... cert`); `postgres` still logs in without one.
     pub async fn start_tls_with(
-        cert: &crate::certs::ServerCert,
+        cert: &crate::certs::IssuedCert,
         client_ca: Option<&str>,
     ) -> Postgres {
         let mut pg = Postgres::init();

@@ -477,6 +477,16 @@ pub(crate) fn children(cc: &ChatCluster, operator_namespace: &str) -> Children {
     }
 }
 
+/// Sets the annotation `key` of a pod template (a change of it rolls the pods).
+fn annotate(template: &mut k8s_openapi::api::core::v1::PodTemplateSpec, key: &str, value: &str) {
+    template
+        .metadata
+        .get_or_insert_with(ObjectMeta::default)
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(key.to_owned(), value.to_owned());
+}
+
 impl Children {
     /// Put `checksum` (of the password Secret's data) on the pod templates of the data nodes,
     /// sentinels and servers, so a changed password rolls every pod that reads it.
@@ -487,30 +497,18 @@ impl Children {
             .filter_map(|s| s.spec.as_mut().map(|s| &mut s.template))
             .chain(self.deployment.spec.as_mut().map(|s| &mut s.template));
         for template in templates {
-            template
-                .metadata
-                .get_or_insert_with(ObjectMeta::default)
-                .annotations
-                .get_or_insert_with(BTreeMap::new)
-                .insert(
-                    secret::SECRET_CHECKSUM_ANNOTATION.to_owned(),
-                    checksum.to_owned(),
-                );
+            annotate(template, secret::SECRET_CHECKSUM_ANNOTATION, checksum);
         }
     }
 
     /// Put `checksum` (of the archive Secrets' versions) on the servers' pod template.
     pub(crate) fn stamp_archive_secrets(&mut self, checksum: &str) {
         if let Some(spec) = self.deployment.spec.as_mut() {
-            spec.template
-                .metadata
-                .get_or_insert_with(ObjectMeta::default)
-                .annotations
-                .get_or_insert_with(BTreeMap::new)
-                .insert(
-                    secret::ARCHIVE_SECRETS_ANNOTATION.to_owned(),
-                    checksum.to_owned(),
-                );
+            annotate(
+                &mut spec.template,
+                secret::ARCHIVE_SECRETS_ANNOTATION,
+                checksum,
+            );
         }
     }
 

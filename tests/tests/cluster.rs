@@ -645,3 +645,34 @@ async fn a_spring_dto_crosses_instances_with_its_fields_live_recovered_and_in_hi
     );
     assert_eq!(dm["nested"]["n"][2], "é");
 }
+
+#[tokio::test]
+async fn a_receipted_user_queue_subscription_is_already_in_redis() {
+    let redis = RedisServer::start(RedisOpts::default());
+    let b = instance("b", &env(&redis)).await;
+    // Room subscriptions coming and going meanwhile keep the subscriber connection busy with
+    // SUBSCRIBE and UNSUBSCRIBE, as when the miss was seen in CI.
+    let url = b.ws_url();
+    let churn = tokio::spawn(async move {
+        let mut c = Client::login(&url, "churn").await;
+        for i in 0..200 {
+            let id = format!("r{i}");
+            c.subscribe(&id, &format!("/topic/room/churn{i}"), &[QUIET])
+                .await;
+            c.unsubscribe(&id).await;
+        }
+    });
+    for i in 0..50 {
+        let user = format!("user{i}");
+        let mut c = Client::login(&b.ws_url(), &user).await;
+        c.subscribe("dm", "/user/queue/messages", &[]).await;
+        // The RECEIPT is back: a direct message published now must find a subscriber.
+        let reply = redis.command(&["PUBSUB", "NUMSUB", &format!("chat:ch:user:{user}")]);
+        let subscribers = reply.as_array().unwrap()[1].as_int().unwrap();
+        assert_eq!(
+            subscribers, 1,
+            "{user}'s channel has no subscriber after the RECEIPT"
+        );
+    }
+    churn.await.unwrap();
+}

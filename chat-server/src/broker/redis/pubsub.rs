@@ -80,6 +80,18 @@ impl RedisBackend {
             .subscribe(channel.clone())
             .await
             .map_err(|e| unavailable(&e))?;
+        // fred resolves SUBSCRIBE once it is written, not once Redis has run it (the reply
+        // comes out of band and is dropped). A PING on the same connection is answered only
+        // after Redis ran the SUBSCRIBE, so the subscription is in place before the caller
+        // acknowledges it: a RECEIPT used to reach a client, and a direct message sent on
+        // another instance right after it reach Redis, before the SUBSCRIBE did (seen in CI:
+        // the PUBLISH reached 0 instances).
+        let _: Value = self
+            .pubsub
+            .sub
+            .ping(None)
+            .await
+            .map_err(|e| unavailable(&e))?;
         debug!(channel, "subscribed");
         Ok(())
     }

@@ -29,6 +29,9 @@ const CATCH_UP_BATCH: usize = 1000;
 /// How long the heartbeat loop waits for the probe channel's SUBSCRIBE.
 const PROBE_SUBSCRIBE_WAIT: Duration = Duration::from_secs(1);
 
+/// PINGs after a SUBSCRIBE before giving up (see `RedisBackend::subscribe`).
+const PING_TRIES: usize = 3;
+
 /// The subscriber connection and what receiving keeps.
 pub(super) struct PubSubState {
     pub(super) sub: SubscriberClient,
@@ -86,14 +89,28 @@ impl RedisBackend {
         // acknowledges it: a RECEIPT used to reach a client, and a direct message sent on
         // another instance right after it reach Redis, before the SUBSCRIBE did (seen in CI:
         // the PUBLISH reached 0 instances).
-        let _: Value = self
-            .pubsub
-            .sub
-            .ping(None)
-            .await
-            .map_err(|e| unavailable(&e))?;
-        debug!(channel, "subscribed");
-        Ok(())
+        //
+        // The out-of-band replies also mean a stray error (fred's re-subscribe after a reconnect
+        // sends PSUBSCRIBE with no pattern) is handed to the next command awaiting a reply: to
+        // this PING. Its own PONG then answers the next PING, and any PONG comes after the
+        // SUBSCRIBE, so a few tries tell a stray error from a connection that fails.
+        let mut last = None;
+        for _ in 0..PING_TRIES {
+            match self.pubsub.sub.ping::<Value>(None).await {
+                Ok(_) => {
+                    debug!(channel, "subscribed");
+                    return Ok(());
+                }
+                Err(e) => {
+                    debug!(channel, error = %e, "PING after SUBSCRIBE failed");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.map_or_else(
+            || BackendError::Unavailable("no PING tried".into()),
+            |e| unavailable(&e),
+        ))
     }
 
     /// How long the probe may stay away before the link counts as broken (ms).
